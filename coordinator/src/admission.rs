@@ -1,0 +1,40 @@
+//! Admission: everything checked before a job is accepted. The spec must parse and make
+//! sense ([`spec::parse`]), and every data source it reads must exist in storage.
+
+use crate::spec::{self, DataKind, JobSpec, Locator, SpecErrors};
+use crate::storage::Location;
+
+/// Parses, checks and resolves a spec against `working_dir`; then looks for its data.
+pub async fn admit(
+    yaml: &str,
+    source_name: &str,
+    working_dir: &str,
+) -> Result<JobSpec, SpecErrors> {
+    let mut spec = spec::parse(yaml, source_name)?;
+    let locator = Locator::new(yaml);
+    if let Err(message) = spec.resolve(working_dir) {
+        return Err(SpecErrors(vec![locator.error(
+            source_name,
+            "storage",
+            message,
+        )]));
+    }
+    let mut problems = Vec::new();
+    for (i, source) in spec.data.iter().enumerate() {
+        let (DataKind::Text, Some(url)) = (source.kind, &source.path) else {
+            continue;
+        };
+        let found = match Location::open(url) {
+            Ok(location) => location.objects().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = found {
+            let message = format!("data source `{}` cannot be read: {e}", source.name);
+            problems.push(locator.error(source_name, &format!("data[{i}].path"), message));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(SpecErrors(problems));
+    }
+    Ok(spec)
+}

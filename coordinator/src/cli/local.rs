@@ -1,0 +1,150 @@
+//! `outloud local`: a whole cluster on this machine. It serves a coordinator in this
+//! process on a free loopback port, starts N `outloud-worker` processes, submits the
+//! job, follows it, prints a summary and stops everything, also on Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use outloud_proto::v1 as pb;
+use tokio::process::{Child, Command};
+
+use crate::client::Connection;
+use crate::scheduler::{RunState, TaskState};
+use crate::server::{self, ServerConfig};
+use crate::view;
+
+pub struct LocalCluster {
+    pub file: PathBuf,
+    pub workers: u32,
+    pub threads: u32,
+    pub state_dir: Option<PathBuf>,
+    pub token: Option<String>,
+}
+
+/// The worker binary: `$OUTLOUD_WORKER_BIN`, else the one beside this executable.
+fn worker_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("OUTLOUD_WORKER_BIN") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name("outloud-worker");
+    anyhow::ensure!(
+        path.exists(),
+        "no outloud-worker beside {} (set OUTLOUD_WORKER_BIN)",
+        exe.display()
+    );
+    Ok(path)
+}
+
+pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
+    let state_dir = match cluster.state_dir {
+        Some(dir) => dir,
+        None => PathBuf::from(".outloud/local").join(server::now_ms().to_string()),
+    };
+    let log_dir = state_dir.join("logs");
+    std::fs::create_dir_all(&log_dir)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = ServerConfig {
+        state_dir: state_dir.join("coordinator"),
+        lease_timeout: Duration::from_secs(5),
+        token: cluster.token.clone(),
+    };
+    let server = tokio::spawn(server::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    eprintln!(
+        "coordinator on {url}, state and logs in {}",
+        state_dir.display()
+    );
+
+    let binary = worker_binary()?;
+    let mut workers = Vec::new();
+    for i in 0..cluster.workers {
+        let log = std::fs::File::create(log_dir.join(format!("worker-{i}.log")))?;
+        let mut command = Command::new(&binary);
+        command
+            .args([
+                "--coordinator",
+                &url,
+                "--threads",
+                &cluster.threads.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        if let Some(token) = &cluster.token {
+            command.env(crate::auth::TOKEN_ENV, token);
+        }
+        workers.push(
+            command
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?,
+        );
+    }
+
+    let connection = Connection::open(&url, cluster.token.as_deref()).await?;
+    let outcome = async {
+        let job_id = super::submit(&connection, &cluster.file).await?;
+        eprintln!("job {job_id} submitted with {} workers", cluster.workers);
+        tokio::select! {
+            job = super::watch(&connection, &job_id) => job.map(Some),
+            _ = super::shutdown_signal() => {
+                eprintln!("interrupted: cancelling {job_id}");
+                let request = pb::CancelJobRequest { job_id: job_id.clone() };
+                let _ = connection.jobs().cancel_job(request).await;
+                Ok(None)
+            }
+        }
+    }
+    .await;
+
+    stop_workers(&mut workers).await;
+    let _ = stop_server.send(());
+    let _ = server.await;
+
+    let Some(job) = outcome? else {
+        return Ok(ExitCode::from(130));
+    };
+    print!("{}", view::job_table(&job));
+    for phase in &job.phases {
+        for task in &phase.tasks {
+            if let TaskState::Succeeded { output } = &task.state {
+                println!("{} output: {output}", phase.name);
+            }
+        }
+        if let (Some(first), m) = (phase.first_loss(), phase.metrics()) {
+            println!(
+                "{}: loss {first:.3} -> {:.3} over {} steps, {} tokens",
+                phase.name, m.loss, m.step, m.tokens
+            );
+        }
+    }
+    Ok(if job.state == RunState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// SIGTERM first so workers give their leases back; SIGKILL whoever lingers.
+async fn stop_workers(workers: &mut [Child]) {
+    for child in workers.iter() {
+        if let Some(pid) = child.id() {
+            // SAFETY: kill(2) with a pid we spawned and still own; no memory is touched.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+    for child in workers.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+}

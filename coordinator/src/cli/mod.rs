@@ -1,0 +1,271 @@
+//! The `outloud` commands. `outloud coordinator` serves; the others talk to a
+//! coordinator over gRPC, except `validate` (local checks) and `local` (a whole cluster
+//! on this machine).
+
+mod local;
+mod watch;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use outloud_proto::v1 as pb;
+
+use crate::client::Connection;
+use crate::scheduler::{Job, RunState, Worker};
+use crate::view::{self, JobSummary};
+use crate::{admission, auth, server};
+
+pub use watch::watch;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outloud",
+    version,
+    about = "Trains small vision-language models the way a child learns"
+)]
+pub struct Args {
+    /// The coordinator to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "OUTLOUD_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub coordinator: String,
+    /// File holding the bearer token (else $OUTLOUD_TOKEN, else none).
+    #[arg(long, global = true, env = "OUTLOUD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the coordinator.
+    Coordinator {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+        /// Where the durable state lives; restart on the same directory to continue.
+        #[arg(long, default_value = ".outloud/state")]
+        state_dir: PathBuf,
+        /// A worker silent this long (milliseconds) loses its tasks.
+        #[arg(long, default_value_t = 5000)]
+        lease_timeout_ms: u64,
+    },
+    /// Submit a job spec.
+    Submit {
+        file: PathBuf,
+        /// Follow the job with a progress bar per phase until it finishes.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Check a job spec without submitting it.
+    Validate { file: PathBuf },
+    /// Show one job.
+    Status {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs.
+    Jobs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List workers.
+    Workers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job.
+    Cancel { job: String },
+    /// Run a job on a cluster started on this machine: a coordinator and N workers.
+    Local {
+        file: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        workers: u32,
+        /// Torch threads per worker.
+        #[arg(long, default_value_t = 1)]
+        threads: u32,
+        /// Coordinator state directory (default: a new one under .outloud/local).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+impl Args {
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Coordinator { .. } => "info",
+            _ => "warn",
+        }
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let token = auth::load_token(args.token_file.as_deref())?;
+    let connect = || Connection::open(&args.coordinator, token.as_deref());
+    match args.command {
+        Command::Coordinator {
+            listen,
+            state_dir,
+            lease_timeout_ms,
+        } => {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let config = server::ServerConfig {
+                state_dir,
+                lease_timeout: Duration::from_millis(lease_timeout_ms),
+                token,
+            };
+            server::run(listener, config, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { file } => {
+            let (yaml, source) = read_spec(&file)?;
+            match admission::admit(&yaml, &source, &working_dir()?).await {
+                Ok(_) => {
+                    println!("{source}: ok");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Submit { file, watch } => {
+            let connection = connect().await?;
+            let job_id = submit(&connection, &file).await?;
+            if !watch {
+                println!("{job_id}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let job = watch::watch(&connection, &job_id).await?;
+            print!("{}", view::job_table(&job));
+            Ok(exit_code_of(&job))
+        }
+        Command::Status { job, json } => {
+            let job = get_job(&connect().await?, &job).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                print!("{}", view::job_table(&job));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { json } => {
+            let answer = connect()
+                .await?
+                .jobs()
+                .list_jobs(pb::ListJobsRequest {})
+                .await?
+                .into_inner();
+            let jobs: Vec<JobSummary> = serde_json::from_str(&answer.jobs_json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                print!("{}", view::jobs_table(&jobs));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Workers { json } => {
+            let answer = connect()
+                .await?
+                .jobs()
+                .list_workers(pb::ListWorkersRequest {})
+                .await?
+                .into_inner();
+            let workers: Vec<Worker> = serde_json::from_str(&answer.workers_json)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&workers)?);
+            } else {
+                print!("{}", view::workers_table(&workers));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { job } => {
+            connect()
+                .await?
+                .jobs()
+                .cancel_job(pb::CancelJobRequest {
+                    job_id: job.clone(),
+                })
+                .await?;
+            println!("{job} cancelled");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Local {
+            file,
+            workers,
+            threads,
+            state_dir,
+        } => {
+            local::run(local::LocalCluster {
+                file,
+                workers,
+                threads,
+                state_dir,
+                token,
+            })
+            .await
+        }
+    }
+}
+
+fn read_spec(file: &Path) -> anyhow::Result<(String, String)> {
+    let yaml =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    Ok((yaml, file.display().to_string()))
+}
+
+fn working_dir() -> anyhow::Result<String> {
+    Ok(std::env::current_dir()?.display().to_string())
+}
+
+/// Submits the spec in `file`; the coordinator checks it and answers the job id.
+pub async fn submit(connection: &Connection, file: &Path) -> anyhow::Result<String> {
+    let (spec_yaml, source_name) = read_spec(file)?;
+    let request = pb::SubmitJobRequest {
+        spec_yaml,
+        source_name,
+        working_dir: working_dir()?,
+    };
+    match connection.jobs().submit_job(request).await {
+        Ok(answer) => Ok(answer.into_inner().job_id),
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            anyhow::bail!("the job spec was refused:\n{}", status.message())
+        }
+        Err(status) => Err(status.into()),
+    }
+}
+
+pub async fn get_job(connection: &Connection, job_id: &str) -> anyhow::Result<Job> {
+    let request = pb::GetJobRequest {
+        job_id: job_id.into(),
+    };
+    let answer = connection.jobs().get_job(request).await?.into_inner();
+    Ok(serde_json::from_str(&answer.job_json)?)
+}
+
+fn exit_code_of(job: &Job) -> ExitCode {
+    if job.state == RunState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

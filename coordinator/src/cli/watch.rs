@@ -1,0 +1,93 @@
+//! Following a job: a live progress bar per phase on a terminal, a line per change
+//! elsewhere (CI logs), until the job finishes.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::client::Connection;
+use crate::scheduler::{Job, RunState};
+
+const POLL: Duration = Duration::from_millis(300);
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+pub async fn watch(connection: &Connection, job_id: &str) -> anyhow::Result<Job> {
+    let mut view = if std::io::stderr().is_terminal() {
+        View::Bars(Bars::default())
+    } else {
+        View::Plain(HashMap::new(), Instant::now())
+    };
+    loop {
+        let job = super::get_job(connection, job_id).await?;
+        view.show(&job);
+        if job.state.is_finished() {
+            return Ok(job);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+enum View {
+    Bars(Bars),
+    /// Last state printed per phase, and when progress was last printed.
+    Plain(HashMap<String, RunState>, Instant),
+}
+
+#[derive(Default)]
+struct Bars {
+    multi: MultiProgress,
+    bars: HashMap<String, ProgressBar>,
+}
+
+impl View {
+    fn show(&mut self, job: &Job) {
+        match self {
+            View::Bars(bars) => bars.show(job),
+            View::Plain(states, last) => {
+                for phase in &job.phases {
+                    let m = phase.metrics();
+                    let changed =
+                        states.insert(phase.name.clone(), phase.state) != Some(phase.state);
+                    if changed || (phase.state == RunState::Running && last.elapsed() > PLAIN_EVERY)
+                    {
+                        eprintln!(
+                            "{} {}: {} step {}/{} loss {:.3}",
+                            job.id, phase.name, phase.state, m.step, m.total_steps, m.loss
+                        );
+                        *last = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Bars {
+    fn show(&mut self, job: &Job) {
+        let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> ");
+        for phase in &job.phases {
+            let bar = self.bars.entry(phase.name.clone()).or_insert_with(|| {
+                let bar = self.multi.add(ProgressBar::new(1));
+                bar.set_style(style.clone());
+                bar.set_prefix(phase.name.clone());
+                bar
+            });
+            let m = phase.metrics();
+            bar.set_length(m.total_steps.max(1));
+            bar.set_position(m.step);
+            let loss = if m.total_steps > 0 {
+                format!(" loss {:.3}", m.loss)
+            } else {
+                String::new()
+            };
+            bar.set_message(format!("{}{loss}", phase.state));
+            if phase.state.is_finished() && !bar.is_finished() {
+                bar.finish();
+            }
+        }
+    }
+}

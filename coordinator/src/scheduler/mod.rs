@@ -1,0 +1,616 @@
+//! The scheduling state machine: jobs expand into phases and tasks, workers lease tasks,
+//! leases expire, phases run in order.
+//!
+//! It is pure: no clock (every call takes `now`), no network, no disk. Each call records
+//! what it changed in [`Changes`], which the server makes durable before it answers, so
+//! tests drive it directly in a loop and the store never has to diff anything.
+
+pub mod model;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub use model::*;
+
+use crate::spec::JobSpec;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    /// A worker silent for this long loses its leases.
+    pub lease_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("unknown worker `{0}`: register first")]
+    UnknownWorker(String),
+    #[error("unknown job `{0}`")]
+    UnknownJob(String),
+    #[error("unknown task `{0}`")]
+    UnknownTask(String),
+    #[error("stale lease on task {task}: epoch {epoch} from {worker} is not the current lease")]
+    StaleLease {
+        task: String,
+        epoch: u64,
+        worker: String,
+    },
+    #[error("job `{0}` has already finished")]
+    JobFinished(String),
+}
+
+/// Everything a call changed, for the store.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Changes {
+    /// Jobs whose own fields (state, phase states, error) changed.
+    pub jobs: BTreeSet<String>,
+    pub tasks: BTreeSet<TaskId>,
+    pub workers: BTreeSet<String>,
+    /// New history entries: (job id, index in the job's history).
+    pub events: Vec<(String, usize)>,
+    pub counters_changed: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+            && self.tasks.is_empty()
+            && self.workers.is_empty()
+            && self.events.is_empty()
+            && !self.counters_changed
+    }
+}
+
+/// Id counters that must survive restarts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub next_job: u64,
+    pub next_worker: u64,
+}
+
+pub struct Scheduler {
+    config: SchedulerConfig,
+    jobs: BTreeMap<String, Job>,
+    workers: BTreeMap<String, Worker>,
+    /// Tasks ready to lease, oldest first. Entries whose task is no longer pending
+    /// (cancelled meanwhile) are skipped when popped.
+    ready: VecDeque<TaskId>,
+    counters: Counters,
+    changes: Changes,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        Self::restore(config, Vec::new(), Vec::new(), Counters::default(), 0)
+    }
+
+    /// Rebuilds the scheduler from stored state. Workers get a fresh lease timeout from
+    /// `now`, so a restarted coordinator does not take work away from live workers.
+    pub fn restore(
+        config: SchedulerConfig,
+        jobs: Vec<Job>,
+        workers: Vec<Worker>,
+        counters: Counters,
+        now: Millis,
+    ) -> Self {
+        let mut scheduler = Self {
+            config,
+            jobs: jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
+            workers: workers
+                .into_iter()
+                .map(|mut w| {
+                    w.last_seen = now;
+                    (w.id.clone(), w)
+                })
+                .collect(),
+            ready: VecDeque::new(),
+            counters,
+            changes: Changes::default(),
+        };
+        let pending: Vec<TaskId> = scheduler
+            .jobs
+            .values()
+            .flat_map(|job| {
+                job.phases
+                    .iter()
+                    .filter(|p| p.state == RunState::Running || p.state == RunState::Pending)
+            })
+            .flat_map(|phase| phase.tasks.iter())
+            .filter(|task| task.state == TaskState::Pending)
+            .map(|task| task.id.clone())
+            .collect();
+        for id in pending {
+            if scheduler.is_startable(&id) {
+                scheduler.ready.push_back(id);
+            }
+        }
+        scheduler
+    }
+
+    /// A pending task may be leased when its phase is the job's current one.
+    fn is_startable(&self, id: &TaskId) -> bool {
+        self.jobs.get(&id.job).is_some_and(|job| {
+            !job.state.is_finished() && job.current_phase() == Some(id.phase as usize)
+        })
+    }
+
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    pub fn job(&self, id: &str) -> Option<&Job> {
+        self.jobs.get(id)
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    pub fn worker(&self, id: &str) -> Option<&Worker> {
+        self.workers.get(id)
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    fn record(&mut self, job_id: &str, at: Millis, what: EventKind) {
+        if let Some(job) = self.jobs.get_mut(job_id) {
+            job.history.push(Event { at, what });
+            self.changes
+                .events
+                .push((job_id.to_string(), job.history.len() - 1));
+        }
+    }
+
+    /// Accepts a checked, resolved spec; its first phase is ready at once.
+    pub fn submit(&mut self, spec: JobSpec, now: Millis) -> String {
+        self.counters.next_job += 1;
+        self.changes.counters_changed = true;
+        let id = format!("{}-{}", spec.name, self.counters.next_job);
+        let phases = spec
+            .phases
+            .iter()
+            .enumerate()
+            .map(|(p, phase)| Phase {
+                name: phase.name.clone(),
+                state: RunState::Pending,
+                tasks: (0..phase.shards)
+                    .map(|shard| {
+                        Task::new(TaskId {
+                            job: id.clone(),
+                            phase: p as u32,
+                            shard,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        let job = Job {
+            id: id.clone(),
+            spec,
+            state: RunState::Pending,
+            submitted_at: now,
+            finished_at: None,
+            error: None,
+            phases,
+            history: Vec::new(),
+        };
+        self.jobs.insert(id.clone(), job);
+        self.changes.jobs.insert(id.clone());
+        self.record(&id, now, EventKind::Submitted);
+        self.start_phase(&id, 0, now);
+        id
+    }
+
+    fn start_phase(&mut self, job_id: &str, phase: usize, now: Millis) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let name = job.phases[phase].name.clone();
+        job.phases[phase].state = RunState::Running;
+        let ids: Vec<TaskId> = job.phases[phase]
+            .tasks
+            .iter()
+            .map(|t| t.id.clone())
+            .collect();
+        self.changes.jobs.insert(job_id.to_string());
+        self.ready.extend(ids);
+        self.record(job_id, now, EventKind::PhaseStarted { phase: name });
+    }
+
+    pub fn register(&mut self, info: WorkerInfo, now: Millis) -> String {
+        self.counters.next_worker += 1;
+        self.changes.counters_changed = true;
+        let id = format!("w{}-{}", self.counters.next_worker, info.hostname);
+        let worker = Worker {
+            id: id.clone(),
+            info,
+            registered_at: now,
+            last_seen: now,
+            alive: true,
+            leases: Vec::new(),
+        };
+        self.workers.insert(id.clone(), worker);
+        self.changes.workers.insert(id.clone());
+        id
+    }
+
+    fn touch(&mut self, worker_id: &str, now: Millis) -> Result<&mut Worker, SchedulerError> {
+        let worker = self
+            .workers
+            .get_mut(worker_id)
+            .ok_or_else(|| SchedulerError::UnknownWorker(worker_id.into()))?;
+        worker.last_seen = now;
+        if !worker.alive {
+            worker.alive = true;
+            self.changes.workers.insert(worker_id.to_string());
+        }
+        Ok(worker)
+    }
+
+    /// Keeps the worker alive; answers the leases it named that it must drop.
+    pub fn heartbeat(
+        &mut self,
+        worker_id: &str,
+        held: &[LeaseRef],
+        now: Millis,
+    ) -> Result<Vec<LeaseRef>, SchedulerError> {
+        self.touch(worker_id, now)?;
+        Ok(held
+            .iter()
+            .filter(|lease| self.check_lease(worker_id, lease).is_err())
+            .cloned()
+            .collect())
+    }
+
+    /// Hands the oldest ready task to the worker, under a new epoch.
+    pub fn lease(
+        &mut self,
+        worker_id: &str,
+        now: Millis,
+    ) -> Result<Option<Assignment>, SchedulerError> {
+        self.touch(worker_id, now)?;
+        while let Some(id) = self.ready.pop_front() {
+            let startable = self.is_startable(&id);
+            let Some(job) = self.jobs.get_mut(&id.job) else {
+                continue;
+            };
+            let Some(task) = job.task_mut(&id) else {
+                continue;
+            };
+            if task.state != TaskState::Pending || !startable {
+                continue;
+            }
+            task.epoch += 1;
+            task.state = TaskState::Leased {
+                worker: worker_id.into(),
+                since: now,
+            };
+            let lease = LeaseRef {
+                task: id.clone(),
+                epoch: task.epoch,
+            };
+            let resume_checkpoint = task.checkpoint.clone();
+            let shards = job.phases[id.phase as usize].tasks.len() as u32;
+            let assignment = Assignment {
+                lease: lease.clone(),
+                job_id: job.id.clone(),
+                phase: job.phases[id.phase as usize].name.clone(),
+                shards,
+                spec: job.spec.clone(),
+                resume_checkpoint: resume_checkpoint.clone(),
+                previous_checkpoint: job.previous_output(id.phase),
+            };
+            if job.state == RunState::Pending {
+                job.state = RunState::Running;
+                self.changes.jobs.insert(job.id.clone());
+            }
+            self.changes.tasks.insert(id.clone());
+            if let Some(worker) = self.workers.get_mut(worker_id) {
+                worker.leases.push(id.clone());
+                self.changes.workers.insert(worker_id.into());
+            }
+            let event = EventKind::Leased {
+                task: id.clone(),
+                worker: worker_id.into(),
+                epoch: lease.epoch,
+                resume_from: resume_checkpoint,
+            };
+            self.record(&id.job, now, event);
+            return Ok(Some(assignment));
+        }
+        Ok(None)
+    }
+
+    /// The task behind `lease`, if the lease is current and held by `worker_id`.
+    fn check_lease(&self, worker_id: &str, lease: &LeaseRef) -> Result<&Task, SchedulerError> {
+        let job = self
+            .jobs
+            .get(&lease.task.job)
+            .ok_or_else(|| SchedulerError::UnknownJob(lease.task.job.clone()))?;
+        let task = job
+            .task(&lease.task)
+            .ok_or_else(|| SchedulerError::UnknownTask(lease.task.to_string()))?;
+        if task.epoch != lease.epoch || task.holder() != Some(worker_id) {
+            return Err(SchedulerError::StaleLease {
+                task: lease.task.to_string(),
+                epoch: lease.epoch,
+                worker: worker_id.into(),
+            });
+        }
+        Ok(task)
+    }
+
+    fn held_task(
+        &mut self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        now: Millis,
+    ) -> Result<&mut Task, SchedulerError> {
+        self.check_lease(worker_id, lease)?;
+        self.touch(worker_id, now)?;
+        self.changes.tasks.insert(lease.task.clone());
+        // check_lease found the job and task above.
+        Ok(self
+            .jobs
+            .get_mut(&lease.task.job)
+            .and_then(|job| job.task_mut(&lease.task))
+            .expect("task checked above"))
+    }
+
+    pub fn report_progress(
+        &mut self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        metrics: Metrics,
+        checkpoint: Option<String>,
+        resumed_from_step: Option<u64>,
+        now: Millis,
+    ) -> Result<(), SchedulerError> {
+        let task = self.held_task(worker_id, lease, now)?;
+        task.metrics = metrics;
+        task.first_loss.get_or_insert(metrics.loss);
+        if let Some(checkpoint) = &checkpoint {
+            task.checkpoint = Some(checkpoint.clone());
+        }
+        let task_id = lease.task.clone();
+        if let Some(step) = resumed_from_step {
+            let what = EventKind::Resumed {
+                task: task_id.clone(),
+                epoch: lease.epoch,
+                step,
+            };
+            self.record(&task_id.job, now, what);
+        }
+        if let Some(checkpoint) = checkpoint {
+            let what = EventKind::Checkpointed {
+                task: task_id.clone(),
+                epoch: lease.epoch,
+                step: metrics.step,
+                checkpoint,
+            };
+            self.record(&task_id.job, now, what);
+        }
+        Ok(())
+    }
+
+    pub fn complete(
+        &mut self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        metrics: Metrics,
+        output: String,
+        now: Millis,
+    ) -> Result<(), SchedulerError> {
+        let task = self.held_task(worker_id, lease, now)?;
+        task.metrics = metrics;
+        task.first_loss.get_or_insert(metrics.loss);
+        task.state = TaskState::Succeeded { output };
+        self.release(worker_id, &lease.task);
+        let what = EventKind::TaskSucceeded {
+            task: lease.task.clone(),
+            epoch: lease.epoch,
+            loss: metrics.loss,
+        };
+        self.record(&lease.task.job, now, what);
+        self.advance(&lease.task, now);
+        Ok(())
+    }
+
+    /// A worker gave up on a task. Retryable failures count as a lost lease.
+    pub fn fail(
+        &mut self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        error: String,
+        retryable: bool,
+        now: Millis,
+    ) -> Result<(), SchedulerError> {
+        self.held_task(worker_id, lease, now)?;
+        if retryable {
+            self.lose_lease(worker_id, lease, error, now);
+        } else {
+            self.fail_task(lease, error, now);
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, worker_id: &str, task: &TaskId) {
+        if let Some(worker) = self.workers.get_mut(worker_id) {
+            worker.leases.retain(|t| t != task);
+            self.changes.workers.insert(worker_id.into());
+        }
+    }
+
+    /// The lease ends without success: the task is leased again unless it is out of
+    /// attempts, in which case the job fails.
+    fn lose_lease(&mut self, worker_id: &str, lease: &LeaseRef, reason: String, now: Millis) {
+        self.release(worker_id, &lease.task);
+        let what = EventKind::LeaseLost {
+            task: lease.task.clone(),
+            worker: worker_id.into(),
+            epoch: lease.epoch,
+            reason: reason.clone(),
+        };
+        self.record(&lease.task.job, now, what);
+        let Some(job) = self.jobs.get_mut(&lease.task.job) else {
+            return;
+        };
+        let max_attempts = job.spec.phases[lease.task.phase as usize].max_attempts;
+        let Some(task) = job.task_mut(&lease.task) else {
+            return;
+        };
+        task.lost_leases += 1;
+        self.changes.tasks.insert(lease.task.clone());
+        if task.lost_leases >= max_attempts {
+            let error = format!("lost {} leases, the last: {reason}", task.lost_leases);
+            self.fail_task(lease, error, now);
+        } else {
+            task.state = TaskState::Pending;
+            self.ready.push_back(lease.task.clone());
+        }
+    }
+
+    fn fail_task(&mut self, lease: &LeaseRef, error: String, now: Millis) {
+        if let Some(task) = self
+            .jobs
+            .get_mut(&lease.task.job)
+            .and_then(|j| j.task_mut(&lease.task))
+        {
+            task.state = TaskState::Failed {
+                error: error.clone(),
+            };
+            self.changes.tasks.insert(lease.task.clone());
+        }
+        let what = EventKind::TaskFailed {
+            task: lease.task.clone(),
+            epoch: lease.epoch,
+            error: error.clone(),
+        };
+        self.record(&lease.task.job, now, what);
+        let message = format!("task {} failed: {error}", lease.task);
+        self.finish_job(&lease.task.job, RunState::Failed, Some(message), now);
+    }
+
+    /// After a task succeeded: finish its phase when all its tasks have, then start the
+    /// next phase or finish the job.
+    fn advance(&mut self, task: &TaskId, now: Millis) {
+        let Some(job) = self.jobs.get_mut(&task.job) else {
+            return;
+        };
+        let phase = &mut job.phases[task.phase as usize];
+        if !phase
+            .tasks
+            .iter()
+            .all(|t| matches!(t.state, TaskState::Succeeded { .. }))
+        {
+            return;
+        }
+        phase.state = RunState::Succeeded;
+        let name = phase.name.clone();
+        let next = task.phase as usize + 1;
+        let has_next = next < job.phases.len();
+        self.changes.jobs.insert(task.job.clone());
+        self.record(&task.job, now, EventKind::PhaseSucceeded { phase: name });
+        if has_next {
+            self.start_phase(&task.job, next, now);
+        } else {
+            self.finish_job(&task.job, RunState::Succeeded, None, now);
+        }
+    }
+
+    /// Ends the job; tasks still pending or leased are cancelled, and their workers are
+    /// told to stop at their next heartbeat.
+    fn finish_job(&mut self, job_id: &str, state: RunState, error: Option<String>, now: Millis) {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        job.state = state;
+        job.finished_at = Some(now);
+        job.error = error.clone();
+        let mut released = Vec::new();
+        for phase in &mut job.phases {
+            if !phase.state.is_finished() {
+                phase.state = if state == RunState::Failed {
+                    RunState::Failed
+                } else {
+                    RunState::Cancelled
+                };
+            }
+            for task in &mut phase.tasks {
+                if let TaskState::Leased { worker, .. } = &task.state {
+                    released.push((worker.clone(), task.id.clone()));
+                }
+                if matches!(task.state, TaskState::Pending | TaskState::Leased { .. }) {
+                    task.state = TaskState::Cancelled;
+                    self.changes.tasks.insert(task.id.clone());
+                }
+            }
+        }
+        self.changes.jobs.insert(job_id.into());
+        for (worker, task) in released {
+            self.release(&worker, &task);
+        }
+        let what = match state {
+            RunState::Succeeded => EventKind::JobSucceeded,
+            RunState::Cancelled => EventKind::JobCancelled,
+            _ => EventKind::JobFailed {
+                error: error.unwrap_or_default(),
+            },
+        };
+        self.record(job_id, now, what);
+    }
+
+    pub fn cancel(&mut self, job_id: &str, now: Millis) -> Result<(), SchedulerError> {
+        let job = self
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
+        if job.state.is_finished() {
+            return Err(SchedulerError::JobFinished(job_id.into()));
+        }
+        self.finish_job(job_id, RunState::Cancelled, None, now);
+        Ok(())
+    }
+
+    /// Takes the leases of every worker silent for longer than the lease timeout.
+    pub fn expire(&mut self, now: Millis) -> Vec<LeaseRef> {
+        let timeout = self.config.lease_timeout_ms;
+        let silent: Vec<String> = self
+            .workers
+            .values()
+            .filter(|w| w.alive && now.saturating_sub(w.last_seen) > timeout)
+            .map(|w| w.id.clone())
+            .collect();
+        let mut lost = Vec::new();
+        for worker_id in silent {
+            let Some(worker) = self.workers.get_mut(&worker_id) else {
+                continue;
+            };
+            worker.alive = false;
+            let tasks = worker.leases.clone();
+            self.changes.workers.insert(worker_id.clone());
+            for task in tasks {
+                let Some(epoch) = self
+                    .jobs
+                    .get(&task.job)
+                    .and_then(|j| j.task(&task))
+                    .map(|t| t.epoch)
+                else {
+                    continue;
+                };
+                let lease = LeaseRef { task, epoch };
+                let reason = format!("worker {worker_id} stopped heartbeating");
+                self.lose_lease(&worker_id, &lease, reason, now);
+                lost.push(lease);
+            }
+        }
+        lost
+    }
+}
+
+#[cfg(test)]
+mod tests;

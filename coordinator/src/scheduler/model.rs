@@ -1,0 +1,348 @@
+//! The scheduler's domain types: jobs, their phases and tasks, workers, and the
+//! history of events. These are also the documents `outloud status --json` prints.
+//!
+//! ```text
+//! job:   pending ──first lease──▶ running ──last phase done──▶ succeeded
+//!           │                       │  └──task out of attempts──▶ failed
+//!           └───────────cancel──────┴───────────────────────────▶ cancelled
+//! task:  pending ──lease(epoch+1)──▶ leased ──complete──▶ succeeded
+//!           ▲                          │ └──fail(fatal)──▶ failed
+//!           └──lease lost / retryable──┘
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::JobSpec;
+
+/// Milliseconds since the Unix epoch. The scheduler never reads a clock: callers pass it.
+pub type Millis = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl RunState {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        };
+        f.write_str(text)
+    }
+}
+
+/// `<job id>/<phase index>/<shard>`: every task of every job, unambiguously.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct TaskId {
+    pub job: String,
+    pub phase: u32,
+    pub shard: u32,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.job, self.phase, self.shard)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut parts = text.rsplitn(3, '/');
+        let bad = || format!("`{text}` is not a task id (job/phase/shard)");
+        let shard = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let phase = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let job = parts.next().filter(|j| !j.is_empty()).ok_or_else(bad)?;
+        Ok(Self {
+            job: job.into(),
+            phase,
+            shard,
+        })
+    }
+}
+
+impl From<TaskId> for String {
+    fn from(id: TaskId) -> String {
+        id.to_string()
+    }
+}
+
+impl TryFrom<String> for TaskId {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+/// What a worker last said about its training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub step: u64,
+    pub total_steps: u64,
+    pub loss: f64,
+    pub tokens: u64,
+    pub words: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TaskState {
+    Pending,
+    Leased { worker: String, since: Millis },
+    Succeeded { output: String },
+    Failed { error: String },
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    #[serde(flatten)]
+    pub state: TaskState,
+    /// Bumped by every lease; reports must name the current one.
+    pub epoch: u64,
+    /// Leases that ended without success.
+    pub lost_leases: u32,
+    /// The newest checkpoint reported: a new lease resumes from it.
+    pub checkpoint: Option<String>,
+    pub metrics: Metrics,
+    /// The loss of the first report, kept to show how far training came.
+    pub first_loss: Option<f64>,
+}
+
+impl Task {
+    pub fn new(id: TaskId) -> Self {
+        Self {
+            id,
+            state: TaskState::Pending,
+            epoch: 0,
+            lost_leases: 0,
+            checkpoint: None,
+            metrics: Metrics::default(),
+            first_loss: None,
+        }
+    }
+
+    pub fn holder(&self) -> Option<&str> {
+        match &self.state {
+            TaskState::Leased { worker, .. } => Some(worker),
+            _ => None,
+        }
+    }
+
+    pub fn run_state(&self) -> RunState {
+        match self.state {
+            TaskState::Pending => RunState::Pending,
+            TaskState::Leased { .. } => RunState::Running,
+            TaskState::Succeeded { .. } => RunState::Succeeded,
+            TaskState::Failed { .. } => RunState::Failed,
+            TaskState::Cancelled => RunState::Cancelled,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub state: RunState,
+    pub tasks: Vec<Task>,
+}
+
+impl Phase {
+    /// The phase's metrics: sums over its tasks, the step of the slowest.
+    pub fn metrics(&self) -> Metrics {
+        let mut total = Metrics {
+            step: u64::MAX,
+            ..Metrics::default()
+        };
+        for task in &self.tasks {
+            total.step = total.step.min(task.metrics.step);
+            total.total_steps = total.total_steps.max(task.metrics.total_steps);
+            total.tokens += task.metrics.tokens;
+            total.words += task.metrics.words;
+            total.loss += task.metrics.loss / self.tasks.len() as f64;
+        }
+        if self.tasks.is_empty() {
+            total.step = 0;
+        }
+        total
+    }
+
+    pub fn first_loss(&self) -> Option<f64> {
+        self.tasks.iter().find_map(|t| t.first_loss)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub spec: JobSpec,
+    pub state: RunState,
+    pub submitted_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub error: Option<String>,
+    pub phases: Vec<Phase>,
+    /// Everything that happened to the job, oldest first.
+    pub history: Vec<Event>,
+}
+
+impl Job {
+    pub fn task(&self, id: &TaskId) -> Option<&Task> {
+        self.phases
+            .get(id.phase as usize)?
+            .tasks
+            .get(id.shard as usize)
+    }
+
+    pub fn task_mut(&mut self, id: &TaskId) -> Option<&mut Task> {
+        self.phases
+            .get_mut(id.phase as usize)?
+            .tasks
+            .get_mut(id.shard as usize)
+    }
+
+    /// The phase currently running or next to run.
+    pub fn current_phase(&self) -> Option<usize> {
+        self.phases.iter().position(|p| !p.state.is_finished())
+    }
+
+    /// The output of the last finished phase's first task: where the next phase starts.
+    pub fn previous_output(&self, phase: u32) -> Option<String> {
+        let previous = self.phases.get((phase as usize).checked_sub(1)?)?;
+        match &previous.tasks.first()?.state {
+            TaskState::Succeeded { output } if !output.is_empty() => Some(output.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub hostname: String,
+    pub device: String,
+    pub memory_bytes: u64,
+    pub threads: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Worker {
+    pub id: String,
+    pub info: WorkerInfo,
+    pub registered_at: Millis,
+    pub last_seen: Millis,
+    /// False once the worker missed its lease timeout; a heartbeat brings it back.
+    pub alive: bool,
+    /// Tasks this worker holds now.
+    pub leases: Vec<TaskId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: Millis,
+    #[serde(flatten)]
+    pub what: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    Submitted,
+    PhaseStarted {
+        phase: String,
+    },
+    Leased {
+        task: TaskId,
+        worker: String,
+        epoch: u64,
+        resume_from: Option<String>,
+    },
+    Resumed {
+        task: TaskId,
+        epoch: u64,
+        step: u64,
+    },
+    Checkpointed {
+        task: TaskId,
+        epoch: u64,
+        step: u64,
+        checkpoint: String,
+    },
+    LeaseLost {
+        task: TaskId,
+        worker: String,
+        epoch: u64,
+        reason: String,
+    },
+    TaskSucceeded {
+        task: TaskId,
+        epoch: u64,
+        loss: f64,
+    },
+    TaskFailed {
+        task: TaskId,
+        epoch: u64,
+        error: String,
+    },
+    PhaseSucceeded {
+        phase: String,
+    },
+    JobSucceeded,
+    JobFailed {
+        error: String,
+    },
+    JobCancelled,
+}
+
+/// A worker's right to work on a task, as handed out and as named in reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRef {
+    pub task: TaskId,
+    pub epoch: u64,
+}
+
+/// What a worker gets when it leases a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub lease: LeaseRef,
+    pub job_id: String,
+    pub phase: String,
+    pub shards: u32,
+    pub spec: JobSpec,
+    pub resume_checkpoint: Option<String>,
+    pub previous_checkpoint: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_round_trip_even_with_slashes_in_the_job() {
+        let id = TaskId {
+            job: "a/b".into(),
+            phase: 2,
+            shard: 7,
+        };
+        assert_eq!(id.to_string().parse::<TaskId>().unwrap(), id);
+        assert!("nojob".parse::<TaskId>().is_err());
+    }
+}

@@ -1,0 +1,431 @@
+//! Job specs: the YAML a user writes, parsed, checked and resolved.
+//!
+//! A spec names a job, a storage root, data sources, a model and an ordered list of
+//! phases. [`parse`] turns YAML into a [`JobSpec`] and refuses anything wrong with the
+//! file, line, column and field of each problem; [`JobSpec::resolve`] then makes every
+//! location an absolute URL so workers anywhere read the same objects.
+
+mod locate;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage;
+pub use locate::Locator;
+
+/// Model size presets, kept beside the deployment files.
+const MODEL_PRESETS: &str = include_str!("../../../deploy/presets/models.yaml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Lowercase letters, digits and '-'; the job id starts with it.
+    pub name: String,
+    /// Root URL (or local path) under which the job writes checkpoints and outputs.
+    pub storage: String,
+    #[serde(default)]
+    pub data: Vec<DataSource>,
+    #[serde(default)]
+    pub model: ModelSpec,
+    pub phases: Vec<PhaseSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataKind {
+    /// Plain text files (BabyLM `.train` files): `path` is a file or a folder of them.
+    Text,
+    /// The embedded child-directed corpus, generated from `seed` into the job's storage.
+    GeneratedText,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    pub name: String,
+    pub kind: DataKind,
+    /// `text`: a file or folder, as a URL or a path (relative to the submitting directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `generated_text`: the generator's seed.
+    #[serde(default)]
+    pub seed: u64,
+    /// `generated_text`: how many words to generate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub words: Option<u64>,
+}
+
+/// A preset name plus optional overrides of its fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub d_model: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_layers: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_heads: Option<u32>,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self {
+            preset: default_preset(),
+            vocab_size: None,
+            context: None,
+            d_model: None,
+            n_layers: None,
+            n_heads: None,
+        }
+    }
+}
+
+fn default_preset() -> String {
+    "tiny".into()
+}
+
+/// The concrete model shape a preset plus overrides resolve to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelShape {
+    pub vocab_size: u32,
+    pub context: u32,
+    pub d_model: u32,
+    pub n_layers: u32,
+    pub n_heads: u32,
+}
+
+impl ModelSpec {
+    /// The preset's shape with this spec's overrides applied.
+    pub fn shape(&self) -> Result<ModelShape, String> {
+        let presets: BTreeMap<String, ModelShape> =
+            serde_yaml::from_str(MODEL_PRESETS).map_err(|e| format!("model presets: {e}"))?;
+        let base = presets.get(&self.preset).ok_or_else(|| {
+            let names: Vec<_> = presets.keys().map(String::as_str).collect();
+            format!(
+                "unknown preset `{}`, expected one of {}",
+                self.preset,
+                names.join(", ")
+            )
+        })?;
+        Ok(ModelShape {
+            vocab_size: self.vocab_size.unwrap_or(base.vocab_size),
+            context: self.context.unwrap_or(base.context),
+            d_model: self.d_model.unwrap_or(base.d_model),
+            n_layers: self.n_layers.unwrap_or(base.n_layers),
+            n_heads: self.n_heads.unwrap_or(base.n_heads),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhaseKind {
+    /// Phase 1: a causal language model learns from text alone.
+    Language,
+    /// Phase 2: image captioning through a vision encoder and projector.
+    VisionLanguage,
+    /// Phase 3: the model captions unlabeled images and trains on its own captions.
+    SelfSynthesis,
+    /// Phase 4: fine-tuning on tasks such as visual question answering.
+    Tasks,
+    /// Does no work: exercises the control plane (benchmarks, scheduler tests).
+    Noop,
+}
+
+impl PhaseKind {
+    /// Whether workers of this build can run the phase.
+    pub fn is_runnable(self) -> bool {
+        matches!(self, PhaseKind::Language | PhaseKind::Noop)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseSpec {
+    pub name: String,
+    pub kind: PhaseKind,
+    /// Names of data sources this phase reads.
+    #[serde(default)]
+    pub data: Vec<String>,
+    /// Optimizer steps.
+    #[serde(default)]
+    pub steps: u64,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Independent tasks the phase is split into.
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    #[serde(default)]
+    pub seed: u64,
+    /// Leases a task may lose (worker died, lease expired) before the job fails.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_batch_size() -> u32 {
+    16
+}
+fn default_learning_rate() -> f64 {
+    3e-3
+}
+fn default_checkpoint_every() -> u64 {
+    100
+}
+fn default_shards() -> u32 {
+    1
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+
+/// One problem with a spec, located in its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub source_name: String,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted path of the field (`phases[1].steps`), empty for the whole document.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.source_name, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+/// Every problem found in one spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        write!(f, "{}", lines.join("\n"))
+    }
+}
+
+/// Parses and checks a spec. `source_name` is what errors call the file.
+pub fn parse(yaml: &str, source_name: &str) -> Result<JobSpec, SpecErrors> {
+    let spec: JobSpec = serde_yaml::from_str(yaml).map_err(|e| from_serde(&e, source_name))?;
+    let locator = Locator::new(yaml);
+    let problems = spec.problems();
+    if problems.is_empty() {
+        return Ok(spec);
+    }
+    Err(SpecErrors(
+        problems
+            .into_iter()
+            .map(|(field, message)| locator.error(source_name, &field, message))
+            .collect(),
+    ))
+}
+
+/// serde_yaml says "phases[0]: unknown field `x`, expected ... at line 5 column 3".
+fn from_serde(error: &serde_yaml::Error, source_name: &str) -> SpecErrors {
+    let (line, column) = error
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
+    let text = error.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    };
+    let (field, message) = match text.split_once(": ") {
+        Some((field, rest)) if !field.contains(' ') => (field.to_string(), rest.to_string()),
+        _ => (String::new(), text),
+    };
+    SpecErrors(vec![SpecError {
+        source_name: source_name.into(),
+        line,
+        column,
+        field,
+        message,
+    }])
+}
+
+impl JobSpec {
+    /// Semantic problems, as (field path, message).
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut say = |field: String, message: String| problems.push((field, message));
+        if !is_slug(&self.name) {
+            say(
+                "name".into(),
+                "must be 1-40 lowercase letters, digits or '-'".into(),
+            );
+        }
+        if self.storage.trim().is_empty() {
+            say("storage".into(), "must name a storage root".into());
+        }
+        let mut data_names = HashSet::new();
+        for (i, source) in self.data.iter().enumerate() {
+            if !data_names.insert(source.name.as_str()) {
+                say(
+                    format!("data[{i}].name"),
+                    format!("duplicate data source `{}`", source.name),
+                );
+            }
+            match source.kind {
+                DataKind::Text if source.path.is_none() => say(
+                    format!("data[{i}]"),
+                    "a `text` source needs a `path`".into(),
+                ),
+                DataKind::GeneratedText if source.words.unwrap_or(0) == 0 => say(
+                    format!("data[{i}]"),
+                    "a `generated_text` source needs `words` > 0".into(),
+                ),
+                _ => {}
+            }
+        }
+        match self.model.shape() {
+            Err(e) => say("model.preset".into(), e),
+            Ok(shape) => {
+                for (field, message) in shape.problems() {
+                    say(format!("model.{field}"), message);
+                }
+            }
+        }
+        if self.phases.is_empty() {
+            say("phases".into(), "a job needs at least one phase".into());
+        }
+        let mut phase_names = HashSet::new();
+        for (i, phase) in self.phases.iter().enumerate() {
+            if !phase_names.insert(phase.name.as_str()) {
+                say(
+                    format!("phases[{i}].name"),
+                    format!("duplicate phase `{}`", phase.name),
+                );
+            }
+            if !is_slug(&phase.name) {
+                say(
+                    format!("phases[{i}].name"),
+                    "must be 1-40 lowercase letters, digits or '-'".into(),
+                );
+            }
+            for (field, message) in phase.problems() {
+                say(format!("phases[{i}].{field}"), message);
+            }
+            for (j, name) in phase.data.iter().enumerate() {
+                if !data_names.contains(name.as_str()) {
+                    say(
+                        format!("phases[{i}].data[{j}]"),
+                        format!("no data source named `{name}`"),
+                    );
+                }
+            }
+        }
+        problems
+    }
+
+    /// Makes the storage root and every data path an absolute URL, resolving relative
+    /// paths against `working_dir` (the directory the spec was submitted from).
+    pub fn resolve(&mut self, working_dir: &str) -> Result<(), String> {
+        self.storage = storage::absolute_url(&self.storage, working_dir)?.to_string();
+        for source in &mut self.data {
+            if let Some(path) = &source.path {
+                source.path = Some(storage::absolute_url(path, working_dir)?.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ModelShape {
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.vocab_size < 300 {
+            // Byte-level BPE starts from 256 byte tokens plus the special ones.
+            problems.push(("vocab_size", "must be at least 300".into()));
+        }
+        if self.context < 2 {
+            problems.push(("context", "must be at least 2".into()));
+        }
+        if self.n_layers == 0 {
+            problems.push(("n_layers", "must be at least 1".into()));
+        }
+        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+            problems.push((
+                "n_heads",
+                format!("must divide d_model ({}) evenly", self.d_model),
+            ));
+        }
+        problems
+    }
+}
+
+impl PhaseSpec {
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if !self.kind.is_runnable() {
+            problems.push((
+                "kind",
+                format!(
+                    "phase kind `{:?}` is not available in this build yet",
+                    self.kind
+                ),
+            ));
+        }
+        if self.kind == PhaseKind::Language {
+            if self.steps == 0 {
+                problems.push(("steps", "must be at least 1".into()));
+            }
+            if self.data.is_empty() {
+                problems.push((
+                    "data",
+                    "a language phase needs at least one data source".into(),
+                ));
+            }
+            if self.shards != 1 {
+                problems.push(("shards", "a language phase runs as one task".into()));
+            }
+        }
+        if self.batch_size == 0 {
+            problems.push(("batch_size", "must be at least 1".into()));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            problems.push(("learning_rate", "must be a positive number".into()));
+        }
+        if self.checkpoint_every == 0 {
+            problems.push(("checkpoint_every", "must be at least 1".into()));
+        }
+        if self.shards == 0 {
+            problems.push(("shards", "must be at least 1".into()));
+        }
+        if self.max_attempts == 0 {
+            problems.push(("max_attempts", "must be at least 1".into()));
+        }
+        problems
+    }
+}
+
+fn is_slug(name: &str) -> bool {
+    (1..=40).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+#[cfg(test)]
+mod tests;

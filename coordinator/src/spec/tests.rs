@@ -1,0 +1,76 @@
+use super::*;
+
+fn errors(yaml: &str) -> Vec<SpecError> {
+    parse(yaml, "job.yaml")
+        .expect_err("the spec should be refused")
+        .0
+}
+
+const GOOD: &str = "\
+name: demo
+storage: /tmp/outloud
+data:
+  - name: story
+    kind: generated_text
+    words: 1000
+phases:
+  - name: language
+    kind: language
+    data: [story]
+    steps: 10
+";
+
+#[test]
+fn a_good_spec_parses_with_defaults() {
+    let spec = parse(GOOD, "job.yaml").unwrap();
+    assert_eq!(spec.phases[0].batch_size, 16);
+    assert_eq!(spec.model.shape().unwrap().d_model, 64);
+}
+
+#[test]
+fn unknown_fields_are_located() {
+    let yaml = GOOD.replace("    steps: 10", "    steps: 10\n    stpes: 3");
+    let e = &errors(&yaml)[0];
+    assert_eq!((e.line, e.field.as_str()), (12, "phases[0]"), "{e}");
+    assert!(e.message.contains("unknown field `stpes`"), "{e}");
+    assert!(e.to_string().starts_with("job.yaml:12:5: "), "{e}");
+}
+
+#[test]
+fn wrong_types_and_negative_numbers_are_located() {
+    let e = &errors(&GOOD.replace("steps: 10", "steps: ten"))[0];
+    assert_eq!(e.line, 11, "{e}");
+    assert!(e.message.contains("invalid type"), "{e}");
+    let e = &errors(&GOOD.replace("words: 1000", "words: -5"))[0];
+    assert_eq!(e.line, 6, "{e}");
+}
+
+#[test]
+fn semantic_problems_name_their_field_and_line() {
+    let yaml = GOOD
+        .replace("data: [story]", "data: [stroy]")
+        .replace("steps: 10", "steps: 0");
+    let found = errors(&yaml);
+    let fields: Vec<&str> = found.iter().map(|e| e.field.as_str()).collect();
+    assert!(fields.contains(&"phases[0].steps"), "{fields:?}");
+    let data = found
+        .iter()
+        .find(|e| e.field == "phases[0].data[0]")
+        .unwrap();
+    assert_eq!((data.line, data.column), (10, 12), "{data}");
+    assert!(data.message.contains("stroy"));
+}
+
+#[test]
+fn model_shapes_are_checked() {
+    let yaml = GOOD.replace("phases:", "model: {preset: tiny, n_heads: 3}\nphases:");
+    assert_eq!(errors(&yaml)[0].field, "model.n_heads");
+    let yaml = GOOD.replace("phases:", "model: {preset: huge}\nphases:");
+    assert_eq!(errors(&yaml)[0].field, "model.preset");
+}
+
+#[test]
+fn a_missing_required_field_is_refused() {
+    let e = &errors(&GOOD.replace("storage: /tmp/outloud\n", ""))[0];
+    assert!(e.message.contains("missing field `storage`"), "{e}");
+}

@@ -1,0 +1,220 @@
+//! Storage locations: job roots and data sources are URLs (`file://`, `s3://`, ...)
+//! opened through `object_store`, so a laptop and a cluster run the same code.
+//!
+//! S3-compatible stores read their settings from the usual `AWS_*` variables
+//! (`AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, `AWS_ALLOW_HTTP`, ...).
+
+use std::path::{Component, Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("bad storage URL `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("{url}: {source}")]
+    Store {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{url}: nothing there")]
+    Missing { url: String },
+}
+
+/// `location` as an absolute URL; a plain path is taken relative to `working_dir`.
+pub fn absolute_url(location: &str, working_dir: &str) -> Result<Url, String> {
+    if let Ok(url) = Url::parse(location)
+        && url.scheme().len() > 1
+    {
+        return Ok(url);
+    }
+    let path = FsPath::new(working_dir).join(location);
+    let path = normalize(&path);
+    Url::from_file_path(&path).map_err(|()| format!("`{location}` is not a usable path"))
+}
+
+/// Removes `.` and `..` without touching the file system (the path may not exist yet).
+fn normalize(path: &FsPath) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A place in an object store: the store plus a prefix inside it.
+#[derive(Clone)]
+pub struct Location {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    url: String,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl Location {
+    pub fn open(url: &str) -> Result<Self, StorageError> {
+        let bad = |reason: String| StorageError::BadUrl {
+            url: url.into(),
+            reason,
+        };
+        let parsed = Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let options = std::env::vars()
+            .filter(|(k, _)| k.starts_with("AWS_"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v));
+        let (store, prefix) =
+            object_store::parse_url_opts(&parsed, options).map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            store: Arc::from(store),
+            prefix,
+            url: url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The location `relative` (slash-separated) below this one.
+    pub fn join(&self, relative: &str) -> Self {
+        let mut prefix = self.prefix.clone();
+        for part in relative.split('/').filter(|p| !p.is_empty()) {
+            prefix = prefix.clone().join(part);
+        }
+        Self {
+            store: self.store.clone(),
+            prefix,
+            url: format!("{}/{}", self.url, relative.trim_matches('/')),
+        }
+    }
+
+    fn error(&self, source: object_store::Error) -> StorageError {
+        match source {
+            object_store::Error::NotFound { .. } => StorageError::Missing {
+                url: self.url.clone(),
+            },
+            source => StorageError::Store {
+                url: self.url.clone(),
+                source,
+            },
+        }
+    }
+
+    pub async fn put(&self, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.store
+            .put(&self.prefix, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    pub async fn get(&self) -> Result<Vec<u8>, StorageError> {
+        let result = self
+            .store
+            .get(&self.prefix)
+            .await
+            .map_err(|e| self.error(e))?;
+        let bytes = result.bytes().await.map_err(|e| self.error(e))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Whether an object stands exactly here.
+    pub async fn is_object(&self) -> Result<bool, StorageError> {
+        match self.store.head(&self.prefix).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            // A local directory answers head() with an error of its own.
+            Err(_) if self.url.starts_with("file:") => Ok(false),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Objects below this location, as locations, sorted by name.
+    pub async fn list(&self) -> Result<Vec<Location>, StorageError> {
+        let mut metas: Vec<_> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error(e))?;
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        let base = self.prefix.as_ref().len();
+        Ok(metas
+            .into_iter()
+            .map(|meta| {
+                let relative = meta.location.as_ref()[base..].trim_start_matches('/');
+                self.join(relative)
+            })
+            .collect())
+    }
+
+    /// The object here, or the objects below it when this names a folder.
+    pub async fn objects(&self) -> Result<Vec<Location>, StorageError> {
+        if self.is_object().await? {
+            return Ok(vec![self.clone()]);
+        }
+        let found = self.list().await?;
+        if found.is_empty() {
+            return Err(StorageError::Missing {
+                url: self.url.clone(),
+            });
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_working_dir() {
+        let url = absolute_url("../data/./x.txt", "/home/me/jobs").unwrap();
+        assert_eq!(url.as_str(), "file:///home/me/data/x.txt");
+        let url = absolute_url("s3://bucket/root", "/anywhere").unwrap();
+        assert_eq!(url.as_str(), "s3://bucket/root");
+    }
+
+    #[tokio::test]
+    async fn put_get_and_list_through_a_file_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Location::open(
+            absolute_url(".", dir.path().to_str().unwrap())
+                .unwrap()
+                .as_str(),
+        )
+        .unwrap();
+        root.join("a/one.txt").put(b"1".to_vec()).await.unwrap();
+        root.join("a/two.txt").put(b"22".to_vec()).await.unwrap();
+        assert_eq!(root.join("a/two.txt").get().await.unwrap(), b"22");
+        let names: Vec<String> = root
+            .join("a")
+            .objects()
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| l.url().to_string())
+            .collect();
+        assert_eq!(names.len(), 2);
+        assert!(names[0].ends_with("/a/one.txt"), "{names:?}");
+        assert!(matches!(
+            root.join("nothing").objects().await,
+            Err(StorageError::Missing { .. })
+        ));
+    }
+}

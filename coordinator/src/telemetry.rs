@@ -1,0 +1,15 @@
+//! Tracing set-up shared by every Outloud binary: human-readable lines on stderr,
+//! filtered by `RUST_LOG` (default `info`), spans carrying job, phase, task, worker, rank.
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // A second init (tests that call into a binary's main) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,112 @@
+//! What the CLI shows: job summaries for listings and plain-text tables. The full job
+//! document (`outloud status --json`) is the scheduler's [`Job`] itself.
+
+use serde::{Deserialize, Serialize};
+
+use crate::scheduler::{Job, Metrics, RunState, Worker};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhaseSummary {
+    pub name: String,
+    pub state: RunState,
+    pub metrics: Metrics,
+    pub first_loss: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub id: String,
+    pub state: RunState,
+    pub submitted_at: u64,
+    pub finished_at: Option<u64>,
+    pub error: Option<String>,
+    pub phases: Vec<PhaseSummary>,
+}
+
+impl JobSummary {
+    pub fn of(job: &Job) -> Self {
+        Self {
+            id: job.id.clone(),
+            state: job.state,
+            submitted_at: job.submitted_at,
+            finished_at: job.finished_at,
+            error: job.error.clone(),
+            phases: job
+                .phases
+                .iter()
+                .map(|p| PhaseSummary {
+                    name: p.name.clone(),
+                    state: p.state,
+                    metrics: p.metrics(),
+                    first_loss: p.first_loss(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `outloud status JOB`: the job, then a row per phase.
+pub fn job_table(job: &Job) -> String {
+    let mut out = format!("job {}  {}\n", job.id, job.state);
+    if let Some(error) = &job.error {
+        out += &format!("error: {error}\n");
+    }
+    out += &format!(
+        "{:<16} {:<10} {:>13} {:>10} {:>10} {:>12} {:>10}\n",
+        "PHASE", "STATE", "STEP", "FIRST LOSS", "LOSS", "TOKENS", "WORDS"
+    );
+    for phase in &job.phases {
+        let m = phase.metrics();
+        let first = phase
+            .first_loss()
+            .map(|l| format!("{l:.3}"))
+            .unwrap_or("-".into());
+        out += &format!(
+            "{:<16} {:<10} {:>13} {:>10} {:>10.3} {:>12} {:>10}\n",
+            phase.name,
+            phase.state.to_string(),
+            format!("{}/{}", m.step, m.total_steps),
+            first,
+            m.loss,
+            m.tokens,
+            m.words
+        );
+    }
+    out
+}
+
+pub fn jobs_table(jobs: &[JobSummary]) -> String {
+    let mut out = format!("{:<28} {:<10} {}\n", "JOB", "STATE", "PHASES");
+    for job in jobs {
+        let phases: Vec<String> = job
+            .phases
+            .iter()
+            .map(|p| format!("{}:{}", p.name, p.state))
+            .collect();
+        out += &format!(
+            "{:<28} {:<10} {}\n",
+            job.id,
+            job.state.to_string(),
+            phases.join(" ")
+        );
+    }
+    out
+}
+
+pub fn workers_table(workers: &[Worker]) -> String {
+    let mut out = format!(
+        "{:<28} {:<8} {:<6} {}\n",
+        "WORKER", "DEVICE", "ALIVE", "LEASES"
+    );
+    for w in workers {
+        let leases: Vec<String> = w.leases.iter().map(ToString::to_string).collect();
+        out += &format!(
+            "{:<28} {:<8} {:<6} {}\n",
+            w.id,
+            w.info.device,
+            w.alive,
+            leases.join(" ")
+        );
+    }
+    out
+}
