@@ -1,1 +1,27 @@
+//! An Outloud worker: leases phase tasks from the coordinator and trains through
+//! libtorch (`tch`), checkpointing into the job's object storage.
+//!
+//! Layout:
+//! - [`agent`]: the control loop (register, lease, heartbeat, report, complete).
+//! - [`task`]: the context a task runs in, and the dispatch by phase kind.
+//! - [`train`]: phase 1, language bootstrapping (the training loop).
+//! - [`model`]: the GPT, bottom-up, readable in one sitting.
+//! - [`optim`]: AdamW with checkpointable state, the learning-rate schedule.
+//! - [`checkpoint`]: safetensors + verified manifests in object storage.
+//! - [`tokenizer`]: byte-level BPE trained by the `tokenizers` crate.
+//! - [`data`]: reading a phase's text through the storage layer.
+//! - [`corpus`]: the embedded, seeded child-directed text generator.
+//! - [`rng`]: a small reproducible random number generator.
+//! - [`error`]: the worker's error type.
 
+pub mod agent;
+pub mod checkpoint;
+pub mod corpus;
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod task;
+pub mod tokenizer;
+pub mod train;

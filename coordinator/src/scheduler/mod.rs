@@ -169,7 +169,14 @@ impl Scheduler {
     pub fn submit(&mut self, spec: JobSpec, now: Millis) -> String {
         self.counters.next_job += 1;
         self.changes.counters_changed = true;
-        let id = format!("{}-{}", spec.name, self.counters.next_job);
+        // The time suffix keeps ids unique across coordinators that share a storage root
+        // (each `outloud local` run starts a fresh state directory).
+        let id = format!(
+            "{}-{}-{:06x}",
+            spec.name,
+            self.counters.next_job,
+            now & 0xff_ffff
+        );
         let phases = spec
             .phases
             .iter()

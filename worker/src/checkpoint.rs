@@ -1,0 +1,202 @@
+//! Checkpoints in object storage: a folder per checkpoint holding
+//! `model.safetensors`, `optimizer.safetensors`, `tokenizer.json` and `manifest.json`.
+//!
+//! The manifest is written last and lists every file's SHA-256, so a checkpoint is
+//! either complete and verified or refused: a half-written or corrupted one is detected
+//! on load, never silently used.
+
+use std::collections::BTreeMap;
+
+use outloud_coordinator::storage::{Location, StorageError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tch::Tensor;
+
+use crate::error::WorkerError;
+use crate::model::GptConfig;
+
+pub const FORMAT: &str = "outloud-checkpoint/1";
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub job: String,
+    pub phase: String,
+    /// Optimizer steps taken when this was written.
+    pub step: u64,
+    pub total_steps: u64,
+    pub model: GptConfig,
+    pub loss: f64,
+    pub tokens: u64,
+    pub words: u64,
+    /// File name -> SHA-256 (hex) of its bytes.
+    pub files: BTreeMap<String, String>,
+}
+
+/// What a checkpoint holds, verified.
+pub struct Loaded {
+    pub manifest: Manifest,
+    pub weights: Vec<(String, Tensor)>,
+    pub optimizer: Option<Vec<(String, Tensor)>>,
+    pub tokenizer: Vec<u8>,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, WorkerError> {
+    let file = tempfile::NamedTempFile::new()?;
+    Tensor::write_safetensors(tensors, file.path())?;
+    Ok(std::fs::read(file.path())?)
+}
+
+fn tensors_from(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WorkerError> {
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), bytes)?;
+    Ok(Tensor::read_safetensors(file.path())?)
+}
+
+/// The pieces of a checkpoint to write.
+pub struct ToSave<'a> {
+    pub weights: Vec<(String, Tensor)>,
+    pub optimizer: Option<Vec<(String, Tensor)>>,
+    pub tokenizer: &'a [u8],
+}
+
+/// Writes the files, then the manifest that vouches for them.
+pub async fn save(
+    location: &Location,
+    pieces: ToSave<'_>,
+    mut manifest: Manifest,
+) -> Result<(), WorkerError> {
+    let mut files = vec![(MODEL_FILE, safetensors_bytes(&pieces.weights)?)];
+    if let Some(state) = &pieces.optimizer {
+        files.push((OPTIMIZER_FILE, safetensors_bytes(state)?));
+    }
+    files.push((TOKENIZER_FILE, pieces.tokenizer.to_vec()));
+    manifest.files.clear();
+    for (name, bytes) in files {
+        manifest.files.insert(name.to_string(), sha256(&bytes));
+        location.join(name).put(bytes).await?;
+    }
+    manifest.format = FORMAT.into();
+    // Serializing our own manifest cannot fail.
+    let manifest = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+    location.join(MANIFEST_FILE).put(manifest).await?;
+    Ok(())
+}
+
+/// Reads and verifies a checkpoint; any mismatch is an error naming the file.
+pub async fn load(location: &Location) -> Result<Loaded, WorkerError> {
+    let refuse = |reason: String| WorkerError::Checkpoint {
+        url: location.url().to_string(),
+        reason,
+    };
+    let manifest_bytes = match location.join(MANIFEST_FILE).get().await {
+        Ok(bytes) => bytes,
+        Err(StorageError::Missing { .. }) => {
+            return Err(refuse("no manifest: incomplete or not a checkpoint".into()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| refuse(format!("bad manifest: {e}")))?;
+    if manifest.format != FORMAT {
+        return Err(refuse(format!(
+            "format `{}`, expected `{FORMAT}`",
+            manifest.format
+        )));
+    }
+    let mut files = BTreeMap::new();
+    for (name, expected) in &manifest.files {
+        let bytes = location.join(name).get().await?;
+        let actual = sha256(&bytes);
+        if &actual != expected {
+            return Err(refuse(format!(
+                "{name} is corrupt: sha256 {actual}, manifest says {expected}"
+            )));
+        }
+        files.insert(name.clone(), bytes);
+    }
+    let weights = files
+        .get(MODEL_FILE)
+        .ok_or_else(|| refuse(format!("no {MODEL_FILE}")))?;
+    let weights = tensors_from(weights)?;
+    let optimizer = files
+        .get(OPTIMIZER_FILE)
+        .map(|b| tensors_from(b))
+        .transpose()?;
+    let tokenizer = files
+        .remove(TOKENIZER_FILE)
+        .ok_or_else(|| refuse(format!("no {TOKENIZER_FILE}")))?;
+    Ok(Loaded {
+        manifest,
+        weights,
+        optimizer,
+        tokenizer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: String::new(),
+            job: "j".into(),
+            phase: "p".into(),
+            step: 3,
+            total_steps: 10,
+            model: GptConfig {
+                vocab_size: 300,
+                context: 8,
+                d_model: 8,
+                n_layers: 1,
+                n_heads: 2,
+            },
+            loss: 1.5,
+            tokens: 100,
+            words: 80,
+            files: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trips_and_refuses_a_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let location = Location::open(url.as_str()).unwrap().join("ckpt");
+        let w = Tensor::randn([4, 4], (Kind::Float, Device::Cpu));
+        let pieces = ToSave {
+            weights: vec![("w".into(), w.shallow_clone())],
+            optimizer: None,
+            tokenizer: b"{}",
+        };
+        save(&location, pieces, manifest()).await.unwrap();
+        let loaded = load(&location).await.unwrap();
+        assert_eq!(loaded.manifest.step, 3);
+        assert!(loaded.weights[0].1.equal(&w));
+        assert!(loaded.optimizer.is_none());
+
+        // Flip one byte of the weights: the checkpoint is refused, not loaded.
+        let path = dir.path().join("ckpt").join(MODEL_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        let error = load(&location).await.err().unwrap().to_string();
+        assert!(error.contains("model.safetensors is corrupt"), "{error}");
+
+        // No manifest: incomplete.
+        std::fs::remove_file(dir.path().join("ckpt").join(MANIFEST_FILE)).unwrap();
+        let error = load(&location).await.err().unwrap().to_string();
+        assert!(error.contains("no manifest"), "{error}");
+    }
+}

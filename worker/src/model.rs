@@ -1,0 +1,204 @@
+//! The language model: a decoder-only transformer (GPT), bottom-up.
+//!
+//! attention -> MLP -> block -> model. Pre-norm residual blocks, causal scaled
+//! dot-product attention, learned positions, and an output layer tied to the token
+//! embedding. Parameter paths (`blocks.0.attn.qkv.weight`) are the checkpoint's tensor
+//! names. Shapes in comments: B batch, T time, C channels (d_model), nh heads, hs head size.
+
+use outloud_coordinator::spec::ModelShape;
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// The model's hyper-parameters, saved in every checkpoint manifest.
+pub type GptConfig = ModelShape;
+
+#[derive(Debug)]
+struct CausalSelfAttention {
+    qkv: nn::Linear,
+    proj: nn::Linear,
+    n_heads: i64,
+}
+
+impl CausalSelfAttention {
+    fn new(p: nn::Path, c: &GptConfig) -> Self {
+        let d = c.d_model as i64;
+        Self {
+            qkv: nn::linear(&p / "qkv", d, 3 * d, Default::default()),
+            proj: nn::linear(&p / "proj", d, d, Default::default()),
+            n_heads: c.n_heads as i64,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let (b, t, c) = x.size3().expect("attention input is (B, T, C)");
+        let hs = c / self.n_heads;
+        let heads = |y: Tensor| y.view([b, t, self.n_heads, hs]).transpose(1, 2); // (B, nh, T, hs)
+        let qkv = self.qkv.forward(x).split(c, 2); // 3 x (B, T, C)
+        let (q, k, v) = (
+            heads(qkv[0].shallow_clone()),
+            heads(qkv[1].shallow_clone()),
+            heads(qkv[2].shallow_clone()),
+        );
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            false,
+        );
+        let y = y.transpose(1, 2).contiguous().view([b, t, c]); // (B, T, C)
+        self.proj.forward(&y)
+    }
+}
+
+#[derive(Debug)]
+struct Mlp {
+    fc: nn::Linear,
+    proj: nn::Linear,
+}
+
+impl Mlp {
+    fn new(p: nn::Path, c: &GptConfig) -> Self {
+        let d = c.d_model as i64;
+        Self {
+            fc: nn::linear(&p / "fc", d, 4 * d, Default::default()),
+            proj: nn::linear(&p / "proj", 4 * d, d, Default::default()),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.proj.forward(&self.fc.forward(x).gelu("tanh"))
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    ln1: nn::LayerNorm,
+    attn: CausalSelfAttention,
+    ln2: nn::LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(p: nn::Path, c: &GptConfig) -> Self {
+        let d = c.d_model as i64;
+        Self {
+            ln1: nn::layer_norm(&p / "ln1", vec![d], Default::default()),
+            attn: CausalSelfAttention::new(&p / "attn", c),
+            ln2: nn::layer_norm(&p / "ln2", vec![d], Default::default()),
+            mlp: Mlp::new(&p / "mlp", c),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x + self.attn.forward(&self.ln1.forward(x));
+        &x + self.mlp.forward(&self.ln2.forward(&x))
+    }
+}
+
+#[derive(Debug)]
+pub struct Gpt {
+    wte: nn::Embedding,
+    wpe: nn::Embedding,
+    blocks: Vec<Block>,
+    ln_f: nn::LayerNorm,
+    pub config: GptConfig,
+}
+
+impl Gpt {
+    pub fn new(p: &nn::Path, config: GptConfig) -> Self {
+        let d = config.d_model as i64;
+        let embedding = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+            ..Default::default()
+        };
+        Self {
+            wte: nn::embedding(p / "wte", config.vocab_size as i64, d, embedding),
+            wpe: nn::embedding(p / "wpe", config.context as i64, d, embedding),
+            blocks: (0..config.n_layers)
+                .map(|i| Block::new(p / "blocks" / i, &config))
+                .collect(),
+            ln_f: nn::layer_norm(p / "ln_f", vec![d], Default::default()),
+            config,
+        }
+    }
+
+    /// Token ids (B, T) -> next-token logits (B, T, vocab).
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        let (_, t) = ids.size2().expect("ids are (B, T)");
+        let positions = Tensor::arange(t, (Kind::Int64, ids.device()));
+        let mut x = self.wte.forward(ids) + self.wpe.forward(&positions); // (B, T, C)
+        for block in &self.blocks {
+            x = block.forward(&x);
+        }
+        // The output layer shares the token embedding's weights.
+        self.ln_f.forward(&x).matmul(&self.wte.ws.tr()) // (B, T, vocab)
+    }
+
+    /// Mean next-token cross-entropy of `targets` (B, T) given `ids` (B, T).
+    pub fn loss(&self, ids: &Tensor, targets: &Tensor) -> Tensor {
+        let logits = self.forward(ids);
+        let vocab = logits.size()[2];
+        logits
+            .view([-1, vocab])
+            .to_kind(Kind::Float)
+            .cross_entropy_for_logits(&targets.reshape([-1]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn tiny() -> GptConfig {
+        GptConfig {
+            vocab_size: 50,
+            context: 16,
+            d_model: 32,
+            n_layers: 2,
+            n_heads: 4,
+        }
+    }
+
+    #[test]
+    fn logits_have_the_right_shape_and_names_match_the_checkpoint_layout() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Gpt::new(&vs.root(), tiny());
+        let ids = Tensor::randint(50, [3, 10], (Kind::Int64, Device::Cpu));
+        assert_eq!(model.forward(&ids).size(), vec![3, 10, 50]);
+        let names = vs.variables();
+        assert!(names.contains_key("blocks.1.attn.qkv.weight"));
+        assert!(names.contains_key("wte.weight"));
+        assert!(
+            !names.keys().any(|n| n.starts_with("lm_head")),
+            "the output layer is tied"
+        );
+    }
+
+    #[test]
+    fn attention_is_causal() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Gpt::new(&vs.root(), tiny());
+        let a = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6]).view([1, 6]);
+        let b = Tensor::from_slice(&[1i64, 2, 3, 9, 9, 9]).view([1, 6]);
+        let (la, lb) = (model.forward(&a), model.forward(&b));
+        // Positions before the first change see the same prefix: same logits.
+        let diff = (la.narrow(1, 0, 3) - lb.narrow(1, 0, 3))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-6, "{diff}");
+        let diff = (la.narrow(1, 3, 1) - lb.narrow(1, 3, 1))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff > 1e-6);
+    }
+}

@@ -1,0 +1,38 @@
+//! A tiny seeded random number generator (SplitMix64): the same numbers on every
+//! machine and in every version, which the corpus generator and batch sampling need for
+//! reproducible runs and exact resumes.
+
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// A generator for one (seed, stream) pair, e.g. one training step.
+    pub fn for_stream(seed: u64, stream: u64) -> Self {
+        let mut mixer = Self::new(seed);
+        mixer.0 ^= stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        mixer.next_u64();
+        mixer
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        // Multiply-shift: unbiased enough for sampling, and fast.
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
