@@ -1,1 +1,280 @@
+//! A real coordinator and real workers on loopback train phase 1, survive a killed
+//! worker and a killed coordinator, and leave verified checkpoints in storage.
 
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use outloud_coordinator::scheduler::{EventKind, Job, RunState, TaskState};
+use outloud_proto::v1 as pb;
+use support::*;
+
+const GENERATED: &str = "  - {name: corpus, kind: generated_text, seed: 11, words: 60000}";
+
+fn task_output(job: &Job) -> String {
+    match &job.phases[0].tasks[0].state {
+        TaskState::Succeeded { output } => output.clone(),
+        other => panic!("task not succeeded: {other:?}"),
+    }
+}
+
+/// The final loss is clearly below the first, and the final checkpoint is complete.
+fn assert_trained(job: &Job, storage: &Path, margin: f64) {
+    assert_succeeded(job);
+    let phase = &job.phases[0];
+    let first = phase.first_loss().expect("a first loss was reported");
+    let last = phase.metrics().loss;
+    assert!(
+        last < first - margin,
+        "loss went from {first:.3} to {last:.3}: not down by {margin}"
+    );
+    let output = task_output(job);
+    let dir = storage.join(format!("jobs/{}/language/final", job.id));
+    assert!(
+        output.ends_with(&format!("jobs/{}/language/final", job.id)),
+        "{output}"
+    );
+    for file in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "tokenizer.json",
+        "manifest.json",
+    ] {
+        let path = dir.join(file);
+        assert!(
+            path.metadata().map(|m| m.len() > 0).unwrap_or(false),
+            "{} missing",
+            path.display()
+        );
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["step"], phase.metrics().total_steps);
+    let tokenizer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("tokenizer.json")).unwrap()).unwrap();
+    assert_eq!(tokenizer["model"]["type"], "BPE");
+}
+
+fn events(job: &Job) -> Vec<&EventKind> {
+    job.history.iter().map(|e| &e.what).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_train_phase_one_on_generated_text() {
+    let _one_at_a_time = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 5_000, None);
+    let _workers: Vec<_> = (0..2)
+        .map(|i| {
+            start_worker(
+                &coordinator.url,
+                &dir.path().join("logs"),
+                &format!("w{i}"),
+                None,
+            )
+        })
+        .collect();
+    let connection = connect(&coordinator.url, None).await;
+    let id = submit(
+        &connection,
+        &language_job(&storage, GENERATED, 200, 50),
+        dir.path(),
+    )
+    .await;
+    let job = wait_until(&connection, &id, Duration::from_secs(180), finished).await;
+    assert_trained(&job, &storage, 2.0);
+    // The generated corpus was written into the job's storage and read from there.
+    let data: Vec<_> = std::fs::read_dir(storage.join("data")).unwrap().collect();
+    assert_eq!(data.len(), 1);
+    // Intermediate checkpoints exist and were reported.
+    assert!(
+        storage
+            .join(format!(
+                "jobs/{id}/language/checkpoints/step-000150/manifest.json"
+            ))
+            .exists()
+    );
+    assert!(
+        events(&job)
+            .iter()
+            .any(|e| matches!(e, EventKind::Checkpointed { step: 150, .. }))
+    );
+    // Both workers registered; `outloud workers --json` lists them.
+    let out = cli(
+        &["workers", "--json", "--coordinator", &coordinator.url],
+        None,
+    );
+    let workers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(workers.as_array().unwrap().len(), 2);
+    let out = cli(
+        &["status", &id, "--json", "--coordinator", &coordinator.url],
+        None,
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(status["phases"][0]["state"], "succeeded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn phase_one_learns_from_real_babylm_text() {
+    let _one_at_a_time = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let text = shared_data().join("babylm-text/train");
+    let data = format!("  - {{name: corpus, kind: text, path: {}}}", text.display());
+    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 5_000, None);
+    let _workers: Vec<_> = (0..2)
+        .map(|i| {
+            start_worker(
+                &coordinator.url,
+                &dir.path().join("logs"),
+                &format!("w{i}"),
+                None,
+            )
+        })
+        .collect();
+    let connection = connect(&coordinator.url, None).await;
+    let id = submit(
+        &connection,
+        &language_job(&storage, &data, 200, 100),
+        dir.path(),
+    )
+    .await;
+    let job = wait_until(&connection, &id, Duration::from_secs(300), finished).await;
+    assert_trained(&job, &storage, 1.0);
+    // Six BabyLM files, about 1.15M words, all read.
+    let words = job.phases[0].metrics().words;
+    assert!(words > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refused() {
+    let _one_at_a_time = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let logs = dir.path().join("logs");
+    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 1_500, None);
+    let mut first = start_worker(&coordinator.url, &logs, "first", None);
+    let connection = connect(&coordinator.url, None).await;
+    let id = submit(
+        &connection,
+        &language_job(&storage, GENERATED, 600, 40),
+        dir.path(),
+    )
+    .await;
+    let before = wait_until(&connection, &id, Duration::from_secs(120), |job| {
+        job.phases[0].tasks[0].checkpoint.is_some()
+    })
+    .await;
+    let task = &before.phases[0].tasks[0];
+    let (victim, old_epoch) = match &task.state {
+        TaskState::Leased { worker, .. } => (worker.clone(), task.epoch),
+        other => panic!("expected a leased task, got {other:?}"),
+    };
+    let _second = start_worker(&coordinator.url, &logs, "second", None);
+    first.sigkill();
+
+    let job = wait_until(&connection, &id, Duration::from_secs(240), finished).await;
+    assert_succeeded(&job);
+    let history = events(&job);
+    assert!(
+        history.iter().any(|e| matches!(e, EventKind::LeaseLost { worker, epoch, .. } if *worker == victim && *epoch == old_epoch)),
+        "{history:#?}"
+    );
+    let release = history.iter().find_map(|e| match e {
+        EventKind::Leased {
+            worker,
+            epoch,
+            resume_from,
+            ..
+        } if *epoch == old_epoch + 1 => Some((worker.clone(), resume_from.clone())),
+        _ => None,
+    });
+    let (new_worker, resume_from) = release.expect("the task was leased again");
+    assert_ne!(new_worker, victim);
+    assert!(
+        resume_from.is_some(),
+        "the new lease resumes from the last checkpoint"
+    );
+    let resumed_step = history.iter().find_map(|e| match e {
+        EventKind::Resumed { step, .. } => Some(*step),
+        _ => None,
+    });
+    assert!(
+        resumed_step.unwrap_or(0) >= 40,
+        "training resumed from a checkpoint, not from scratch: {resumed_step:?}"
+    );
+
+    // The dead worker's lease is stale: a late report under the old epoch is refused.
+    let stale = pb::LeaseRef {
+        task_id: task.id.to_string(),
+        epoch: old_epoch,
+    };
+    let late = pb::ReportProgressRequest {
+        worker_id: victim.clone(),
+        lease: Some(stale.clone()),
+        ..Default::default()
+    };
+    let refused = connection
+        .workers()
+        .report_progress(late)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let late = pb::CompleteTaskRequest {
+        worker_id: victim,
+        lease: Some(stale),
+        output: "zombie".into(),
+        ..Default::default()
+    };
+    let refused = connection.workers().complete_task(late).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(!task_output(&job).contains("zombie"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_coordinator_restarts_and_the_job_completes_with_its_history() {
+    let _one_at_a_time = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let state = dir.path().join("state");
+    let logs = dir.path().join("logs");
+    let port = free_port();
+    let mut coordinator = Coordinator::start(&state, port, 5_000, None);
+    let _workers: Vec<_> = (0..2)
+        .map(|i| start_worker(&coordinator.url, &logs, &format!("w{i}"), None))
+        .collect();
+    let connection = connect(&coordinator.url, None).await;
+    let id = submit(
+        &connection,
+        &language_job(&storage, GENERATED, 500, 50),
+        dir.path(),
+    )
+    .await;
+    let before = wait_until(&connection, &id, Duration::from_secs(120), |job| {
+        job.phases[0].metrics().step >= 60
+    })
+    .await;
+    assert_eq!(before.state, RunState::Running);
+
+    coordinator.process.sigkill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let restarted = Coordinator::start(&state, port, 5_000, None);
+    let connection = connect(&restarted.url, None).await;
+    let job = wait_until(&connection, &id, Duration::from_secs(240), finished).await;
+    assert_succeeded(&job);
+    // Nothing acknowledged before the kill was lost: the old history is a prefix of the new.
+    assert!(job.history.len() > before.history.len());
+    assert_eq!(&job.history[..before.history.len()], &before.history[..]);
+    assert_eq!(job.submitted_at, before.submitted_at);
+    assert_trained(&job, &storage, 2.0);
+    let listed = cli(&["jobs", "--json", "--coordinator", &restarted.url], None);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+}

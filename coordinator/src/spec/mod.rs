@@ -256,6 +256,7 @@ fn from_serde(error: &serde_yaml::Error, source_name: &str) -> SpecErrors {
         Some((field, rest)) if !field.contains(' ') => (field.to_string(), rest.to_string()),
         _ => (String::new(), text),
     };
+    let message = explain_negative(&message).unwrap_or(message);
     SpecErrors(vec![SpecError {
         source_name: source_name.into(),
         line,
@@ -263,6 +264,14 @@ fn from_serde(error: &serde_yaml::Error, source_name: &str) -> SpecErrors {
         field,
         message,
     }])
+}
+
+/// serde's "invalid type: integer `-5`, expected u64" says it the hard way.
+fn explain_negative(message: &str) -> Option<String> {
+    let value = message.strip_prefix("invalid type: integer `-")?;
+    let (digits, rest) = value.split_once('`')?;
+    rest.contains("expected u")
+        .then(|| format!("must not be negative, got `-{digits}`"))
 }
 
 impl JobSpec {

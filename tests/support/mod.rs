@@ -1,0 +1,237 @@
+//! Shared harness for the black-box tests: real `outloud` and `outloud-worker`
+//! processes on loopback, and a client to watch them.
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use outloud_coordinator::client::Connection;
+use outloud_coordinator::scheduler::{Job, RunState};
+use outloud_proto::v1 as pb;
+
+/// Training tests share two cores: run them one at a time.
+static CLUSTER: Mutex<()> = Mutex::new(());
+
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    CLUSTER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `$OUTLOUD_BIN_DIR`, else the directory above this test executable's `deps/`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var("OUTLOUD_BIN_DIR") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The repository's `../shared/data` folder.
+pub fn shared_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::File::create(dir.join(name)).unwrap()
+}
+
+/// A child process killed when dropped.
+pub struct Process {
+    child: Child,
+    pub name: String,
+}
+
+impl Process {
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+pub struct Coordinator {
+    pub process: Process,
+    pub url: String,
+    pub port: u16,
+}
+
+impl Coordinator {
+    pub fn start(state_dir: &Path, port: u16, lease_timeout_ms: u64, token: Option<&str>) -> Self {
+        let logs = state_dir.parent().unwrap().join("logs");
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = log_file(&logs, &format!("coordinator-{start}.log"));
+        let mut command = Command::new(bin("outloud"));
+        command
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(["--lease-timeout-ms", &lease_timeout_ms.to_string()])
+            .env_remove("OUTLOUD_TOKEN")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(token) = token {
+            command.env("OUTLOUD_TOKEN", token);
+        }
+        let child = command.spawn().expect("starting outloud coordinator");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the coordinator did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            process: Process {
+                child,
+                name: "coordinator".into(),
+            },
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+        }
+    }
+}
+
+pub fn start_worker(url: &str, logs: &Path, name: &str, token: Option<&str>) -> Process {
+    let log = log_file(logs, &format!("{name}.log"));
+    let mut command = Command::new(bin("outloud-worker"));
+    command
+        .args(["--coordinator", url, "--threads", "1", "--device", "cpu"])
+        .env_remove("OUTLOUD_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    if let Some(token) = token {
+        command.env("OUTLOUD_TOKEN", token);
+    }
+    Process {
+        child: command.spawn().expect("starting outloud-worker"),
+        name: name.into(),
+    }
+}
+
+/// Runs the `outloud` CLI to completion.
+pub fn cli(args: &[&str], token: Option<&str>) -> Output {
+    let mut command = Command::new(bin("outloud"));
+    command
+        .args(args)
+        .env_remove("OUTLOUD_TOKEN")
+        .stdin(Stdio::null());
+    if let Some(token) = token {
+        command.env("OUTLOUD_TOKEN", token);
+    }
+    command.output().expect("running outloud")
+}
+
+pub async fn connect(url: &str, token: Option<&str>) -> Connection {
+    Connection::open(url, token)
+        .await
+        .expect("connecting to the coordinator")
+}
+
+pub async fn submit(connection: &Connection, yaml: &str, working_dir: &Path) -> String {
+    let request = pb::SubmitJobRequest {
+        spec_yaml: yaml.into(),
+        source_name: "test.yaml".into(),
+        working_dir: working_dir.display().to_string(),
+    };
+    connection
+        .jobs()
+        .submit_job(request)
+        .await
+        .expect("submitting the job")
+        .into_inner()
+        .job_id
+}
+
+pub async fn job(connection: &Connection, id: &str) -> Job {
+    let request = pb::GetJobRequest { job_id: id.into() };
+    let answer = connection
+        .jobs()
+        .get_job(request)
+        .await
+        .expect("getting the job")
+        .into_inner();
+    serde_json::from_str(&answer.job_json).unwrap()
+}
+
+/// Polls until `done(job)` or the timeout, which fails the test with the job's state.
+pub async fn wait_until(
+    connection: &Connection,
+    id: &str,
+    timeout: Duration,
+    done: impl Fn(&Job) -> bool,
+) -> Job {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // Transient errors are expected while a coordinator restarts.
+        let request = pb::GetJobRequest { job_id: id.into() };
+        if let Ok(answer) = connection.jobs().get_job(request).await {
+            let job: Job = serde_json::from_str(&answer.into_inner().job_json).unwrap();
+            if done(&job) {
+                return job;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting on job {id}: {}",
+                    serde_json::to_string_pretty(&job).unwrap()
+                );
+            }
+        } else if Instant::now() > deadline {
+            panic!("timed out waiting on job {id}: coordinator unreachable");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn finished(job: &Job) -> bool {
+    job.state.is_finished()
+}
+
+pub fn assert_succeeded(job: &Job) {
+    assert_eq!(
+        job.state,
+        RunState::Succeeded,
+        "job did not succeed: {:?}",
+        job.error
+    );
+}
+
+/// A phase-1 job spec on the given data section.
+pub fn language_job(storage: &Path, data: &str, steps: u64, checkpoint_every: u64) -> String {
+    format!(
+        "name: test\nstorage: {storage}\ndata:\n{data}\nmodel: {{preset: tiny}}\nphases:\n  - name: language\n    kind: language\n    data: [corpus]\n    steps: {steps}\n    batch_size: 16\n    learning_rate: 0.003\n    warmup_steps: 10\n    checkpoint_every: {checkpoint_every}\n",
+        storage = storage.display()
+    )
+}
