@@ -62,7 +62,7 @@ fn events(job: &Job) -> Vec<&EventKind> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_train_phase_one_on_generated_text() {
-    let _one_at_a_time = exclusive();
+    let _one_at_a_time = exclusive().await;
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("storage");
     let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 5_000, None);
@@ -119,7 +119,7 @@ async fn two_workers_train_phase_one_on_generated_text() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn phase_one_learns_from_real_babylm_text() {
-    let _one_at_a_time = exclusive();
+    let _one_at_a_time = exclusive().await;
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("storage");
     let text = shared_data().join("babylm-text/train");
@@ -151,7 +151,7 @@ async fn phase_one_learns_from_real_babylm_text() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refused() {
-    let _one_at_a_time = exclusive();
+    let _one_at_a_time = exclusive().await;
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("storage");
     let logs = dir.path().join("logs");
@@ -240,7 +240,7 @@ async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refuse
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_coordinator_restarts_and_the_job_completes_with_its_history() {
-    let _one_at_a_time = exclusive();
+    let _one_at_a_time = exclusive().await;
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("storage");
     let state = dir.path().join("state");

@@ -13,10 +13,12 @@
 //! - [`storage`]: storage URLs opened through `object_store`.
 //! - [`telemetry`]: tracing set-up for every binary.
 //! - [`view`]: tables and summaries the CLI prints.
+//! - [`bench`]: the control-plane benchmark (simulated workers over gRPC).
 //! - [`cli`]: the `outloud` commands, including `outloud local`.
 
 pub mod admission;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod scheduler;

@@ -125,17 +125,30 @@ pub async fn run(
     health.set_serving::<JobsServer<JobService>>().await;
     let auth = RequireToken::new(config.token.clone());
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(WorkersServer::with_interceptor(
             WorkerService(coordinator.clone()),
             auth.clone(),
         ))
         .add_service(JobsServer::with_interceptor(JobService(coordinator), auth))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     expiry.abort();
     Ok(result?)
+}
+
+/// Accepted connections with Nagle's algorithm off: small request/answer pairs would
+/// otherwise wait on delayed ACKs (~40 ms a round trip). tonic's own `tcp_nodelay` only
+/// covers sockets it accepts itself.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 async fn expire_leases(coordinator: Arc<Coordinator>) {

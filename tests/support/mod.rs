@@ -6,7 +6,6 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use outloud_coordinator::client::Connection;
@@ -14,10 +13,10 @@ use outloud_coordinator::scheduler::{Job, RunState};
 use outloud_proto::v1 as pb;
 
 /// Training tests share two cores: run them one at a time.
-static CLUSTER: Mutex<()> = Mutex::new(());
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub fn exclusive() -> MutexGuard<'static, ()> {
-    CLUSTER.lock().unwrap_or_else(|p| p.into_inner())
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    CLUSTER.lock().await
 }
 
 /// `$OUTLOUD_BIN_DIR`, else the directory above this test executable's `deps/`.

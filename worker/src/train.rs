@@ -162,7 +162,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         metrics.tokens += tokens_per_step;
         metrics.words = (metrics.tokens as f64 * words_per_token) as u64;
         let checkpoint_due =
-            metrics.step % phase.checkpoint_every == 0 && metrics.step < phase.steps;
+            metrics.step.is_multiple_of(phase.checkpoint_every) && metrics.step < phase.steps;
         let first = step == start;
         if checkpoint_due || first || window.due() {
             metrics.loss = window.take();

@@ -1,1 +1,82 @@
-fn main() {}
+//! `outloud-bench`: the coordinator benchmark (`scripts/bench coordinator`).
+//! Runs each scenario several rounds, quotes the median round, and writes a Markdown
+//! report with the machine and date.
+
+use std::time::Duration;
+
+use clap::Parser;
+use outloud_coordinator::bench;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Simulated worker counts, one scenario each.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+    workers: Vec<usize>,
+    /// Seconds per round.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Rounds per scenario; the median round is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Where the Markdown report goes.
+    #[arg(long, default_value = "benchmarks/coordinator.md")]
+    out: std::path::PathBuf,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} cores, {cpu}")
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    outloud_coordinator::telemetry::init("warn");
+    let runtime = tokio::runtime::Runtime::new()?;
+    let duration = Duration::from_secs_f64(args.seconds);
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        eprintln!("round {round}/{}", args.rounds);
+        rounds.push(runtime.block_on(bench::run(&args.workers, duration))?);
+    }
+    let medians: Vec<bench::Scenario> = (0..args.workers.len())
+        .map(|i| {
+            let mut runs: Vec<&bench::Scenario> = rounds.iter().map(|r| &r[i]).collect();
+            runs.sort_by(|a, b| a.cycles_per_second.total_cmp(&b.cycles_per_second));
+            runs[runs.len() / 2].clone()
+        })
+        .collect();
+    let report = format!(
+        "# Coordinator benchmark\n\n{} on {}; median of {} rounds of {}s per scenario; gRPC on loopback, durable state (redb, fsync per group commit), client and server on the same machine.\n\n{}",
+        today(),
+        machine(),
+        args.rounds,
+        args.seconds,
+        bench::markdown(&medians)
+    );
+    println!("{report}");
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, &report)?;
+    eprintln!("written to {}", args.out.display());
+    Ok(())
+}

@@ -374,7 +374,7 @@ impl ModelShape {
         if self.n_layers == 0 {
             problems.push(("n_layers", "must be at least 1".into()));
         }
-        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
             problems.push((
                 "n_heads",
                 format!("must divide d_model ({}) evenly", self.d_model),
