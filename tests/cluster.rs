@@ -115,6 +115,12 @@ async fn two_workers_train_phase_one_on_generated_text() {
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["state"], "succeeded");
     assert_eq!(status["phases"][0]["state"], "succeeded");
+    assert_eq!(status["phases"][0]["metrics"]["step"], 200);
+    assert!(status["phases"][0]["metrics"]["words"].as_u64().unwrap() > 0);
+    assert!(
+        status["phases"][0]["metrics"]["loss"].as_f64().unwrap()
+            < status["phases"][0]["first_loss"].as_f64().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -277,4 +283,61 @@ async fn a_killed_coordinator_restarts_and_the_job_completes_with_its_history() 
     let listed = cli(&["jobs", "--json", "--coordinator", &restarted.url], None);
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed[0]["id"], id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn phase_one_reads_and_checkpoints_through_s3() {
+    let _one_at_a_time = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let s3 = S3Server::start(&logs);
+    s3.create_bucket("outloud");
+    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 5_000, None);
+    let _workers: Vec<_> = (0..2)
+        .map(|i| start_worker_with_env(&coordinator.url, &logs, &format!("w{i}"), None, &s3.env()))
+        .collect();
+    let connection = connect(&coordinator.url, None).await;
+    let yaml = language_job(Path::new("/unused"), GENERATED, 100, 50)
+        .replace("storage: /unused", "storage: s3://outloud/runs");
+    let id = submit(&connection, &yaml, dir.path()).await;
+    let job = wait_until(&connection, &id, Duration::from_secs(180), finished).await;
+    assert_succeeded(&job);
+    let output = task_output(&job);
+    assert_eq!(
+        output,
+        format!("s3://outloud/runs/jobs/{id}/language/final")
+    );
+
+    // The checkpoint and the generated corpus are objects in the S3 server.
+    let root =
+        outloud_coordinator::storage::Location::open_with("s3://outloud/runs", s3.env()).unwrap();
+    let names: Vec<String> = root
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.url().to_string())
+        .collect();
+    for expected in [
+        "language/final/model.safetensors",
+        "language/final/manifest.json",
+        "language/final/tokenizer.json",
+        "language/checkpoints/step-000050/manifest.json",
+    ] {
+        let wanted = format!("s3://outloud/runs/jobs/{id}/{expected}");
+        assert!(names.contains(&wanted), "{wanted} not in {names:#?}");
+    }
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("s3://outloud/runs/data/corpus-seed11")),
+        "{names:#?}"
+    );
+    let manifest = root
+        .join(&format!("jobs/{id}/language/final/manifest.json"))
+        .get()
+        .await
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(manifest["step"], 100);
 }

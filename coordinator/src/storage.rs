@@ -68,14 +68,24 @@ impl std::fmt::Debug for Location {
 }
 
 impl Location {
+    /// Opens `url` with store settings from the environment (`AWS_*`).
     pub fn open(url: &str) -> Result<Self, StorageError> {
+        let options = std::env::vars().filter(|(k, _)| k.starts_with("AWS_"));
+        Self::open_with(url, options)
+    }
+
+    /// Opens `url` with explicit store settings (`AWS_ENDPOINT`-style keys, any case).
+    pub fn open_with(
+        url: &str,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, StorageError> {
         let bad = |reason: String| StorageError::BadUrl {
             url: url.into(),
             reason,
         };
         let parsed = Url::parse(url).map_err(|e| bad(e.to_string()))?;
-        let options = std::env::vars()
-            .filter(|(k, _)| k.starts_with("AWS_"))
+        let options = options
+            .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v));
         let (store, prefix) =
             object_store::parse_url_opts(&parsed, options).map_err(|e| bad(e.to_string()))?;

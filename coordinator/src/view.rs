@@ -45,6 +45,21 @@ impl JobSummary {
     }
 }
 
+/// `outloud status JOB --json`: the whole job, with each phase's metrics summed up.
+pub fn job_json(job: &Job) -> serde_json::Value {
+    // Serializing our own domain types cannot fail.
+    let mut value = serde_json::to_value(job).expect("jobs serialize to JSON");
+    for (phase, json) in job
+        .phases
+        .iter()
+        .zip(value["phases"].as_array_mut().into_iter().flatten())
+    {
+        json["metrics"] = serde_json::to_value(phase.metrics()).expect("metrics serialize");
+        json["first_loss"] = serde_json::to_value(phase.first_loss()).expect("numbers serialize");
+    }
+    value
+}
+
 /// `outloud status JOB`: the job, then a row per phase.
 pub fn job_table(job: &Job) -> String {
     let mut out = format!("job {}  {}\n", job.id, job.state);

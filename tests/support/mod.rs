@@ -123,10 +123,21 @@ impl Coordinator {
 }
 
 pub fn start_worker(url: &str, logs: &Path, name: &str, token: Option<&str>) -> Process {
+    start_worker_with_env(url, logs, name, token, &[])
+}
+
+pub fn start_worker_with_env(
+    url: &str,
+    logs: &Path,
+    name: &str,
+    token: Option<&str>,
+    env: &[(String, String)],
+) -> Process {
     let log = log_file(logs, &format!("{name}.log"));
     let mut command = Command::new(bin("outloud-worker"));
     command
         .args(["--coordinator", url, "--threads", "1", "--device", "cpu"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("OUTLOUD_TOKEN")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -233,4 +244,63 @@ pub fn language_job(storage: &Path, data: &str, steps: u64, checkpoint_every: u6
         "name: test\nstorage: {storage}\ndata:\n{data}\nmodel: {{preset: tiny}}\nphases:\n  - name: language\n    kind: language\n    data: [corpus]\n    steps: {steps}\n    batch_size: 16\n    learning_rate: 0.003\n    warmup_steps: 10\n    checkpoint_every: {checkpoint_every}\n",
         storage = storage.display()
     )
+}
+
+/// A real S3-compatible server (moto, installed by scripts/setup) on a loopback port.
+pub struct S3Server {
+    _process: Process,
+    pub endpoint: String,
+}
+
+impl S3Server {
+    pub fn start(logs: &Path) -> Self {
+        let port = free_port();
+        let log = log_file(logs, "moto.log");
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting moto_server (scripts/setup installs it; source scripts/env.sh)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            _process: Process {
+                child,
+                name: "moto".into(),
+            },
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// What a client needs to reach this server, as `AWS_*` settings.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// Creates a bucket (path-style `PUT /bucket`; moto accepts it unsigned).
+    pub fn create_bucket(&self, bucket: &str) {
+        use std::io::{Read, Write};
+        let host = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        write!(stream, "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "creating bucket {bucket}: {answer}"
+        );
+    }
 }

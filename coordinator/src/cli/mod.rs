@@ -152,7 +152,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Status { job, json } => {
             let job = get_job(&connect().await?, &job).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&job)?);
+                println!("{}", serde_json::to_string_pretty(&view::job_json(&job))?);
             } else {
                 print!("{}", view::job_table(&job));
             }
