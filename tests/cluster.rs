@@ -341,3 +341,39 @@ async fn phase_one_reads_and_checkpoints_through_s3() {
     let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
     assert_eq!(manifest["step"], 100);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_with_sigterm_hands_its_task_back_at_once() {
+    let _one_at_a_time = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("storage");
+    let logs = dir.path().join("logs");
+    // A lease timeout far longer than the test: only a handed-back task can move on.
+    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 600_000, None);
+    let mut first = start_worker(&coordinator.url, &logs, "first", None);
+    let connection = connect(&coordinator.url, None).await;
+    let id = submit(
+        &connection,
+        &language_job(&storage, GENERATED, 300, 40),
+        dir.path(),
+    )
+    .await;
+    wait_until(&connection, &id, Duration::from_secs(120), |job| {
+        job.phases[0].tasks[0].checkpoint.is_some()
+    })
+    .await;
+    let _second = start_worker(&coordinator.url, &logs, "second", None);
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let job = wait_until(&connection, &id, Duration::from_secs(120), finished).await;
+    assert_succeeded(&job);
+    first.sigkill();
+    let handed_back = job.history.iter().any(
+        |e| matches!(&e.what, EventKind::LeaseLost { reason, .. } if reason.contains("stopped")),
+    );
+    assert!(handed_back, "{:#?}", events(&job));
+    assert_eq!(job.phases[0].tasks[0].epoch, 2);
+}

@@ -111,6 +111,15 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(130));
     };
     print!("{}", view::job_table(&job));
+    let seconds = job
+        .finished_at
+        .unwrap_or(job.submitted_at)
+        .saturating_sub(job.submitted_at) as f64
+        / 1000.0;
+    println!(
+        "finished in {seconds:.1} s with {} workers",
+        cluster.workers
+    );
     for phase in &job.phases {
         for task in &phase.tasks {
             if let TaskState::Succeeded { output } = &task.state {
