@@ -127,7 +127,7 @@ pub async fn run(worker_counts: &[usize], duration: Duration) -> anyhow::Result<
         token: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(listener, config, async {
+    let server = tokio::spawn(server::run(listener, None, config, async {
         let _ = stopped.await;
     }));
     let mut connections = Vec::new();

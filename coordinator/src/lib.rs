@@ -9,6 +9,7 @@
 //! - [`server`]: the tonic services, thin handlers around the scheduler.
 //! - [`auth`]: bearer tokens on both ends of every call.
 //! - [`client`]: connecting to a coordinator.
+//! - [`metrics`]: Prometheus counters and gauges on `GET /metrics`.
 //! - [`wire`]: conversions between prost types and domain types.
 //! - [`storage`]: storage URLs opened through `object_store`.
 //! - [`telemetry`]: tracing set-up for every binary.
@@ -21,6 +22,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod metrics;
 pub mod scheduler;
 pub mod server;
 pub mod spec;

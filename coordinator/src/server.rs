@@ -88,9 +88,11 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("domain types serialize to JSON")
 }
 
-/// Serves until `shutdown` completes. The caller binds the listener (port 0 in tests).
+/// Serves until `shutdown` completes. The caller binds the listeners (port 0 in tests):
+/// gRPC on `listener`, Prometheus metrics on `metrics` when given.
 pub async fn run(
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -120,6 +122,13 @@ pub async fn run(
         "coordinator serving"
     );
     let expiry = tokio::spawn(expire_leases(coordinator.clone()));
+    let metrics = metrics.map(|listener| {
+        let source = coordinator.clone();
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            Arc::new(move || crate::metrics::render(&source.lock())),
+        ))
+    });
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<WorkersServer<WorkerService>>().await;
     health.set_serving::<JobsServer<JobService>>().await;
@@ -134,6 +143,9 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
     expiry.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     Ok(result?)
 }
 

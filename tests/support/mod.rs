@@ -86,6 +86,16 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn start(state_dir: &Path, port: u16, lease_timeout_ms: u64, token: Option<&str>) -> Self {
+        Self::start_with(state_dir, port, lease_timeout_ms, token, &[])
+    }
+
+    pub fn start_with(
+        state_dir: &Path,
+        port: u16,
+        lease_timeout_ms: u64,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
         let logs = state_dir.parent().unwrap().join("logs");
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -96,6 +106,7 @@ impl Coordinator {
             .arg("--state-dir")
             .arg(state_dir)
             .args(["--lease-timeout-ms", &lease_timeout_ms.to_string()])
+            .args(extra)
             .env_remove("OUTLOUD_TOKEN")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -302,5 +313,45 @@ impl S3Server {
             answer.starts_with("HTTP/1.1 200"),
             "creating bucket {bucket}: {answer}"
         );
+    }
+}
+
+/// A plain HTTP/1.0 GET (no chunked answers); returns (status line, body).
+pub fn http_get(host_port: &str, path: &str) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(host_port)?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host_port}\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
+}
+
+/// Starts a process that is killed when the returned handle drops.
+pub fn spawn(program: &str, args: &[&str], logs: &Path, name: &str) -> Process {
+    let log = log_file(logs, &format!("{name}.log"));
+    let child = Command::new(program)
+        .args(args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {program}: {e} (scripts/setup installs it)"));
+    Process {
+        child,
+        name: name.into(),
+    }
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

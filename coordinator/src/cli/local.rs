@@ -21,6 +21,8 @@ pub struct LocalCluster {
     pub threads: u32,
     pub state_dir: Option<PathBuf>,
     pub token: Option<String>,
+    /// Serve Prometheus metrics here (`host:port`).
+    pub metrics_listen: Option<String>,
 }
 
 /// The worker binary: `$OUTLOUD_WORKER_BIN`, else the one beside this executable.
@@ -53,7 +55,11 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
         lease_timeout: Duration::from_secs(5),
         token: cluster.token.clone(),
     };
-    let server = tokio::spawn(server::run(listener, config, async {
+    let metrics = match &cluster.metrics_listen {
+        Some(addr) => Some(super::bind(addr).await?),
+        None => None,
+    };
+    let server = tokio::spawn(server::run(listener, metrics, config, async {
         let _ = stopped.await;
     }));
     eprintln!(

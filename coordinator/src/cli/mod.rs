@@ -54,6 +54,9 @@ pub enum Command {
         /// A worker silent this long (milliseconds) loses its tasks.
         #[arg(long, default_value_t = 5000)]
         lease_timeout_ms: u64,
+        /// Serve Prometheus metrics (`GET /metrics`) on this address.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Submit a job spec.
     Submit {
@@ -93,6 +96,9 @@ pub enum Command {
         /// Coordinator state directory (default: a new one under .outloud/local).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Serve Prometheus metrics (`GET /metrics`) on this address.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
 }
 
@@ -113,16 +119,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             listen,
             state_dir,
             lease_timeout_ms,
+            metrics_listen,
         } => {
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .with_context(|| format!("binding {listen}"))?;
+            let listener = bind(&listen).await?;
+            let metrics = match &metrics_listen {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            };
             let config = server::ServerConfig {
                 state_dir,
                 lease_timeout: Duration::from_millis(lease_timeout_ms),
                 token,
             };
-            server::run(listener, config, shutdown_signal()).await?;
+            server::run(listener, metrics, config, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { file } => {
@@ -204,6 +213,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             workers,
             threads,
             state_dir,
+            metrics_listen,
         } => {
             local::run(local::LocalCluster {
                 file,
@@ -211,10 +221,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 threads,
                 state_dir,
                 token,
+                metrics_listen,
             })
             .await
         }
     }
+}
+
+pub async fn bind(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))
 }
 
 fn read_spec(file: &Path) -> anyhow::Result<(String, String)> {

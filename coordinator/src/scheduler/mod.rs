@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use model::*;
 
+use crate::metrics::Tallies;
 use crate::spec::JobSpec;
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +76,8 @@ pub struct Scheduler {
     ready: VecDeque<TaskId>,
     counters: Counters,
     changes: Changes,
+    /// Event counts since this process started, for metrics.
+    tallies: Tallies,
 }
 
 impl Scheduler {
@@ -104,6 +107,7 @@ impl Scheduler {
             ready: VecDeque::new(),
             counters,
             changes: Changes::default(),
+            tallies: Tallies::default(),
         };
         let pending: Vec<TaskId> = scheduler
             .jobs
@@ -140,6 +144,10 @@ impl Scheduler {
         self.counters
     }
 
+    pub fn tallies(&self) -> Tallies {
+        self.tallies
+    }
+
     pub fn job(&self, id: &str) -> Option<&Job> {
         self.jobs.get(id)
     }
@@ -157,6 +165,7 @@ impl Scheduler {
     }
 
     fn record(&mut self, job_id: &str, at: Millis, what: EventKind) {
+        self.tallies.count(&what);
         if let Some(job) = self.jobs.get_mut(job_id) {
             job.history.push(Event { at, what });
             self.changes

@@ -1,0 +1,179 @@
+//! Prometheus metrics: what the coordinator has done (counters since it started) and
+//! what its jobs are doing now (per-phase step, loss, tokens and words), in the text
+//! exposition format on `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::scheduler::{EventKind, RunState, Scheduler};
+
+/// Counters of scheduler events since this process started (Prometheus expects
+/// counters to reset with the process).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tallies {
+    pub jobs_submitted: u64,
+    pub leases_granted: u64,
+    pub leases_lost: u64,
+    pub tasks_succeeded: u64,
+    pub tasks_failed: u64,
+    pub checkpoints: u64,
+}
+
+impl Tallies {
+    pub fn count(&mut self, event: &EventKind) {
+        match event {
+            EventKind::Submitted => self.jobs_submitted += 1,
+            EventKind::Leased { .. } => self.leases_granted += 1,
+            EventKind::LeaseLost { .. } => self.leases_lost += 1,
+            EventKind::TaskSucceeded { .. } => self.tasks_succeeded += 1,
+            EventKind::TaskFailed { .. } => self.tasks_failed += 1,
+            EventKind::Checkpointed { .. } => self.checkpoints += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Label values escape backslashes, quotes and newlines.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The exposition text for the scheduler as it is now.
+pub fn render(scheduler: &Scheduler) -> String {
+    let mut out = String::new();
+    let t = scheduler.tallies();
+    for (name, help, value) in [
+        (
+            "outloud_jobs_submitted_total",
+            "Jobs accepted.",
+            t.jobs_submitted,
+        ),
+        (
+            "outloud_leases_granted_total",
+            "Task leases handed to workers.",
+            t.leases_granted,
+        ),
+        (
+            "outloud_leases_lost_total",
+            "Leases that ended without success (expired, handed back).",
+            t.leases_lost,
+        ),
+        (
+            "outloud_tasks_succeeded_total",
+            "Tasks completed.",
+            t.tasks_succeeded,
+        ),
+        (
+            "outloud_tasks_failed_total",
+            "Tasks failed for good.",
+            t.tasks_failed,
+        ),
+        (
+            "outloud_checkpoints_total",
+            "Checkpoints reported by workers.",
+            t.checkpoints,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+    family(&mut out, "outloud_jobs", "gauge", "Jobs by state.");
+    for state in [
+        RunState::Pending,
+        RunState::Running,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::Cancelled,
+    ] {
+        let n = scheduler.jobs().filter(|j| j.state == state).count();
+        let _ = writeln!(out, "outloud_jobs{{state=\"{state}\"}} {n}");
+    }
+    family(
+        &mut out,
+        "outloud_workers",
+        "gauge",
+        "Registered workers by liveness.",
+    );
+    for alive in [true, false] {
+        let n = scheduler.workers().filter(|w| w.alive == alive).count();
+        let _ = writeln!(out, "outloud_workers{{alive=\"{alive}\"}} {n}");
+    }
+    render_phases(&mut out, scheduler);
+    out
+}
+
+/// Per-phase progress of unfinished jobs.
+fn render_phases(out: &mut String, scheduler: &Scheduler) {
+    type Pick = fn(&crate::scheduler::Metrics) -> f64;
+    let series: [(&str, &str, Pick); 5] = [
+        ("outloud_phase_step", "Optimizer steps done.", |m| {
+            m.step as f64
+        }),
+        (
+            "outloud_phase_total_steps",
+            "Optimizer steps planned.",
+            |m| m.total_steps as f64,
+        ),
+        ("outloud_phase_loss", "Latest training loss.", |m| m.loss),
+        ("outloud_phase_tokens", "Tokens consumed.", |m| {
+            m.tokens as f64
+        }),
+        ("outloud_phase_words", "Words consumed.", |m| m.words as f64),
+    ];
+    for (name, help, pick) in series {
+        family(out, name, "gauge", help);
+        for job in scheduler.jobs().filter(|j| !j.state.is_finished()) {
+            for phase in &job.phases {
+                let value = pick(&phase.metrics());
+                let _ = writeln!(
+                    out,
+                    "{name}{{job=\"{}\",phase=\"{}\"}} {value}",
+                    label(&job.id),
+                    label(&phase.name)
+                );
+            }
+        }
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped; `snapshot` renders.
+pub async fn serve(listener: TcpListener, snapshot: Arc<dyn Fn() -> String + Send + Sync>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 1024];
+            // Read the request head; scrapes carry no body.
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buffer[..n]),
+                }
+            }
+            let (status, body) = if request.starts_with(b"GET /metrics") {
+                ("200 OK", snapshot())
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,97 @@
+//! The coordinator's Prometheus metrics, scraped by a real Prometheus server.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_progress_and_counters() {
+    let _one_at_a_time = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let coordinator = Coordinator::start_with(
+        &dir.path().join("state"),
+        free_port(),
+        5_000,
+        None,
+        &["--metrics-listen", &metrics_addr],
+    );
+    let _worker = start_worker(&coordinator.url, &logs, "w0", None);
+    let connection = connect(&coordinator.url, None).await;
+
+    // While a language phase trains, its progress is a gauge.
+    let data = "  - {name: corpus, kind: generated_text, seed: 3, words: 30000}";
+    let id = submit(
+        &connection,
+        &language_job(&dir.path().join("storage"), data, 400, 100),
+        dir.path(),
+    )
+    .await;
+    wait_until(&connection, &id, Duration::from_secs(120), |job| {
+        job.phases[0].metrics().step >= 20
+    })
+    .await;
+    let (status, body) = http_get(&metrics_addr, "/metrics").unwrap();
+    assert!(status.contains("200"), "{status}");
+    let series = format!("outloud_phase_step{{job=\"{id}\",phase=\"language\"}}");
+    assert!(metric(&body, &series).unwrap() >= 20.0, "{body}");
+    assert_eq!(
+        metric(&body, "outloud_jobs{state=\"running\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "outloud_workers{alive=\"true\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    let job = wait_until(&connection, &id, Duration::from_secs(180), finished).await;
+    assert_succeeded(&job);
+    let noop = "name: noop\nstorage: ./s\nphases:\n  - {name: a, kind: noop, shards: 5}\n  - {name: b, kind: noop, shards: 2}\n";
+    let noop_id = submit(&connection, noop, dir.path()).await;
+    assert_succeeded(&wait_until(&connection, &noop_id, Duration::from_secs(60), finished).await);
+
+    // A real Prometheus scrapes the endpoint and answers queries over it.
+    let prometheus_port = free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: outloud\n    static_configs: [{{targets: ['{metrics_addr}']}}]\n"),
+    )
+    .unwrap();
+    let _prometheus = spawn(
+        "prometheus",
+        &[
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+            &format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
+        ],
+        &logs,
+        "prometheus",
+    );
+    wait_for_port(prometheus_port, "prometheus");
+    let query = "/api/v1/query?query=outloud_tasks_succeeded_total";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) =
+            http_get(&format!("127.0.0.1:{prometheus_port}"), query).unwrap_or_default();
+        // 1 language task + 7 no-op tasks.
+        if body.contains("\"outloud\"") && body.contains(",\"8\"]") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never saw 8 succeeded tasks: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
