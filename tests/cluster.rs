@@ -63,31 +63,16 @@ fn events(job: &Job) -> Vec<&EventKind> {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_train_phase_one_on_generated_text() {
     let _one_at_a_time = exclusive().await;
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("storage");
-    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 5_000, None);
-    let _workers: Vec<_> = (0..2)
-        .map(|i| {
-            start_worker(
-                &coordinator.url,
-                &dir.path().join("logs"),
-                &format!("w{i}"),
-                None,
-            )
-        })
-        .collect();
-    let connection = connect(&coordinator.url, None).await;
-    let id = submit(
-        &connection,
-        &language_job(&storage, GENERATED, 200, 50),
-        dir.path(),
-    )
-    .await;
-    let job = wait_until(&connection, &id, Duration::from_secs(180), finished).await;
+    let cluster = Cluster::start(5_000).await;
+    let _workers = cluster.workers(2);
+    let storage = cluster.storage();
+    let id = cluster
+        .submit(&language_job(&storage, GENERATED, 200, 50))
+        .await;
+    let job = cluster.wait(&id, Duration::from_secs(180), finished).await;
     assert_trained(&job, &storage, 2.0);
     // The generated corpus was written into the job's storage and read from there.
-    let data: Vec<_> = std::fs::read_dir(storage.join("data")).unwrap().collect();
-    assert_eq!(data.len(), 1);
+    assert_eq!(std::fs::read_dir(storage.join("data")).unwrap().count(), 1);
     // Intermediate checkpoints exist and were reported.
     assert!(
         storage
@@ -101,104 +86,77 @@ async fn two_workers_train_phase_one_on_generated_text() {
             .iter()
             .any(|e| matches!(e, EventKind::Checkpointed { step: 150, .. }))
     );
-    // Both workers registered; `outloud workers --json` lists them.
-    let out = cli(
-        &["workers", "--json", "--coordinator", &coordinator.url],
-        None,
-    );
-    let workers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Both workers registered; the CLI's JSON views show them and the job.
+    let url = &cluster.coordinator.url;
+    let workers: serde_json::Value =
+        serde_json::from_slice(&cli(&["workers", "--json", "--coordinator", url], None).stdout)
+            .unwrap();
     assert_eq!(workers.as_array().unwrap().len(), 2);
-    let out = cli(
-        &["status", &id, "--json", "--coordinator", &coordinator.url],
-        None,
+    let status: serde_json::Value =
+        serde_json::from_slice(&cli(&["status", &id, "--json", "--coordinator", url], None).stdout)
+            .unwrap();
+    let phase = &status["phases"][0];
+    assert_eq!(
+        (&status["state"], &phase["state"]),
+        (&"succeeded".into(), &"succeeded".into())
     );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["state"], "succeeded");
-    assert_eq!(status["phases"][0]["state"], "succeeded");
-    assert_eq!(status["phases"][0]["metrics"]["step"], 200);
-    assert!(status["phases"][0]["metrics"]["words"].as_u64().unwrap() > 0);
-    assert!(
-        status["phases"][0]["metrics"]["loss"].as_f64().unwrap()
-            < status["phases"][0]["first_loss"].as_f64().unwrap()
-    );
+    assert_eq!(phase["metrics"]["step"], 200);
+    assert!(phase["metrics"]["words"].as_u64().unwrap() > 0);
+    assert!(phase["metrics"]["loss"].as_f64().unwrap() < phase["first_loss"].as_f64().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn phase_one_learns_from_real_babylm_text() {
     let _one_at_a_time = exclusive().await;
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("storage");
+    let cluster = Cluster::start(5_000).await;
+    let _workers = cluster.workers(2);
     let text = shared_data().join("babylm-text/train");
     let data = format!("  - {{name: corpus, kind: text, path: {}}}", text.display());
-    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 5_000, None);
-    let _workers: Vec<_> = (0..2)
-        .map(|i| {
-            start_worker(
-                &coordinator.url,
-                &dir.path().join("logs"),
-                &format!("w{i}"),
-                None,
-            )
-        })
-        .collect();
-    let connection = connect(&coordinator.url, None).await;
-    let id = submit(
-        &connection,
-        &language_job(&storage, &data, 200, 100),
-        dir.path(),
-    )
-    .await;
-    let job = wait_until(&connection, &id, Duration::from_secs(300), finished).await;
-    assert_trained(&job, &storage, 1.0);
-    // Six BabyLM files, about 1.15M words, all read.
-    let words = job.phases[0].metrics().words;
-    assert!(words > 0);
+    let id = cluster
+        .submit(&language_job(&cluster.storage(), &data, 200, 100))
+        .await;
+    let job = cluster.wait(&id, Duration::from_secs(300), finished).await;
+    assert_trained(&job, &cluster.storage(), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refused() {
     let _one_at_a_time = exclusive().await;
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("storage");
-    let logs = dir.path().join("logs");
-    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 1_500, None);
-    let mut first = start_worker(&coordinator.url, &logs, "first", None);
-    let connection = connect(&coordinator.url, None).await;
-    let id = submit(
-        &connection,
-        &language_job(&storage, GENERATED, 600, 40),
-        dir.path(),
-    )
-    .await;
-    let before = wait_until(&connection, &id, Duration::from_secs(120), |job| {
-        job.phases[0].tasks[0].checkpoint.is_some()
-    })
-    .await;
+    let cluster = Cluster::start(1_500).await;
+    let mut first = cluster.worker("first");
+    let id = cluster
+        .submit(&language_job(&cluster.storage(), GENERATED, 600, 40))
+        .await;
+    let before = cluster
+        .wait(&id, Duration::from_secs(120), |job| {
+            job.phases[0].tasks[0].checkpoint.is_some()
+        })
+        .await;
     let task = &before.phases[0].tasks[0];
     let (victim, old_epoch) = match &task.state {
         TaskState::Leased { worker, .. } => (worker.clone(), task.epoch),
         other => panic!("expected a leased task, got {other:?}"),
     };
-    let _second = start_worker(&coordinator.url, &logs, "second", None);
+    let _second = cluster.worker("second");
     first.sigkill();
 
-    let job = wait_until(&connection, &id, Duration::from_secs(240), finished).await;
+    let job = cluster.wait(&id, Duration::from_secs(240), finished).await;
     assert_succeeded(&job);
     let history = events(&job);
-    assert!(
-        history.iter().any(|e| matches!(e, EventKind::LeaseLost { worker, epoch, .. } if *worker == victim && *epoch == old_epoch)),
-        "{history:#?}"
-    );
-    let release = history.iter().find_map(|e| match e {
-        EventKind::Leased {
-            worker,
-            epoch,
-            resume_from,
-            ..
-        } if *epoch == old_epoch + 1 => Some((worker.clone(), resume_from.clone())),
-        _ => None,
-    });
-    let (new_worker, resume_from) = release.expect("the task was leased again");
+    let lost = history.iter().any(|e| matches!(e, EventKind::LeaseLost { worker, epoch, .. } if *worker == victim && *epoch == old_epoch));
+    assert!(lost, "{history:#?}");
+    let (new_worker, resume_from) = history
+        .iter()
+        .find_map(|e| match e {
+            EventKind::Leased {
+                worker,
+                epoch,
+                resume_from,
+                ..
+            } if *epoch == old_epoch + 1 => Some((worker.clone(), resume_from.clone())),
+            _ => None,
+        })
+        .expect("the task was leased again");
     assert_ne!(new_worker, victim);
     assert!(
         resume_from.is_some(),
@@ -223,7 +181,8 @@ async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refuse
         lease: Some(stale.clone()),
         ..Default::default()
     };
-    let refused = connection
+    let refused = cluster
+        .connection
         .workers()
         .report_progress(late)
         .await
@@ -239,48 +198,76 @@ async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refuse
         output: "zombie".into(),
         ..Default::default()
     };
-    let refused = connection.workers().complete_task(late).await.unwrap_err();
+    let refused = cluster
+        .connection
+        .workers()
+        .complete_task(late)
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     assert!(!task_output(&job).contains("zombie"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_with_sigterm_hands_its_task_back_at_once() {
+    let _one_at_a_time = exclusive().await;
+    // A lease timeout far longer than the test: only a handed-back task can move on.
+    let cluster = Cluster::start(600_000).await;
+    let mut first = cluster.worker("first");
+    let id = cluster
+        .submit(&language_job(&cluster.storage(), GENERATED, 300, 40))
+        .await;
+    cluster
+        .wait(&id, Duration::from_secs(120), |job| {
+            job.phases[0].tasks[0].checkpoint.is_some()
+        })
+        .await;
+    let _second = cluster.worker("second");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &first.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let job = cluster.wait(&id, Duration::from_secs(120), finished).await;
+    assert_succeeded(&job);
+    first.sigkill();
+    let handed_back = job.history.iter().any(
+        |e| matches!(&e.what, EventKind::LeaseLost { reason, .. } if reason.contains("stopped")),
+    );
+    assert!(handed_back, "{:#?}", events(&job));
+    assert_eq!(job.phases[0].tasks[0].epoch, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_killed_coordinator_restarts_and_the_job_completes_with_its_history() {
     let _one_at_a_time = exclusive().await;
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("storage");
-    let state = dir.path().join("state");
-    let logs = dir.path().join("logs");
-    let port = free_port();
-    let mut coordinator = Coordinator::start(&state, port, 5_000, None);
-    let _workers: Vec<_> = (0..2)
-        .map(|i| start_worker(&coordinator.url, &logs, &format!("w{i}"), None))
-        .collect();
-    let connection = connect(&coordinator.url, None).await;
-    let id = submit(
-        &connection,
-        &language_job(&storage, GENERATED, 500, 50),
-        dir.path(),
-    )
-    .await;
-    let before = wait_until(&connection, &id, Duration::from_secs(120), |job| {
-        job.phases[0].metrics().step >= 60
-    })
-    .await;
+    let mut cluster = Cluster::start(5_000).await;
+    let _workers = cluster.workers(2);
+    let id = cluster
+        .submit(&language_job(&cluster.storage(), GENERATED, 500, 50))
+        .await;
+    let before = cluster
+        .wait(&id, Duration::from_secs(120), |job| {
+            job.phases[0].metrics().step >= 60
+        })
+        .await;
     assert_eq!(before.state, RunState::Running);
 
-    coordinator.process.sigkill();
+    cluster.coordinator.process.sigkill();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let restarted = Coordinator::start(&state, port, 5_000, None);
-    let connection = connect(&restarted.url, None).await;
-    let job = wait_until(&connection, &id, Duration::from_secs(240), finished).await;
+    let state = cluster.dir.path().join("state");
+    cluster.coordinator = Coordinator::start(&state, cluster.coordinator.port, 5_000, None);
+    let job = cluster.wait(&id, Duration::from_secs(240), finished).await;
     assert_succeeded(&job);
     // Nothing acknowledged before the kill was lost: the old history is a prefix of the new.
     assert!(job.history.len() > before.history.len());
     assert_eq!(&job.history[..before.history.len()], &before.history[..]);
     assert_eq!(job.submitted_at, before.submitted_at);
-    assert_trained(&job, &storage, 2.0);
-    let listed = cli(&["jobs", "--json", "--coordinator", &restarted.url], None);
+    assert_trained(&job, &cluster.storage(), 2.0);
+    let listed = cli(
+        &["jobs", "--json", "--coordinator", &cluster.coordinator.url],
+        None,
+    );
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed[0]["id"], id.as_str());
 }
@@ -288,23 +275,27 @@ async fn a_killed_coordinator_restarts_and_the_job_completes_with_its_history() 
 #[tokio::test(flavor = "multi_thread")]
 async fn phase_one_reads_and_checkpoints_through_s3() {
     let _one_at_a_time = exclusive().await;
-    let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    let s3 = S3Server::start(&logs);
+    let cluster = Cluster::start(5_000).await;
+    let s3 = S3Server::start(&cluster.logs());
     s3.create_bucket("outloud");
-    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 5_000, None);
     let _workers: Vec<_> = (0..2)
-        .map(|i| start_worker_with_env(&coordinator.url, &logs, &format!("w{i}"), None, &s3.env()))
+        .map(|i| {
+            start_worker_with_env(
+                &cluster.coordinator.url,
+                &cluster.logs(),
+                &format!("w{i}"),
+                None,
+                &s3.env(),
+            )
+        })
         .collect();
-    let connection = connect(&coordinator.url, None).await;
     let yaml = language_job(Path::new("/unused"), GENERATED, 100, 50)
         .replace("storage: /unused", "storage: s3://outloud/runs");
-    let id = submit(&connection, &yaml, dir.path()).await;
-    let job = wait_until(&connection, &id, Duration::from_secs(180), finished).await;
+    let id = cluster.submit(&yaml).await;
+    let job = cluster.wait(&id, Duration::from_secs(180), finished).await;
     assert_succeeded(&job);
-    let output = task_output(&job);
     assert_eq!(
-        output,
+        task_output(&job),
         format!("s3://outloud/runs/jobs/{id}/language/final")
     );
 
@@ -340,40 +331,4 @@ async fn phase_one_reads_and_checkpoints_through_s3() {
         .unwrap();
     let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
     assert_eq!(manifest["step"], 100);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_worker_stopped_with_sigterm_hands_its_task_back_at_once() {
-    let _one_at_a_time = exclusive().await;
-    let dir = tempfile::tempdir().unwrap();
-    let storage = dir.path().join("storage");
-    let logs = dir.path().join("logs");
-    // A lease timeout far longer than the test: only a handed-back task can move on.
-    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 600_000, None);
-    let mut first = start_worker(&coordinator.url, &logs, "first", None);
-    let connection = connect(&coordinator.url, None).await;
-    let id = submit(
-        &connection,
-        &language_job(&storage, GENERATED, 300, 40),
-        dir.path(),
-    )
-    .await;
-    wait_until(&connection, &id, Duration::from_secs(120), |job| {
-        job.phases[0].tasks[0].checkpoint.is_some()
-    })
-    .await;
-    let _second = start_worker(&coordinator.url, &logs, "second", None);
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &first.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let job = wait_until(&connection, &id, Duration::from_secs(120), finished).await;
-    assert_succeeded(&job);
-    first.sigkill();
-    let handed_back = job.history.iter().any(
-        |e| matches!(&e.what, EventKind::LeaseLost { reason, .. } if reason.contains("stopped")),
-    );
-    assert!(handed_back, "{:#?}", events(&job));
-    assert_eq!(job.phases[0].tasks[0].epoch, 2);
 }

@@ -14,7 +14,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::scheduler::{Changes, Counters, Job, Phase, RunState, Scheduler, Task, TaskId, Worker};
+use crate::scheduler::{Changes, Counters, Job, Phase, RunState, Scheduler, Task, Worker};
 use crate::spec::JobSpec;
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
@@ -130,19 +130,7 @@ impl JobRecord {
             .phases
             .into_iter()
             .enumerate()
-            .map(|(p, (name, state, shards))| Phase {
-                name,
-                state,
-                tasks: (0..shards)
-                    .map(|shard| {
-                        Task::new(TaskId {
-                            job: id.clone(),
-                            phase: p as u32,
-                            shard,
-                        })
-                    })
-                    .collect(),
-            })
+            .map(|(p, (name, state, shards))| Phase::new(&id, p as u32, name, state, shards))
             .collect();
         Job {
             id,

@@ -355,3 +355,53 @@ pub fn wait_for_port(port: u16, what: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A temporary directory holding a coordinator's state, storage and logs; the
+/// coordinator; and a client connected to it.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub coordinator: Coordinator,
+    pub connection: Connection,
+}
+
+impl Cluster {
+    pub async fn start(lease_timeout_ms: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = Coordinator::start(
+            &dir.path().join("state"),
+            free_port(),
+            lease_timeout_ms,
+            None,
+        );
+        let connection = connect(&coordinator.url, None).await;
+        Self {
+            dir,
+            coordinator,
+            connection,
+        }
+    }
+
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    pub fn worker(&self, name: &str) -> Process {
+        start_worker(&self.coordinator.url, &self.logs(), name, None)
+    }
+
+    pub fn workers(&self, n: usize) -> Vec<Process> {
+        (0..n).map(|i| self.worker(&format!("w{i}"))).collect()
+    }
+
+    pub async fn submit(&self, yaml: &str) -> String {
+        submit(&self.connection, yaml, self.dir.path()).await
+    }
+
+    pub async fn wait(&self, id: &str, timeout: Duration, done: impl Fn(&Job) -> bool) -> Job {
+        wait_until(&self.connection, id, timeout, done).await
+    }
+}

@@ -190,18 +190,14 @@ impl Scheduler {
             .phases
             .iter()
             .enumerate()
-            .map(|(p, phase)| Phase {
-                name: phase.name.clone(),
-                state: RunState::Pending,
-                tasks: (0..phase.shards)
-                    .map(|shard| {
-                        Task::new(TaskId {
-                            job: id.clone(),
-                            phase: p as u32,
-                            shard,
-                        })
-                    })
-                    .collect(),
+            .map(|(p, phase)| {
+                Phase::new(
+                    &id,
+                    p as u32,
+                    phase.name.clone(),
+                    RunState::Pending,
+                    phase.shards,
+                )
             })
             .collect();
         let job = Job {

@@ -168,6 +168,20 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// Phase `index` of job `job`, with `shards` fresh tasks.
+    pub fn new(job: &str, index: u32, name: String, state: RunState, shards: u32) -> Self {
+        let tasks = (0..shards)
+            .map(|shard| {
+                Task::new(TaskId {
+                    job: job.to_string(),
+                    phase: index,
+                    shard,
+                })
+            })
+            .collect();
+        Self { name, state, tasks }
+    }
+
     /// The phase's metrics: sums over its tasks, the step of the slowest.
     pub fn metrics(&self) -> Metrics {
         let mut total = Metrics {
