@@ -236,6 +236,10 @@ async fn a_worker_stopped_with_sigterm_hands_its_task_back_at_once() {
     );
     assert!(handed_back, "{:#?}", events(&job));
     assert_eq!(job.phases[0].tasks[0].epoch, 2);
+    assert_eq!(
+        job.phases[0].tasks[0].lost_leases, 0,
+        "a hand-back is not a failed attempt"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

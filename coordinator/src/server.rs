@@ -278,10 +278,11 @@ impl Workers for WorkerService {
         request: Request<pb::FailTaskRequest>,
     ) -> Result<Response<pb::FailTaskResponse>, Status> {
         let r = request.into_inner();
+        let failure = wire::failure_from(&r);
         let lease = wire::lease_from(r.lease)?;
-        tracing::warn!(task = %lease.task, worker = %r.worker_id, error = %r.error, retryable = r.retryable, "task failed");
+        tracing::warn!(task = %lease.task, worker = %r.worker_id, error = %r.error, ?failure, "task given up");
         self.0
-            .mutate(|s, now| s.fail(&r.worker_id, &lease, r.error, r.retryable, now))
+            .mutate(|s, now| s.fail(&r.worker_id, &lease, r.error, failure, now))
             .await?
             .map_err(status_of)?;
         Ok(Response::new(pb::FailTaskResponse {}))

@@ -4,7 +4,7 @@
 use outloud_proto::v1 as pb;
 use tonic::Status;
 
-use crate::scheduler::{Assignment, LeaseRef, Metrics, TaskId, WorkerInfo};
+use crate::scheduler::{Assignment, Failure, LeaseRef, Metrics, TaskId, WorkerInfo};
 
 pub fn lease_from(lease: Option<pb::LeaseRef>) -> Result<LeaseRef, Status> {
     let lease = lease.ok_or_else(|| Status::invalid_argument("missing lease"))?;
@@ -93,4 +93,12 @@ pub fn assignment_from(task: pb::TaskAssignment) -> Result<Assignment, String> {
         resume_checkpoint: task.resume_checkpoint,
         previous_checkpoint: task.previous_checkpoint,
     })
+}
+
+pub fn failure_from(request: &pb::FailTaskRequest) -> Failure {
+    match (request.handed_back, request.retryable) {
+        (true, _) => Failure::HandedBack,
+        (false, true) => Failure::Retryable,
+        (false, false) => Failure::Fatal,
+    }
 }

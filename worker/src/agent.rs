@@ -303,6 +303,7 @@ impl Agent {
             lease: Some(lease),
             error: error.to_string(),
             retryable: error.is_retryable(),
+            handed_back: *self.shutdown.borrow() && matches!(error, WorkerError::Stopped(_)),
         };
         let answer = self
             .deliver(

@@ -38,6 +38,17 @@ pub enum SchedulerError {
     JobFinished(String),
 }
 
+/// Why a worker gave a task up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// It would fail again anywhere (bad data, bad config): the job fails.
+    Fatal,
+    /// It might succeed on another try: counts against the phase's `max_attempts`.
+    Retryable,
+    /// The worker is shutting down: leased again without counting an attempt.
+    HandedBack,
+}
+
 /// Everything a call changed, for the store.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Changes {
@@ -432,20 +443,20 @@ impl Scheduler {
         Ok(())
     }
 
-    /// A worker gave up on a task. Retryable failures count as a lost lease.
+    /// A worker gave up on a task.
     pub fn fail(
         &mut self,
         worker_id: &str,
         lease: &LeaseRef,
         error: String,
-        retryable: bool,
+        failure: Failure,
         now: Millis,
     ) -> Result<(), SchedulerError> {
         self.held_task(worker_id, lease, now)?;
-        if retryable {
-            self.lose_lease(worker_id, lease, error, now);
-        } else {
-            self.fail_task(lease, error, now);
+        match failure {
+            Failure::Fatal => self.fail_task(lease, error, now),
+            Failure::Retryable => self.lose_lease(worker_id, lease, error, true, now),
+            Failure::HandedBack => self.lose_lease(worker_id, lease, error, false, now),
         }
         Ok(())
     }
@@ -457,9 +468,16 @@ impl Scheduler {
         }
     }
 
-    /// The lease ends without success: the task is leased again unless it is out of
-    /// attempts, in which case the job fails.
-    fn lose_lease(&mut self, worker_id: &str, lease: &LeaseRef, reason: String, now: Millis) {
+    /// The lease ends without success: the task is leased again unless the loss
+    /// `counts` and the task is out of attempts, in which case the job fails.
+    fn lose_lease(
+        &mut self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        reason: String,
+        counts: bool,
+        now: Millis,
+    ) {
         self.release(worker_id, &lease.task);
         let what = EventKind::LeaseLost {
             task: lease.task.clone(),
@@ -475,7 +493,7 @@ impl Scheduler {
         let Some(task) = job.task_mut(&lease.task) else {
             return;
         };
-        task.lost_leases += 1;
+        task.lost_leases += u32::from(counts);
         self.changes.tasks.insert(lease.task.clone());
         if task.lost_leases >= max_attempts {
             let error = format!("lost {} leases, the last: {reason}", task.lost_leases);
@@ -616,7 +634,7 @@ impl Scheduler {
                 };
                 let lease = LeaseRef { task, epoch };
                 let reason = format!("worker {worker_id} stopped heartbeating");
-                self.lose_lease(&worker_id, &lease, reason, now);
+                self.lose_lease(&worker_id, &lease, reason, true, now);
                 lost.push(lease);
             }
         }

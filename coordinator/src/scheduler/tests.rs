@@ -124,13 +124,14 @@ fn a_task_out_of_attempts_fails_the_job() {
     let w = worker(&mut s, "a");
     let job = s.submit(spec(&[("one", 2)]), 0);
     let a = s.lease(&w, 0).unwrap().unwrap();
-    s.fail(&w, &a.lease, "oom".into(), true, 1).unwrap();
+    s.fail(&w, &a.lease, "oom".into(), Failure::Retryable, 1)
+        .unwrap();
     let again = s.lease(&w, 2).unwrap().unwrap();
     // The other shard was queued before the retry.
     assert_ne!(again.lease.task, a.lease.task);
     let retry = s.lease(&w, 2).unwrap().unwrap();
     assert_eq!(retry.lease.task, a.lease.task);
-    s.fail(&w, &retry.lease, "oom again".into(), true, 3)
+    s.fail(&w, &retry.lease, "oom again".into(), Failure::Retryable, 3)
         .unwrap();
     let j = s.job(&job).unwrap();
     assert_eq!(j.state, RunState::Failed);
@@ -154,7 +155,8 @@ fn a_fatal_failure_fails_the_job_at_once() {
     let w = worker(&mut s, "a");
     let job = s.submit(spec(&[("one", 1)]), 0);
     let a = s.lease(&w, 0).unwrap().unwrap();
-    s.fail(&w, &a.lease, "bad data".into(), false, 1).unwrap();
+    s.fail(&w, &a.lease, "bad data".into(), Failure::Fatal, 1)
+        .unwrap();
     assert_eq!(s.job(&job).unwrap().state, RunState::Failed);
 }
 
@@ -237,5 +239,29 @@ fn many_workers_drain_many_tasks_exactly_once() {
         }
     }
     assert_eq!(seen.len(), 500);
+    assert_eq!(s.job(&job).unwrap().state, RunState::Succeeded);
+}
+
+#[test]
+fn tasks_handed_back_by_stopping_workers_do_not_use_up_attempts() {
+    let mut s = scheduler();
+    let w = worker(&mut s, "a");
+    let job = s.submit(spec(&[("one", 1)]), 0);
+    // max_attempts is 2; five rolling restarts later the task still runs.
+    for now in 0..5 {
+        let a = s.lease(&w, now).unwrap().unwrap();
+        s.fail(
+            &w,
+            &a.lease,
+            "worker stopping".into(),
+            Failure::HandedBack,
+            now,
+        )
+        .unwrap();
+    }
+    let a = s.lease(&w, 10).unwrap().unwrap();
+    assert_eq!(a.lease.epoch, 6);
+    assert_eq!(s.job(&job).unwrap().phases[0].tasks[0].lost_leases, 0);
+    done(&mut s, &w, &a, 11);
     assert_eq!(s.job(&job).unwrap().state, RunState::Succeeded);
 }
