@@ -214,3 +214,62 @@ async fn calls_without_the_right_token_are_unauthenticated() {
         .into_inner();
     assert_eq!(workers.workers_json, "[]");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_submits_watches_and_cancels_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 5_000, None);
+    let _worker = start_worker(&coordinator.url, &dir.path().join("logs"), "w0", None);
+    let url = coordinator.url.as_str();
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin("outloud"))
+            .current_dir(dir.path())
+            .args(args)
+            .args(["--coordinator", url])
+            .env_remove("OUTLOUD_TOKEN")
+            .output()
+            .unwrap()
+    };
+
+    // --watch follows the job to its end and exits 0 when it succeeded.
+    let noop = "name: quick\nstorage: ./s\nphases:\n  - {name: a, kind: noop, shards: 3}\n  - {name: b, kind: noop}\n";
+    std::fs::write(dir.path().join("quick.yaml"), noop).unwrap();
+    let out = run(&["submit", "quick.yaml", "--watch"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("succeeded") && stdout.contains("quick-1-"),
+        "{stdout}"
+    );
+
+    // Without --watch it prints the id; cancel ends the job; status shows it.
+    let slow = GOOD
+        .replace("steps: 10", "steps: 100000")
+        .replace("name: spec-test", "name: slow");
+    std::fs::write(dir.path().join("slow.yaml"), slow).unwrap();
+    let out = run(&["submit", "slow.yaml"]);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id.starts_with("slow-2-"), "{id}");
+    let out = run(&["cancel", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&run(&["status", &id, "--json"]).stdout).unwrap();
+    assert_eq!(status["state"], "cancelled");
+    let table = String::from_utf8_lossy(&run(&["jobs"]).stdout).to_string();
+    assert!(
+        table.contains(&id) && table.contains("cancelled"),
+        "{table}"
+    );
+    // Cancelling twice says why it cannot.
+    let out = run(&["cancel", &id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already finished"));
+}
