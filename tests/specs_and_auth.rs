@@ -88,28 +88,16 @@ fn write(dir: &Path, yaml: &str) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn validate_refuses_each_bad_spec_with_its_location() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = write(dir.path(), GOOD);
-    let out = std::process::Command::new(bin("outloud"))
-        .current_dir(dir.path())
-        .args(["validate"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `outloud COMMAND bad.yaml EXTRA...` on every bad spec: each must be refused
+/// with a non-zero exit and its location.
+fn assert_each_bad_spec_refused(dir: &Path, command: &str, extra: &[&str]) {
     for (what, yaml, expected) in bad_specs() {
-        write(dir.path(), &yaml);
-        let out = std::process::Command::new(bin("outloud"))
-            .current_dir(dir.path())
-            .args(["validate", "bad.yaml"])
-            .output()
-            .unwrap();
+        write(dir, &yaml);
+        let args: Vec<&str> = [command, "bad.yaml"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let out = cli_in(dir, &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: accepted");
         assert!(
@@ -119,25 +107,24 @@ fn validate_refuses_each_bad_spec_with_its_location() {
     }
 }
 
+#[test]
+fn validate_refuses_each_bad_spec_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), GOOD);
+    let out = cli_in(dir.path(), &["validate", "bad.yaml"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_each_bad_spec_refused(dir.path(), "validate", &[]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_refuses_bad_specs_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 5_000, None);
-    for (what, yaml, expected) in bad_specs() {
-        let file = write(dir.path(), &yaml);
-        let out = std::process::Command::new(bin("outloud"))
-            .current_dir(dir.path())
-            .args(["submit", "bad.yaml", "--coordinator", &coordinator.url])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{what}: accepted");
-        assert!(
-            stderr.contains(expected),
-            "{what}: expected `{expected}` in:\n{stderr}"
-        );
-        assert!(file.exists());
-    }
+    assert_each_bad_spec_refused(dir.path(), "submit", &["--coordinator", &coordinator.url]);
     let out = cli(&["jobs", "--json", "--coordinator", &coordinator.url], None);
     let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(jobs, serde_json::json!([]), "a refused spec created a job");
@@ -222,13 +209,8 @@ async fn the_cli_submits_watches_and_cancels_jobs() {
     let _worker = start_worker(&coordinator.url, &dir.path().join("logs"), "w0", None);
     let url = coordinator.url.as_str();
     let run = |args: &[&str]| {
-        std::process::Command::new(bin("outloud"))
-            .current_dir(dir.path())
-            .args(args)
-            .args(["--coordinator", url])
-            .env_remove("OUTLOUD_TOKEN")
-            .output()
-            .unwrap()
+        let args: Vec<&str> = args.iter().copied().chain(["--coordinator", url]).collect();
+        cli_in(dir.path(), &args)
     };
 
     // --watch follows the job to its end and exits 0 when it succeeded.

@@ -175,6 +175,17 @@ pub fn cli(args: &[&str], token: Option<&str>) -> Output {
     command.output().expect("running outloud")
 }
 
+/// Runs the `outloud` CLI to completion in `dir`, without a token.
+pub fn cli_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin("outloud"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("OUTLOUD_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running outloud")
+}
+
 pub async fn connect(url: &str, token: Option<&str>) -> Connection {
     Connection::open(url, token)
         .await

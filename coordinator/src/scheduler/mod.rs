@@ -5,10 +5,12 @@
 //! what it changed in [`Changes`], which the server makes durable before it answers, so
 //! tests drive it directly in a loop and the store never has to diff anything.
 
+mod changes;
 pub mod model;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
+pub use changes::{Changes, Counters};
 pub use model::*;
 
 use crate::metrics::Tallies;
@@ -18,64 +20,6 @@ use crate::spec::JobSpec;
 pub struct SchedulerConfig {
     /// A worker silent for this long loses its leases.
     pub lease_timeout_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SchedulerError {
-    #[error("unknown worker `{0}`: register first")]
-    UnknownWorker(String),
-    #[error("unknown job `{0}`")]
-    UnknownJob(String),
-    #[error("unknown task `{0}`")]
-    UnknownTask(String),
-    #[error("stale lease on task {task}: epoch {epoch} from {worker} is not the current lease")]
-    StaleLease {
-        task: String,
-        epoch: u64,
-        worker: String,
-    },
-    #[error("job `{0}` has already finished")]
-    JobFinished(String),
-}
-
-/// Why a worker gave a task up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// It would fail again anywhere (bad data, bad config): the job fails.
-    Fatal,
-    /// It might succeed on another try: counts against the phase's `max_attempts`.
-    Retryable,
-    /// The worker is shutting down: leased again without counting an attempt.
-    HandedBack,
-}
-
-/// Everything a call changed, for the store.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Changes {
-    /// Jobs whose own fields (state, phase states, error) changed.
-    pub jobs: BTreeSet<String>,
-    pub tasks: BTreeSet<TaskId>,
-    pub workers: BTreeSet<String>,
-    /// New history entries: (job id, index in the job's history).
-    pub events: Vec<(String, usize)>,
-    pub counters_changed: bool,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.jobs.is_empty()
-            && self.tasks.is_empty()
-            && self.workers.is_empty()
-            && self.events.is_empty()
-            && !self.counters_changed
-    }
-}
-
-/// Id counters that must survive restarts.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counters {
-    pub next_job: u64,
-    pub next_worker: u64,
 }
 
 pub struct Scheduler {

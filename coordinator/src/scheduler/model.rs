@@ -345,6 +345,35 @@ pub struct Assignment {
     pub previous_checkpoint: Option<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("unknown worker `{0}`: register first")]
+    UnknownWorker(String),
+    #[error("unknown job `{0}`")]
+    UnknownJob(String),
+    #[error("unknown task `{0}`")]
+    UnknownTask(String),
+    #[error("stale lease on task {task}: epoch {epoch} from {worker} is not the current lease")]
+    StaleLease {
+        task: String,
+        epoch: u64,
+        worker: String,
+    },
+    #[error("job `{0}` has already finished")]
+    JobFinished(String),
+}
+
+/// Why a worker gave a task up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// It would fail again anywhere (bad data, bad config): the job fails.
+    Fatal,
+    /// It might succeed on another try: counts against the phase's `max_attempts`.
+    Retryable,
+    /// The worker is shutting down: leased again without counting an attempt.
+    HandedBack,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
