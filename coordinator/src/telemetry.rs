@@ -1,6 +1,8 @@
 //! Tracing set-up shared by every Outloud binary: human-readable lines on stderr,
 //! filtered by `RUST_LOG` (default `info`), spans carrying job, phase, task, worker, rank.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init(default_filter: &str) {
@@ -10,6 +12,8 @@ pub fn init(default_filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only where a person reads them, not in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }
