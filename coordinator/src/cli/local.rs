@@ -133,9 +133,10 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
             }
         }
         if let (Some(first), m) = (phase.first_loss(), phase.metrics()) {
+            let rate = m.tokens as f64 / seconds.max(1e-3);
             println!(
-                "{}: loss {first:.3} -> {:.3} over {} steps, {} tokens",
-                phase.name, m.loss, m.step, m.tokens
+                "{}: loss {first:.3} -> {:.3} over {} steps; {} tokens ({rate:.0}/s overall), {} words",
+                phase.name, m.loss, m.step, m.tokens, m.words
             );
         }
     }

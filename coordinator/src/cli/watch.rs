@@ -52,10 +52,12 @@ impl View {
                         states.insert(phase.name.clone(), phase.state) != Some(phase.state);
                     if changed || (phase.state == RunState::Running && last.elapsed() > PLAIN_EVERY)
                     {
-                        eprintln!(
-                            "{} {}: {} step {}/{} loss {:.3}",
-                            job.id, phase.name, phase.state, m.step, m.total_steps, m.loss
-                        );
+                        let progress = if m.total_steps > 0 {
+                            format!(" step {}/{} loss {:.3}", m.step, m.total_steps, m.loss)
+                        } else {
+                            String::new()
+                        };
+                        eprintln!("{} {}: {}{progress}", job.id, phase.name, phase.state);
                         *last = Instant::now();
                     }
                 }
