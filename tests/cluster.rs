@@ -336,3 +336,48 @@ async fn phase_one_reads_and_checkpoints_through_s3() {
     let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
     assert_eq!(manifest["step"], 100);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_checkpoint_is_refused_and_the_one_before_it_is_used() {
+    let _one_at_a_time = exclusive().await;
+    let cluster = Cluster::start(1_500).await;
+    let mut first = cluster.worker("first");
+    let id = cluster
+        .submit(&language_job(&cluster.storage(), GENERATED, 600, 40))
+        .await;
+    let has_two = |job: &Job| {
+        job.phases[0].tasks[0]
+            .checkpoint
+            .as_deref()
+            .is_some_and(|c| !c.ends_with("step-000040"))
+    };
+    cluster.wait(&id, Duration::from_secs(120), has_two).await;
+    first.sigkill();
+    // The newest checkpoint the coordinator knows is the one a new lease would resume from.
+    let newest = job(&cluster.connection, &id).await.phases[0].tasks[0]
+        .checkpoint
+        .clone()
+        .unwrap();
+    let step: u64 = newest.rsplit("step-").next().unwrap().parse().unwrap();
+    let weights =
+        std::path::PathBuf::from(newest.strip_prefix("file://").unwrap()).join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&weights, bytes).unwrap();
+
+    let _second = cluster.worker("second");
+    let job = cluster.wait(&id, Duration::from_secs(240), finished).await;
+    assert_succeeded(&job);
+    let resumed = job.history.iter().find_map(|e| match &e.what {
+        EventKind::Resumed { step, .. } => Some(*step),
+        _ => None,
+    });
+    assert_eq!(
+        resumed,
+        Some(step - 40),
+        "the corrupt step-{step} checkpoint must be skipped, not loaded"
+    );
+    let log = std::fs::read_to_string(cluster.logs().join("second.log")).unwrap();
+    assert!(log.contains("model.safetensors is corrupt"), "{log}");
+}

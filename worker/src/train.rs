@@ -27,18 +27,44 @@ fn phase_root(ctx: &TaskContext) -> Result<Location, WorkerError> {
     Ok(Location::open(&a.spec.storage)?.join(&format!("jobs/{}/{}", a.job_id, a.phase)))
 }
 
-/// Where training starts: a verified checkpoint of this task, else nothing.
+/// Where training starts: the newest checkpoint of this task that verifies, else nothing.
+/// The coordinator names the newest one reported; if it is corrupt or incomplete it is
+/// refused (never loaded) and older ones in the same folder are tried, newest first.
 async fn resume_point(ctx: &TaskContext) -> Option<checkpoint::Loaded> {
-    let url = ctx.assignment.resume_checkpoint.as_deref()?;
-    let location = Location::open(url).ok()?;
-    match checkpoint::load(&location).await {
-        Ok(loaded) => Some(loaded),
-        Err(e) => {
-            // Refused, not loaded: training restarts from scratch rather than from bad state.
-            tracing::warn!(error = %e, "cannot resume from the last checkpoint; starting over");
-            None
+    let newest = ctx.assignment.resume_checkpoint.as_deref()?;
+    let mut candidates = vec![newest.to_string()];
+    if let Ok(root) = phase_root(ctx) {
+        candidates.extend(older_checkpoints(&root.join("checkpoints"), newest).await);
+    }
+    for url in candidates {
+        let Ok(location) = Location::open(&url) else {
+            continue;
+        };
+        match checkpoint::load(&location).await {
+            Ok(loaded) => return Some(loaded),
+            Err(e) => tracing::warn!(error = %e, "checkpoint refused; trying an older one"),
         }
     }
+    tracing::warn!("no checkpoint verifies; starting over");
+    None
+}
+
+/// Checkpoint folders under `folder` named before `newest` (names sort by step), newest first.
+async fn older_checkpoints(folder: &Location, newest: &str) -> Vec<String> {
+    let Ok(objects) = folder.list().await else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = objects
+        .iter()
+        .filter_map(|o| {
+            o.url()
+                .strip_suffix(&format!("/{}", checkpoint::MANIFEST_FILE))
+        })
+        .filter(|dir| *dir < newest)
+        .map(str::to_string)
+        .collect();
+    found.sort_unstable_by(|a, b| b.cmp(a));
+    found
 }
 
 /// Overwrites every variable of `vs` with the saved tensor of the same name.
