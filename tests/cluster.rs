@@ -60,6 +60,25 @@ fn events(job: &Job) -> Vec<&EventKind> {
     job.history.iter().map(|e| &e.what).collect()
 }
 
+/// The step the task resumed from, if a lease resumed from a checkpoint.
+fn resumed_step(job: &Job) -> Option<u64> {
+    job.history.iter().find_map(|e| match &e.what {
+        EventKind::Resumed { step, .. } => Some(*step),
+        _ => None,
+    })
+}
+
+/// A cluster whose one worker, `first`, trains a generated-text job that checkpoints
+/// every 40 steps.
+async fn one_worker_training(lease_timeout_ms: u64, steps: u64) -> (Cluster, Process, String) {
+    let cluster = Cluster::start(lease_timeout_ms).await;
+    let first = cluster.worker("first");
+    let id = cluster
+        .submit(&language_job(&cluster.storage(), GENERATED, steps, 40))
+        .await;
+    (cluster, first, id)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_train_phase_one_on_generated_text() {
     let _one_at_a_time = exclusive().await;
@@ -122,11 +141,7 @@ async fn phase_one_learns_from_real_babylm_text() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refused() {
     let _one_at_a_time = exclusive().await;
-    let cluster = Cluster::start(1_500).await;
-    let mut first = cluster.worker("first");
-    let id = cluster
-        .submit(&language_job(&cluster.storage(), GENERATED, 600, 40))
-        .await;
+    let (cluster, mut first, id) = one_worker_training(1_500, 600).await;
     let before = cluster
         .wait(&id, Duration::from_secs(120), |job| {
             job.phases[0].tasks[0].checkpoint.is_some()
@@ -162,10 +177,7 @@ async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refuse
         resume_from.is_some(),
         "the new lease resumes from the last checkpoint"
     );
-    let resumed_step = history.iter().find_map(|e| match e {
-        EventKind::Resumed { step, .. } => Some(*step),
-        _ => None,
-    });
+    let resumed_step = resumed_step(&job);
     assert!(
         resumed_step.unwrap_or(0) >= 40,
         "training resumed from a checkpoint, not from scratch: {resumed_step:?}"
@@ -212,11 +224,7 @@ async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refuse
 async fn a_worker_stopped_with_sigterm_hands_its_task_back_at_once() {
     let _one_at_a_time = exclusive().await;
     // A lease timeout far longer than the test: only a handed-back task can move on.
-    let cluster = Cluster::start(600_000).await;
-    let mut first = cluster.worker("first");
-    let id = cluster
-        .submit(&language_job(&cluster.storage(), GENERATED, 300, 40))
-        .await;
+    let (cluster, mut first, id) = one_worker_training(600_000, 300).await;
     cluster
         .wait(&id, Duration::from_secs(120), |job| {
             job.phases[0].tasks[0].checkpoint.is_some()
@@ -340,11 +348,7 @@ async fn phase_one_reads_and_checkpoints_through_s3() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_checkpoint_is_refused_and_the_one_before_it_is_used() {
     let _one_at_a_time = exclusive().await;
-    let cluster = Cluster::start(1_500).await;
-    let mut first = cluster.worker("first");
-    let id = cluster
-        .submit(&language_job(&cluster.storage(), GENERATED, 600, 40))
-        .await;
+    let (cluster, mut first, id) = one_worker_training(1_500, 600).await;
     let has_two = |job: &Job| {
         job.phases[0].tasks[0]
             .checkpoint
@@ -369,10 +373,7 @@ async fn a_corrupt_checkpoint_is_refused_and_the_one_before_it_is_used() {
     let _second = cluster.worker("second");
     let job = cluster.wait(&id, Duration::from_secs(240), finished).await;
     assert_succeeded(&job);
-    let resumed = job.history.iter().find_map(|e| match &e.what {
-        EventKind::Resumed { step, .. } => Some(*step),
-        _ => None,
-    });
+    let resumed = resumed_step(&job);
     assert_eq!(
         resumed,
         Some(step - 40),
