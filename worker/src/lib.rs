@@ -6,6 +6,7 @@
 //! - [`task`]: the context a task runs in, and the dispatch by phase kind.
 //! - [`train`]: phase 1, language bootstrapping (the training loop).
 //! - [`model`]: the GPT, bottom-up, readable in one sitting.
+//! - [`generate`]: batched decoding with a KV cache (greedy, temperature, top-p).
 //! - [`optim`]: AdamW with checkpointable state, the learning-rate schedule.
 //! - [`checkpoint`]: safetensors + verified manifests in object storage.
 //! - [`tokenizer`]: byte-level BPE trained by the `tokenizers` crate.
@@ -19,6 +20,7 @@ pub mod checkpoint;
 pub mod corpus;
 pub mod data;
 pub mod error;
+pub mod generate;
 pub mod model;
 pub mod optim;
 pub mod rng;

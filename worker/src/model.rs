@@ -3,7 +3,12 @@
 //! attention -> MLP -> block -> model. Pre-norm residual blocks, causal scaled
 //! dot-product attention, learned positions, and an output layer tied to the token
 //! embedding. Parameter paths (`blocks.0.attn.qkv.weight`) are the checkpoint's tensor
-//! names. Shapes in comments: B batch, T time, C channels (d_model), nh heads, hs head size.
+//! names. Shapes in comments: B batch, T time (new positions), S all positions seen
+//! (past + new), C channels (d_model), nh heads, hs head size.
+//!
+//! Training runs whole sequences with a causal mask. Decoding ([`crate::generate`])
+//! feeds only new positions and keeps every layer's keys and values in a [`KvCache`];
+//! padded batches pass an explicit mask of which positions may be attended.
 
 use outloud_coordinator::spec::ModelShape;
 use tch::nn::{self, Module};
@@ -11,6 +16,23 @@ use tch::{Kind, Tensor};
 
 /// The model's hyper-parameters, saved in every checkpoint manifest.
 pub type GptConfig = ModelShape;
+
+/// One layer's past keys and values, each (B, nh, S, hs).
+pub type LayerCache = Option<(Tensor, Tensor)>;
+
+/// Every layer's past keys and values during decoding.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: u32) -> Self {
+        Self {
+            layers: (0..n_layers).map(|_| None).collect(),
+        }
+    }
+}
 
 #[derive(Debug)]
 struct CausalSelfAttention {
@@ -29,23 +51,29 @@ impl CausalSelfAttention {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// `mask` (B, 1, T, S) says which positions each new position may attend; without
+    /// it attention is plainly causal. `cache` holds this layer's past keys and values.
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, cache: Option<&mut LayerCache>) -> Tensor {
         let (b, t, c) = x.size3().expect("attention input is (B, T, C)");
         let hs = c / self.n_heads;
         let heads = |y: Tensor| y.view([b, t, self.n_heads, hs]).transpose(1, 2); // (B, nh, T, hs)
         let qkv = self.qkv.forward(x).split(c, 2); // 3 x (B, T, C)
-        let (q, k, v) = (
-            heads(qkv[0].shallow_clone()),
-            heads(qkv[1].shallow_clone()),
-            heads(qkv[2].shallow_clone()),
-        );
+        let q = heads(qkv[0].shallow_clone());
+        let (mut k, mut v) = (heads(qkv[1].shallow_clone()), heads(qkv[2].shallow_clone()));
+        if let Some(cache) = cache {
+            if let Some((past_k, past_v)) = cache.take() {
+                k = Tensor::cat(&[past_k, k], 2); // (B, nh, S, hs)
+                v = Tensor::cat(&[past_v, v], 2);
+            }
+            *cache = Some((k.shallow_clone(), v.shallow_clone()));
+        }
         let y = Tensor::scaled_dot_product_attention(
             &q,
             &k,
             &v,
-            None::<Tensor>,
+            mask,
             0.0,
-            true,
+            mask.is_none(),
             None,
             false,
         );
@@ -93,8 +121,8 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let x = x + self.attn.forward(&self.ln1.forward(x));
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, cache: Option<&mut LayerCache>) -> Tensor {
+        let x = x + self.attn.forward(&self.ln1.forward(x), mask, cache);
         &x + self.mlp.forward(&self.ln2.forward(&x))
     }
 }
@@ -129,13 +157,30 @@ impl Gpt {
         }
     }
 
-    /// Token ids (B, T) -> next-token logits (B, T, vocab).
+    pub fn device(&self) -> tch::Device {
+        self.wte.ws.device()
+    }
+
+    /// Token ids (B, T) -> next-token logits (B, T, vocab), whole sequences, causal.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         let (_, t) = ids.size2().expect("ids are (B, T)");
         let positions = Tensor::arange(t, (Kind::Int64, ids.device()));
-        let mut x = self.wte.forward(ids) + self.wpe.forward(&positions); // (B, T, C)
-        for block in &self.blocks {
-            x = block.forward(&x);
+        self.forward_with(ids, &positions, None, None)
+    }
+
+    /// The general form: token `ids` (B, T) at `positions` (T or B x T), attending as
+    /// `mask` (B, 1, T, S) allows (causal when absent), extending `cache` when given.
+    pub fn forward_with(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let mut x = self.wte.forward(ids) + self.wpe.forward(positions); // (B, T, C)
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block.forward(&x, mask, layer);
         }
         // The output layer shares the token embedding's weights.
         self.ln_f.forward(&x).matmul(&self.wte.ws.tr()) // (B, T, vocab)
