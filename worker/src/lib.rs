@@ -12,6 +12,7 @@
 //! - [`tokenizer`]: byte-level BPE trained by the `tokenizers` crate.
 //! - [`data`]: reading a phase's text through the storage layer.
 //! - [`corpus`]: the embedded, seeded child-directed text generator.
+//! - [`world`]: the picture-book world (scenes, pictures, captions, questions).
 //! - [`rng`]: a small reproducible random number generator.
 //! - [`error`]: the worker's error type.
 
@@ -27,3 +28,4 @@ pub mod rng;
 pub mod task;
 pub mod tokenizer;
 pub mod train;
+pub mod world;
