@@ -8,7 +8,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::error::WorkerError;
-use crate::model::{Gpt, KvCache};
+use crate::model::{Attend, Gpt, KvCache};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Sampling {
@@ -124,8 +124,12 @@ pub fn generate(
         let batch = left_pad(prompts, stop, model.device());
         let mut cache = KvCache::new(model.config.n_layers);
         let mask = prefill_mask(&batch.real);
-        let logits =
-            model.forward_with(&batch.ids, &batch.positions, Some(&mask), Some(&mut cache));
+        let logits = model.forward_with(
+            &batch.ids,
+            &batch.positions,
+            Attend::Mask(&mask),
+            Some(&mut cache),
+        );
         let mut last = logits.select(1, -1); // (B, vocab)
         let mut real = batch.real;
         let mut position = batch.positions.select(1, -1); // (B)
@@ -142,7 +146,7 @@ pub fn generate(
             let logits = model.forward_with(
                 &next.unsqueeze(1),
                 &position.unsqueeze(1),
-                Some(&mask),
+                Attend::Mask(&mask),
                 Some(&mut cache),
             );
             last = logits.select(1, 0);
@@ -165,7 +169,8 @@ pub fn generate_without_cache(
         let (mut ids, mut real, mut positions) = (batch.ids, batch.real, batch.positions);
         let (mut out, mut done) = (vec![Vec::new(); prompts.len()], vec![false; prompts.len()]);
         for _ in 0..sampling.max_new_tokens {
-            let logits = model.forward_with(&ids, &positions, Some(&prefill_mask(&real)), None);
+            let logits =
+                model.forward_with(&ids, &positions, Attend::Mask(&prefill_mask(&real)), None);
             let next = pick(&logits.select(1, -1), sampling);
             if collect(&next, stop, &mut out, &mut done) {
                 break;

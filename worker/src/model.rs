@@ -8,7 +8,8 @@
 //!
 //! Training runs whole sequences with a causal mask. Decoding ([`crate::generate`])
 //! feeds only new positions and keeps every layer's keys and values in a [`KvCache`];
-//! padded batches pass an explicit mask of which positions may be attended.
+//! padded batches pass an explicit mask of which positions may be attended. The blocks
+//! also serve the vision encoder ([`crate::vision`]), which attends everywhere.
 
 use outloud_coordinator::spec::ModelShape;
 use tch::nn::{self, Module};
@@ -34,26 +35,35 @@ impl KvCache {
     }
 }
 
+/// What each position may attend to.
+#[derive(Debug, Clone, Copy)]
+pub enum Attend<'a> {
+    /// Itself and every earlier position (language).
+    Causal,
+    /// Every position (vision).
+    Everything,
+    /// As the boolean mask (B, 1, T, S) says (padded batches, decoding).
+    Mask(&'a Tensor),
+}
+
 #[derive(Debug)]
-struct CausalSelfAttention {
+struct SelfAttention {
     qkv: nn::Linear,
     proj: nn::Linear,
     n_heads: i64,
 }
 
-impl CausalSelfAttention {
-    fn new(p: nn::Path, c: &GptConfig) -> Self {
-        let d = c.d_model as i64;
+impl SelfAttention {
+    fn new(p: nn::Path, d: i64, n_heads: i64) -> Self {
         Self {
             qkv: nn::linear(&p / "qkv", d, 3 * d, Default::default()),
             proj: nn::linear(&p / "proj", d, d, Default::default()),
-            n_heads: c.n_heads as i64,
+            n_heads,
         }
     }
 
-    /// `mask` (B, 1, T, S) says which positions each new position may attend; without
-    /// it attention is plainly causal. `cache` holds this layer's past keys and values.
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, cache: Option<&mut LayerCache>) -> Tensor {
+    /// `cache` holds this layer's past keys and values when decoding.
+    fn forward(&self, x: &Tensor, attend: Attend, cache: Option<&mut LayerCache>) -> Tensor {
         let (b, t, c) = x.size3().expect("attention input is (B, T, C)");
         let hs = c / self.n_heads;
         let heads = |y: Tensor| y.view([b, t, self.n_heads, hs]).transpose(1, 2); // (B, nh, T, hs)
@@ -67,16 +77,12 @@ impl CausalSelfAttention {
             }
             *cache = Some((k.shallow_clone(), v.shallow_clone()));
         }
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            mask,
-            0.0,
-            mask.is_none(),
-            None,
-            false,
-        );
+        let (mask, causal) = match attend {
+            Attend::Causal => (None, true),
+            Attend::Everything => (None, false),
+            Attend::Mask(mask) => (Some(mask), false),
+        };
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, causal, None, false);
         let y = y.transpose(1, 2).contiguous().view([b, t, c]); // (B, T, C)
         self.proj.forward(&y)
     }
@@ -89,8 +95,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(p: nn::Path, c: &GptConfig) -> Self {
-        let d = c.d_model as i64;
+    fn new(p: nn::Path, d: i64) -> Self {
         Self {
             fc: nn::linear(&p / "fc", d, 4 * d, Default::default()),
             proj: nn::linear(&p / "proj", 4 * d, d, Default::default()),
@@ -102,27 +107,27 @@ impl Mlp {
     }
 }
 
+/// A pre-norm transformer block: attention then MLP, each around a residual.
 #[derive(Debug)]
-struct Block {
+pub struct Block {
     ln1: nn::LayerNorm,
-    attn: CausalSelfAttention,
+    attn: SelfAttention,
     ln2: nn::LayerNorm,
     mlp: Mlp,
 }
 
 impl Block {
-    fn new(p: nn::Path, c: &GptConfig) -> Self {
-        let d = c.d_model as i64;
+    pub fn new(p: nn::Path, d: i64, n_heads: i64) -> Self {
         Self {
             ln1: nn::layer_norm(&p / "ln1", vec![d], Default::default()),
-            attn: CausalSelfAttention::new(&p / "attn", c),
+            attn: SelfAttention::new(&p / "attn", d, n_heads),
             ln2: nn::layer_norm(&p / "ln2", vec![d], Default::default()),
-            mlp: Mlp::new(&p / "mlp", c),
+            mlp: Mlp::new(&p / "mlp", d),
         }
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, cache: Option<&mut LayerCache>) -> Tensor {
-        let x = x + self.attn.forward(&self.ln1.forward(x), mask, cache);
+    pub fn forward(&self, x: &Tensor, attend: Attend, cache: Option<&mut LayerCache>) -> Tensor {
+        let x = x + self.attn.forward(&self.ln1.forward(x), attend, cache);
         &x + self.mlp.forward(&self.ln2.forward(&x))
     }
 }
@@ -150,7 +155,7 @@ impl Gpt {
             wte: nn::embedding(p / "wte", config.vocab_size as i64, d, embedding),
             wpe: nn::embedding(p / "wpe", config.context as i64, d, embedding),
             blocks: (0..config.n_layers)
-                .map(|i| Block::new(p / "blocks" / i, &config))
+                .map(|i| Block::new(p / "blocks" / i, d, config.n_heads as i64))
                 .collect(),
             ln_f: nn::layer_norm(p / "ln_f", vec![d], Default::default()),
             config,
@@ -165,22 +170,39 @@ impl Gpt {
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         let (_, t) = ids.size2().expect("ids are (B, T)");
         let positions = Tensor::arange(t, (Kind::Int64, ids.device()));
-        self.forward_with(ids, &positions, None, None)
+        self.forward_with(ids, &positions, Attend::Causal, None)
     }
 
-    /// The general form: token `ids` (B, T) at `positions` (T or B x T), attending as
-    /// `mask` (B, 1, T, S) allows (causal when absent), extending `cache` when given.
+    /// Token ids (B, T) -> their embeddings (B, T, C), before positions are added.
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        self.wte.forward(ids)
+    }
+
+    /// Token `ids` (B, T) at `positions` (T, or B x T), attending as `attend` says,
+    /// extending `cache` when decoding.
     pub fn forward_with(
         &self,
         ids: &Tensor,
         positions: &Tensor,
-        mask: Option<&Tensor>,
+        attend: Attend,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        self.forward_embeddings(&self.embed(ids), positions, attend, cache)
+    }
+
+    /// The transformer over input embeddings `x` (B, T, C): tokens, or visual tokens
+    /// followed by tokens. Answers next-token logits (B, T, vocab).
+    pub fn forward_embeddings(
+        &self,
+        x: &Tensor,
+        positions: &Tensor,
+        attend: Attend,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
-        let mut x = self.wte.forward(ids) + self.wpe.forward(positions); // (B, T, C)
+        let mut x = x + self.wpe.forward(positions); // (B, T, C)
         for (i, block) in self.blocks.iter().enumerate() {
             let layer = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = block.forward(&x, mask, layer);
+            x = block.forward(&x, attend, layer);
         }
         // The output layer shares the token embedding's weights.
         self.ln_f.forward(&x).matmul(&self.wte.ws.tr()) // (B, T, vocab)
