@@ -6,6 +6,8 @@
 //! - [`task`]: the context a task runs in, and the dispatch by phase kind.
 //! - [`train`]: phase 1, language bootstrapping (the training loop).
 //! - [`model`]: the GPT, bottom-up, readable in one sitting.
+//! - [`vision`]: the ViT, precomputed-feature input, and the projector.
+//! - [`vlm`]: visual tokens before text; losses on taught tokens only.
 //! - [`generate`]: batched decoding with a KV cache (greedy, temperature, top-p).
 //! - [`optim`]: AdamW with checkpointable state, the learning-rate schedule.
 //! - [`checkpoint`]: safetensors + verified manifests in object storage.
@@ -28,4 +30,6 @@ pub mod rng;
 pub mod task;
 pub mod tokenizer;
 pub mod train;
+pub mod vision;
+pub mod vlm;
 pub mod world;
