@@ -113,6 +113,24 @@ impl Location {
         }
     }
 
+    /// The location `relative` names from the folder this object is in, as a JSONL
+    /// file's image paths do (`images/a.png`, `../pictures/b.png`).
+    pub fn beside(&self, relative: &str) -> Result<Self, StorageError> {
+        let bad = |reason: String| StorageError::BadUrl {
+            url: format!("{} + {relative}", self.url),
+            reason,
+        };
+        let url = Url::parse(&self.url)
+            .and_then(|u| u.join(relative))
+            .map_err(|e| bad(e.to_string()))?;
+        let prefix = Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            store: self.store.clone(),
+            prefix,
+            url: url.to_string(),
+        })
+    }
+
     fn error(&self, source: object_store::Error) -> StorageError {
         match source {
             object_store::Error::NotFound { .. } => StorageError::Missing {
@@ -222,6 +240,9 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2);
         assert!(names[0].ends_with("/a/one.txt"), "{names:?}");
+        let beside = root.join("a/one.txt").beside("../a/two.txt").unwrap();
+        assert_eq!(beside.get().await.unwrap(), b"22");
+        assert!(beside.url().ends_with("/a/two.txt"), "{}", beside.url());
         assert!(matches!(
             root.join("nothing").objects().await,
             Err(StorageError::Missing { .. })

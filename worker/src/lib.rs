@@ -13,6 +13,7 @@
 //! - [`checkpoint`]: safetensors + verified manifests in object storage.
 //! - [`tokenizer`]: byte-level BPE trained by the `tokenizers` crate.
 //! - [`data`]: reading a phase's text through the storage layer.
+//! - [`loaders`]: image-caption pairs, questions, unlabeled images, features.
 //! - [`corpus`]: the embedded, seeded child-directed text generator.
 //! - [`world`]: the picture-book world (scenes, pictures, captions, questions).
 //! - [`rng`]: a small reproducible random number generator.
@@ -24,6 +25,7 @@ pub mod corpus;
 pub mod data;
 pub mod error;
 pub mod generate;
+pub mod loaders;
 pub mod model;
 pub mod optim;
 pub mod rng;
