@@ -1,7 +1,7 @@
 //! Admission: everything checked before a job is accepted. The spec must parse and make
 //! sense ([`spec::parse`]), and every data source it reads must exist in storage.
 
-use crate::spec::{self, DataKind, JobSpec, Locator, SpecErrors};
+use crate::spec::{self, JobSpec, Locator, SpecErrors};
 use crate::storage::Location;
 
 /// Parses, checks and resolves a spec against `working_dir`; then looks for its data.
@@ -21,7 +21,7 @@ pub async fn admit(
     }
     let mut problems = Vec::new();
     for (i, source) in spec.data.iter().enumerate() {
-        let (DataKind::Text, Some(url)) = (source.kind, &source.path) else {
+        let Some(url) = source.path.as_ref().filter(|_| source.kind.has_path()) else {
             continue;
         };
         let found = match Location::open(url) {

@@ -1,12 +1,14 @@
-//! Reading a phase's text through the storage layer. `text` sources are files or
-//! folders of files; `generated_text` sources are written into the job's storage first
-//! (once, deterministically), then read back like any other file.
+//! Where a phase's data lives, and reading its text through the storage layer.
+//! User data sources are files or folders at their `path`; the project's generated
+//! sources (`generated_text`, `picture_book`) are written into the job's storage first
+//! (once, deterministically), then read back like any other files.
 
 use outloud_coordinator::spec::{DataKind, DataSource, JobSpec};
 use outloud_coordinator::storage::Location;
 
 use crate::corpus;
 use crate::error::WorkerError;
+use crate::world::{World, WorldSize};
 
 /// The documents a phase trains on.
 pub struct Corpus {
@@ -35,24 +37,73 @@ pub async fn materialize(spec: &JobSpec, source: &DataSource) -> Result<Location
     Ok(location)
 }
 
+/// How much picture-book world a source asks for.
+fn world_size(spec: &JobSpec, source: &DataSource) -> WorldSize {
+    let pictures = source.pictures.unwrap_or(0) as usize;
+    WorldSize {
+        seed: source.seed,
+        image_size: spec.model.vision.map(|v| v.image_size).unwrap_or(32),
+        train_pictures: pictures,
+        test_pictures: (pictures / 5).max(20),
+        unlabeled_pictures: (pictures / 2).max(20),
+        text_lines: pictures * 2,
+    }
+}
+
+/// The folder holding a picture-book world, written first unless already complete.
+async fn materialize_world(spec: &JobSpec, source: &DataSource) -> Result<Location, WorkerError> {
+    let size = world_size(spec, source);
+    let name = format!(
+        "data/{}-seed{}-{}p-{}px",
+        source.name, size.seed, size.train_pictures, size.image_size
+    );
+    let folder = Location::open(&spec.storage)?.join(&name);
+    // The marker is written last: a world without it is incomplete and written again.
+    let marker = folder.join("world.json");
+    if !marker.is_object().await? {
+        let world = tokio::task::spawn_blocking(move || World::generate(size))
+            .await
+            .map_err(|e| WorkerError::Data(e.to_string()))?;
+        world.write(&folder).await?;
+        marker
+            .put(serde_json::to_vec(&size).expect("sizes serialize"))
+            .await?;
+        tracing::info!(url = folder.url(), "picture-book world written");
+    }
+    Ok(folder)
+}
+
+/// Where a data source's files are: its path, or the generated data in storage.
+pub async fn source_root(spec: &JobSpec, source: &DataSource) -> Result<Location, WorkerError> {
+    match source.kind {
+        DataKind::GeneratedText => materialize(spec, source).await,
+        DataKind::PictureBook => materialize_world(spec, source).await,
+        kind => {
+            let url = source.path.as_deref().ok_or_else(|| {
+                WorkerError::Config(format!("`{}` ({}) has no path", source.name, kind.name()))
+            })?;
+            Ok(Location::open(url)?)
+        }
+    }
+}
+
+/// The named data source of the spec.
+pub fn source<'a>(spec: &'a JobSpec, name: &str) -> Result<&'a DataSource, WorkerError> {
+    spec.data
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| WorkerError::Config(format!("no data source `{name}`")))
+}
+
 /// Reads every source the phase names, in the spec's order.
 pub async fn read_corpus(spec: &JobSpec, names: &[String]) -> Result<Corpus, WorkerError> {
     let mut documents = Vec::new();
     for name in names {
-        let source = spec
-            .data
-            .iter()
-            .find(|s| &s.name == name)
-            .ok_or_else(|| WorkerError::Config(format!("no data source `{name}`")))?;
+        let source = source(spec, name)?;
+        let root = source_root(spec, source).await?;
         let locations = match source.kind {
-            DataKind::GeneratedText => vec![materialize(spec, source).await?],
-            DataKind::Text => {
-                let url = source
-                    .path
-                    .as_deref()
-                    .ok_or_else(|| WorkerError::Config(format!("`{name}` has no path")))?;
-                Location::open(url)?.objects().await?
-            }
+            DataKind::PictureBook => root.join("text/world.txt").objects().await?,
+            _ => root.objects().await?,
         };
         for location in locations {
             let bytes = location.get().await?;

@@ -6,17 +6,16 @@
 //! location an absolute URL so workers anywhere read the same objects.
 
 mod locate;
+mod model;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::storage;
 pub use locate::Locator;
-
-/// Model size presets, kept beside the deployment files.
-const MODEL_PRESETS: &str = include_str!("../../../deploy/presets/models.yaml");
+pub use model::{ModelShape, ModelSpec, VisionEncoder, VisionSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,7 +28,14 @@ pub struct JobSpec {
     pub data: Vec<DataSource>,
     #[serde(default)]
     pub model: ModelSpec,
+    /// Words the whole curriculum may consume (BabyLM: 100M).
+    #[serde(default = "default_word_budget")]
+    pub word_budget: u64,
     pub phases: Vec<PhaseSpec>,
+}
+
+fn default_word_budget() -> u64 {
+    100_000_000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +45,30 @@ pub enum DataKind {
     Text,
     /// The embedded child-directed corpus, generated from `seed` into the job's storage.
     GeneratedText,
+    /// The embedded picture-book world (pictures, captions, questions, text), generated
+    /// from `seed` with `pictures` captioned training pictures into the job's storage.
+    PictureBook,
+    /// Image-caption pairs: a JSONL file (`image`, `caption`), tar shards, or a folder.
+    ImageCaptions,
+    /// Questions about images: JSONL (`image`, `question`, `answer`, `distractors`).
+    Questions,
+    /// Images without words: a folder of images or tar shards.
+    UnlabeledImages,
+}
+
+impl DataKind {
+    /// The name a spec uses.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// Kinds read from a user-given `path` (the others are generated).
+    pub fn has_path(self) -> bool {
+        !matches!(self, DataKind::GeneratedText | DataKind::PictureBook)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,75 +85,9 @@ pub struct DataSource {
     /// `generated_text`: how many words to generate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub words: Option<u64>,
-}
-
-/// A preset name plus optional overrides of its fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    #[serde(default = "default_preset")]
-    pub preset: String,
+    /// `picture_book`: how many captioned training pictures to generate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vocab_size: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub d_model: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n_layers: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub n_heads: Option<u32>,
-}
-
-impl Default for ModelSpec {
-    fn default() -> Self {
-        Self {
-            preset: default_preset(),
-            vocab_size: None,
-            context: None,
-            d_model: None,
-            n_layers: None,
-            n_heads: None,
-        }
-    }
-}
-
-fn default_preset() -> String {
-    "tiny".into()
-}
-
-/// The concrete model shape a preset plus overrides resolve to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelShape {
-    pub vocab_size: u32,
-    pub context: u32,
-    pub d_model: u32,
-    pub n_layers: u32,
-    pub n_heads: u32,
-}
-
-impl ModelSpec {
-    /// The preset's shape with this spec's overrides applied.
-    pub fn shape(&self) -> Result<ModelShape, String> {
-        let presets: BTreeMap<String, ModelShape> =
-            serde_yaml::from_str(MODEL_PRESETS).map_err(|e| format!("model presets: {e}"))?;
-        let base = presets.get(&self.preset).ok_or_else(|| {
-            let names: Vec<_> = presets.keys().map(String::as_str).collect();
-            format!(
-                "unknown preset `{}`, expected one of {}",
-                self.preset,
-                names.join(", ")
-            )
-        })?;
-        Ok(ModelShape {
-            vocab_size: self.vocab_size.unwrap_or(base.vocab_size),
-            context: self.context.unwrap_or(base.context),
-            d_model: self.d_model.unwrap_or(base.d_model),
-            n_layers: self.n_layers.unwrap_or(base.n_layers),
-            n_heads: self.n_heads.unwrap_or(base.n_heads),
-        })
-    }
+    pub pictures: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +110,34 @@ impl PhaseKind {
     pub fn is_runnable(self) -> bool {
         matches!(self, PhaseKind::Language | PhaseKind::Noop)
     }
+
+    /// The name a spec uses.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// Whether the phase sees pictures (and so needs `model.vision`).
+    pub fn sees_pictures(self) -> bool {
+        matches!(self, PhaseKind::VisionLanguage | PhaseKind::Tasks)
+    }
+
+    /// The data kinds this phase can read.
+    pub fn reads(self) -> &'static [DataKind] {
+        match self {
+            PhaseKind::Language => &[
+                DataKind::Text,
+                DataKind::GeneratedText,
+                DataKind::PictureBook,
+            ],
+            PhaseKind::VisionLanguage => &[DataKind::ImageCaptions, DataKind::PictureBook],
+            PhaseKind::Tasks => &[DataKind::Questions, DataKind::PictureBook],
+            PhaseKind::SelfSynthesis => &[DataKind::UnlabeledImages, DataKind::PictureBook],
+            PhaseKind::Noop => &[],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +151,10 @@ pub struct PhaseSpec {
     /// Optimizer steps.
     #[serde(default)]
     pub steps: u64,
+    /// Words this phase may consume; training stops early once it has. Counted
+    /// against the job's `word_budget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub words: Option<u64>,
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
     #[serde(default = "default_learning_rate")]
@@ -297,9 +293,13 @@ impl JobSpec {
                 );
             }
             match source.kind {
-                DataKind::Text if source.path.is_none() => say(
+                kind if kind.has_path() && source.path.is_none() => say(
                     format!("data[{i}]"),
-                    "a `text` source needs a `path`".into(),
+                    format!("a `{}` source needs a `path`", kind.name()),
+                ),
+                DataKind::PictureBook if source.pictures.unwrap_or(0) == 0 => say(
+                    format!("data[{i}]"),
+                    "a `picture_book` source needs `pictures` > 0".into(),
                 ),
                 DataKind::GeneratedText if source.words.unwrap_or(0) == 0 => say(
                     format!("data[{i}]"),
@@ -314,7 +314,28 @@ impl JobSpec {
                 for (field, message) in shape.problems() {
                     say(format!("model.{field}"), message);
                 }
+                if let Some(vision) = &self.model.vision
+                    && vision.tokens() + 8 > shape.context
+                {
+                    let message = format!(
+                        "{} visual tokens leave too little of the context ({}) for text",
+                        vision.tokens(),
+                        shape.context
+                    );
+                    say("model.vision.image_size".into(), message);
+                }
             }
+        }
+        for (field, message) in self.model.vision.iter().flat_map(VisionSpec::problems) {
+            say(format!("model.vision.{field}"), message);
+        }
+        let planned: u64 = self.phases.iter().filter_map(|p| p.words).sum();
+        if planned > self.word_budget {
+            let message = format!(
+                "the phases plan {planned} words, more than the word_budget of {}",
+                self.word_budget
+            );
+            say("phases".into(), message);
         }
         if self.phases.is_empty() {
             say("phases".into(), "a job needs at least one phase".into());
@@ -336,12 +357,27 @@ impl JobSpec {
             for (field, message) in phase.problems() {
                 say(format!("phases[{i}].{field}"), message);
             }
+            if phase.kind.sees_pictures() && self.model.vision.is_none() {
+                say(
+                    format!("phases[{i}].kind"),
+                    "a phase that sees pictures needs `model.vision`".into(),
+                );
+            }
             for (j, name) in phase.data.iter().enumerate() {
-                if !data_names.contains(name.as_str()) {
-                    say(
+                match self.data.iter().find(|d| &d.name == name) {
+                    None => say(
                         format!("phases[{i}].data[{j}]"),
                         format!("no data source named `{name}`"),
-                    );
+                    ),
+                    Some(source) if !phase.kind.reads().contains(&source.kind) => say(
+                        format!("phases[{i}].data[{j}]"),
+                        format!(
+                            "a `{}` phase cannot read `{}` data",
+                            phase.kind.name(),
+                            source.kind.name()
+                        ),
+                    ),
+                    Some(_) => {}
                 }
             }
         }
@@ -361,29 +397,6 @@ impl JobSpec {
     }
 }
 
-impl ModelShape {
-    fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
-        if self.vocab_size < 300 {
-            // Byte-level BPE starts from 256 byte tokens plus the special ones.
-            problems.push(("vocab_size", "must be at least 300".into()));
-        }
-        if self.context < 2 {
-            problems.push(("context", "must be at least 2".into()));
-        }
-        if self.n_layers == 0 {
-            problems.push(("n_layers", "must be at least 1".into()));
-        }
-        if self.n_heads == 0 || !self.d_model.is_multiple_of(self.n_heads) {
-            problems.push((
-                "n_heads",
-                format!("must divide d_model ({}) evenly", self.d_model),
-            ));
-        }
-        problems
-    }
-}
-
 impl PhaseSpec {
     fn problems(&self) -> Vec<(&'static str, String)> {
         let mut problems = Vec::new();
@@ -391,23 +404,29 @@ impl PhaseSpec {
             problems.push((
                 "kind",
                 format!(
-                    "phase kind `{:?}` is not available in this build yet",
-                    self.kind
+                    "phase kind `{}` is not available in this build yet",
+                    self.kind.name()
                 ),
             ));
         }
-        if self.kind == PhaseKind::Language {
+        if self.kind != PhaseKind::Noop {
             if self.steps == 0 {
                 problems.push(("steps", "must be at least 1".into()));
             }
             if self.data.is_empty() {
                 problems.push((
                     "data",
-                    "a language phase needs at least one data source".into(),
+                    format!(
+                        "a `{}` phase needs at least one data source",
+                        self.kind.name()
+                    ),
                 ));
             }
             if self.shards != 1 {
-                problems.push(("shards", "a language phase runs as one task".into()));
+                problems.push((
+                    "shards",
+                    format!("a `{}` phase runs as one task", self.kind.name()),
+                ));
             }
         }
         if self.batch_size == 0 {

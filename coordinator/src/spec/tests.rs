@@ -74,3 +74,37 @@ fn a_missing_required_field_is_refused() {
     let e = &errors(&GOOD.replace("storage: /tmp/outloud\n", ""))[0];
     assert!(e.message.contains("missing field `storage`"), "{e}");
 }
+
+#[test]
+fn phases_may_not_plan_more_words_than_the_budget() {
+    let yaml = GOOD
+        .replace("name: demo\n", "name: demo\nword_budget: 1000\n")
+        .replace("steps: 10", "steps: 10\n    words: 1500");
+    let e = &errors(&yaml)[0];
+    assert_eq!(e.field, "phases");
+    assert!(
+        e.message
+            .contains("plan 1500 words, more than the word_budget of 1000"),
+        "{e}"
+    );
+    let fits = GOOD.replace("steps: 10", "steps: 10\n    words: 900");
+    assert_eq!(parse(&fits, "job.yaml").unwrap().phases[0].words, Some(900));
+}
+
+#[test]
+fn pictures_need_a_vision_path_and_phases_read_only_their_kinds_of_data() {
+    let yaml = GOOD.replace("kind: language", "kind: vision_language");
+    let fields: Vec<String> = errors(&yaml).into_iter().map(|e| e.field).collect();
+    assert!(fields.contains(&"phases[0].kind".to_string()), "{fields:?}");
+    assert!(
+        fields.contains(&"phases[0].data[0]".to_string()),
+        "generated text has no pictures: {fields:?}"
+    );
+    let yaml = GOOD.replace("phases:", "model: {vision: {image_size: 30}}\nphases:");
+    assert_eq!(errors(&yaml)[0].field, "model.vision.patch_size");
+    let yaml = GOOD.replace(
+        "kind: generated_text\n    words: 1000",
+        "kind: picture_book\n    pictures: 0",
+    );
+    assert!(errors(&yaml)[0].message.contains("`pictures` > 0"));
+}
