@@ -29,11 +29,32 @@ impl Sampling {
     }
 }
 
-/// Left-padded prompts: ids (B, L), which are real (B, L), positions (B, L).
+/// Left-padded prompts: ids (B, L), and which of them are real (B, L).
 struct Batch {
     ids: Tensor,
     real: Tensor,
-    positions: Tensor,
+}
+
+/// Positions count real tokens: a padded prompt sees the positions it would alone.
+fn positions_of(real: &Tensor) -> Tensor {
+    (real.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0)
+}
+
+/// The prefill's input embeddings and which positions are real: visual tokens (all
+/// real) when there is a `prefix`, then the left-padded prompts.
+fn prefill_inputs(model: &Gpt, prefix: Option<&Tensor>, batch: &Batch) -> (Tensor, Tensor) {
+    let text = model.embed(&batch.ids);
+    match prefix {
+        Some(visual) => {
+            let seen = visual.size();
+            let real = Tensor::ones([seen[0], seen[1]], (Kind::Bool, visual.device()));
+            (
+                Tensor::cat(&[visual, &text], 1),
+                Tensor::cat(&[&real, &batch.real], 1),
+            )
+        }
+        None => (text, batch.real.shallow_clone()),
+    }
 }
 
 fn left_pad(prompts: &[Vec<i64>], pad: i64, device: Device) -> Batch {
@@ -48,13 +69,9 @@ fn left_pad(prompts: &[Vec<i64>], pad: i64, device: Device) -> Batch {
         );
     }
     let shape = [prompts.len() as i64, longest as i64];
-    let real = Tensor::from_slice(&real).view(shape).to_device(device);
-    // Positions count real tokens: a padded prompt sees the positions it would alone.
-    let positions = (real.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
     Batch {
         ids: Tensor::from_slice(&ids).view(shape).to_device(device),
-        real,
-        positions,
+        real: Tensor::from_slice(&real).view(shape).to_device(device),
     }
 }
 
@@ -81,8 +98,14 @@ fn pick(logits: &Tensor, sampling: &Sampling) -> Tensor {
     order.gather(-1, &choice, false).squeeze_dim(-1)
 }
 
-fn check_room(model: &Gpt, prompts: &[Vec<i64>], sampling: &Sampling) -> Result<(), WorkerError> {
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+fn check_room(
+    model: &Gpt,
+    prefix: Option<&Tensor>,
+    prompts: &[Vec<i64>],
+    sampling: &Sampling,
+) -> Result<(), WorkerError> {
+    let seen = prefix.map(|p| p.size()[1] as usize).unwrap_or(0);
+    let longest = seen + prompts.iter().map(Vec::len).max().unwrap_or(0);
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(WorkerError::Config(
             "every prompt needs at least one token".into(),
@@ -112,27 +135,29 @@ fn collect(next: &Tensor, stop: i64, out: &mut [Vec<i64>], done: &mut [bool]) ->
     done.iter().all(|d| *d)
 }
 
-/// New tokens for every prompt, decoded with the KV cache.
+/// New tokens for every prompt, decoded with the KV cache. `prefix` (B, N, C): visual
+/// tokens each prompt follows, for captions and answers about pictures.
 pub fn generate(
     model: &Gpt,
+    prefix: Option<&Tensor>,
     prompts: &[Vec<i64>],
     sampling: &Sampling,
     stop: i64,
 ) -> Result<Vec<Vec<i64>>, WorkerError> {
-    check_room(model, prompts, sampling)?;
+    check_room(model, prefix, prompts, sampling)?;
     tch::no_grad(|| {
         let batch = left_pad(prompts, stop, model.device());
+        let (x, mut real) = prefill_inputs(model, prefix, &batch);
+        let positions = positions_of(&real);
         let mut cache = KvCache::new(model.config.n_layers);
-        let mask = prefill_mask(&batch.real);
-        let logits = model.forward_with(
-            &batch.ids,
-            &batch.positions,
-            Attend::Mask(&mask),
+        let logits = model.forward_embeddings(
+            &x,
+            &positions,
+            Attend::Mask(&prefill_mask(&real)),
             Some(&mut cache),
         );
         let mut last = logits.select(1, -1); // (B, vocab)
-        let mut real = batch.real;
-        let mut position = batch.positions.select(1, -1); // (B)
+        let mut position = positions.select(1, -1); // (B)
         let (mut out, mut done) = (vec![Vec::new(); prompts.len()], vec![false; prompts.len()]);
         for _ in 0..sampling.max_new_tokens {
             let next = pick(&last, sampling);
@@ -159,28 +184,29 @@ pub fn generate(
 /// reference the cache must match, and the baseline it is benchmarked against.
 pub fn generate_without_cache(
     model: &Gpt,
+    prefix: Option<&Tensor>,
     prompts: &[Vec<i64>],
     sampling: &Sampling,
     stop: i64,
 ) -> Result<Vec<Vec<i64>>, WorkerError> {
-    check_room(model, prompts, sampling)?;
+    check_room(model, prefix, prompts, sampling)?;
     tch::no_grad(|| {
         let batch = left_pad(prompts, stop, model.device());
-        let (mut ids, mut real, mut positions) = (batch.ids, batch.real, batch.positions);
+        let (mut x, mut real) = prefill_inputs(model, prefix, &batch);
         let (mut out, mut done) = (vec![Vec::new(); prompts.len()], vec![false; prompts.len()]);
         for _ in 0..sampling.max_new_tokens {
-            let logits =
-                model.forward_with(&ids, &positions, Attend::Mask(&prefill_mask(&real)), None);
+            let logits = model.forward_embeddings(
+                &x,
+                &positions_of(&real),
+                Attend::Mask(&prefill_mask(&real)),
+                None,
+            );
             let next = pick(&logits.select(1, -1), sampling);
             if collect(&next, stop, &mut out, &mut done) {
                 break;
             }
-            ids = Tensor::cat(&[&ids, &next.unsqueeze(1)], 1);
+            x = Tensor::cat(&[&x, &model.embed(&next.unsqueeze(1))], 1);
             real = Tensor::cat(&[&real, &real.ones_like().narrow(1, 0, 1)], 1);
-            positions = Tensor::cat(
-                &[&positions, &(positions.select(1, -1) + 1).unsqueeze(1)],
-                1,
-            );
         }
         Ok(out)
     })
@@ -213,8 +239,8 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = model(&vs);
         let sampling = Sampling::greedy(32);
-        let cached = generate(&model, &prompts(), &sampling, 299).unwrap();
-        let recomputed = generate_without_cache(&model, &prompts(), &sampling, 299).unwrap();
+        let cached = generate(&model, None, &prompts(), &sampling, 299).unwrap();
+        let recomputed = generate_without_cache(&model, None, &prompts(), &sampling, 299).unwrap();
         assert_eq!(cached, recomputed);
         assert!(
             cached.iter().all(|row| row.len() == 32),
@@ -227,9 +253,9 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = model(&vs);
         let sampling = Sampling::greedy(16);
-        let together = generate(&model, &prompts(), &sampling, 299).unwrap();
+        let together = generate(&model, None, &prompts(), &sampling, 299).unwrap();
         for (i, prompt) in prompts().into_iter().enumerate() {
-            let alone = generate(&model, &[prompt], &sampling, 299).unwrap();
+            let alone = generate(&model, None, &[prompt], &sampling, 299).unwrap();
             assert_eq!(alone[0], together[i], "prompt {i}");
         }
     }
@@ -243,9 +269,53 @@ mod tests {
             temperature: 1.0,
             top_p: 0.9,
         };
-        let rows = generate(&model, &prompts(), &hot, 299).unwrap();
+        let rows = generate(&model, None, &prompts(), &hot, 299).unwrap();
         assert!(rows.iter().all(|r| r.len() <= 40 && !r.contains(&299)));
         let too_long = Sampling::greedy(45);
-        assert!(generate(&model, &prompts(), &too_long, 299).is_err());
+        assert!(generate(&model, None, &prompts(), &too_long, 299).is_err());
+    }
+}
+
+#[cfg(test)]
+mod with_pictures {
+    use super::*;
+    use crate::model::GptConfig;
+    use crate::vision::VitConfig;
+    use crate::vlm::{VisionConfig, Vlm};
+    use tch::nn;
+
+    #[test]
+    fn decoding_after_visual_tokens_matches_recomputation() {
+        tch::manual_seed(8);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let lm = GptConfig {
+            vocab_size: 300,
+            context: 64,
+            d_model: 32,
+            n_layers: 2,
+            n_heads: 4,
+        };
+        let vit = VitConfig {
+            image_size: 16,
+            patch_size: 4,
+            d_model: 16,
+            n_layers: 1,
+            n_heads: 2,
+        };
+        let vlm = Vlm::new(&vs.root(), lm, VisionConfig::Vit(vit));
+        let images = Tensor::rand([3, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let visual = tch::no_grad(|| vlm.visual_tokens(&images));
+        let prompts = vec![vec![299], vec![299, 10, 11], vec![299, 5]];
+        let sampling = Sampling::greedy(20);
+        let cached = generate(&vlm.lm, Some(&visual), &prompts, &sampling, 299).unwrap();
+        let recomputed =
+            generate_without_cache(&vlm.lm, Some(&visual), &prompts, &sampling, 299).unwrap();
+        assert_eq!(cached, recomputed);
+        // What follows depends on the picture.
+        let other = tch::no_grad(|| vlm.visual_tokens(&images.flip([0])));
+        assert_ne!(
+            generate(&vlm.lm, Some(&other), &prompts, &sampling, 299).unwrap(),
+            cached
+        );
     }
 }
