@@ -14,6 +14,7 @@ use tch::Tensor;
 
 use crate::error::WorkerError;
 use crate::model::GptConfig;
+use outloud_coordinator::spec::VisionSpec;
 
 pub const FORMAT: &str = "outloud-checkpoint/1";
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -30,6 +31,9 @@ pub struct Manifest {
     pub step: u64,
     pub total_steps: u64,
     pub model: GptConfig,
+    /// The vision path, for checkpoints of phases that see pictures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<VisionSpec>,
     pub loss: f64,
     pub tokens: u64,
     pub words: u64,
@@ -161,6 +165,7 @@ mod tests {
                 n_layers: 1,
                 n_heads: 2,
             },
+            vision: None,
             loss: 1.5,
             tokens: 100,
             words: 80,

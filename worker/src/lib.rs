@@ -4,7 +4,8 @@
 //! Layout:
 //! - [`agent`]: the control loop (register, lease, heartbeat, report, complete).
 //! - [`task`]: the context a task runs in, and the dispatch by phase kind.
-//! - [`train`]: phase 1, language bootstrapping (the training loop).
+//! - [`fit`]: the training loop every phase shares (steps, checkpoints, resume).
+//! - [`language`]: phase 1, language bootstrapping.
 //! - [`model`]: the GPT, bottom-up, readable in one sitting.
 //! - [`vision`]: the ViT, precomputed-feature input, and the projector.
 //! - [`vlm`]: visual tokens before text; losses on taught tokens only.
@@ -24,14 +25,15 @@ pub mod checkpoint;
 pub mod corpus;
 pub mod data;
 pub mod error;
+pub mod fit;
 pub mod generate;
+pub mod language;
 pub mod loaders;
 pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod task;
 pub mod tokenizer;
-pub mod train;
 pub mod vision;
 pub mod vlm;
 pub mod world;

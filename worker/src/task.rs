@@ -1,6 +1,7 @@
 //! Running one leased task: the context a phase runs in (lease, device, stop flag,
 //! progress channel) and the dispatch by phase kind.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,7 +11,7 @@ use tch::Device;
 use tokio::sync::mpsc;
 
 use crate::error::WorkerError;
-use crate::train;
+use crate::language;
 
 /// A progress report on its way to the coordinator.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct Progress {
 pub struct TaskOutput {
     pub output: String,
     pub metrics: Metrics,
+    /// Evaluation results (caption accuracy, VQA accuracy, their chance levels).
+    pub scores: BTreeMap<String, f64>,
 }
 
 /// Everything a phase needs while it runs on a blocking thread.
@@ -66,10 +69,11 @@ impl TaskContext {
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let phase = &ctx.assignment.spec.phases[ctx.assignment.lease.task.phase as usize];
     match phase.kind {
-        PhaseKind::Language => train::run(ctx),
+        PhaseKind::Language => language::run(ctx),
         PhaseKind::Noop => Ok(TaskOutput {
             output: String::new(),
             metrics: Metrics::default(),
+            scores: BTreeMap::new(),
         }),
         other => Err(WorkerError::Config(format!(
             "this worker cannot run `{other:?}` phases yet"
