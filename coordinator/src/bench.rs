@@ -66,6 +66,7 @@ async fn simulated_worker(connection: Connection, until: Instant) -> anyhow::Res
             lease: task.lease,
             metrics: None,
             output: String::new(),
+            scores: Default::default(),
         };
         client.complete_task(request).await?;
         latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);

@@ -267,7 +267,16 @@ impl Workers for WorkerService {
         let lease = wire::lease_from(r.lease)?;
         let metrics = wire::metrics_from(r.metrics);
         self.0
-            .mutate(|s, now| s.complete(&r.worker_id, &lease, metrics, r.output, now))
+            .mutate(|s, now| {
+                s.complete(
+                    &r.worker_id,
+                    &lease,
+                    metrics,
+                    r.output,
+                    r.scores.into_iter().collect(),
+                    now,
+                )
+            })
             .await?
             .map_err(status_of)?;
         Ok(Response::new(pb::CompleteTaskResponse {}))

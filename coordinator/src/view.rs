@@ -49,13 +49,12 @@ impl JobSummary {
 pub fn job_json(job: &Job) -> serde_json::Value {
     // Serializing our own domain types cannot fail.
     let mut value = serde_json::to_value(job).expect("jobs serialize to JSON");
-    for (phase, json) in job
-        .phases
-        .iter()
-        .zip(value["phases"].as_array_mut().into_iter().flatten())
-    {
+    let phases = job.phases.iter().zip(&job.spec.phases);
+    for ((phase, spec), json) in phases.zip(value["phases"].as_array_mut().into_iter().flatten()) {
         json["metrics"] = serde_json::to_value(phase.metrics()).expect("metrics serialize");
         json["first_loss"] = serde_json::to_value(phase.first_loss()).expect("numbers serialize");
+        json["scores"] = serde_json::to_value(phase.scores()).expect("numbers serialize");
+        json["planned_words"] = serde_json::to_value(spec.words).expect("numbers serialize");
     }
     value
 }
@@ -67,26 +66,39 @@ pub fn job_table(job: &Job) -> String {
         out += &format!("error: {error}\n");
     }
     out += &format!(
-        "{:<16} {:<10} {:>13} {:>10} {:>10} {:>12} {:>10}\n",
-        "PHASE", "STATE", "STEP", "FIRST LOSS", "LOSS", "TOKENS", "WORDS"
+        "{:<16} {:<10} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
+        "PHASE", "STATE", "STEP", "FIRST LOSS", "LOSS", "TOKENS", "WORDS USED/PLANNED"
     );
-    for phase in &job.phases {
+    for (phase, planned) in job.phases.iter().zip(&job.spec.phases) {
         let m = phase.metrics();
+        let planned = planned.words.map(|w| w.to_string()).unwrap_or("-".into());
         let first = phase
             .first_loss()
             .map(|l| format!("{l:.3}"))
             .unwrap_or("-".into());
         out += &format!(
-            "{:<16} {:<10} {:>13} {:>10} {:>10.3} {:>12} {:>10}\n",
+            "{:<16} {:<10} {:>13} {:>10} {:>10.3} {:>12} {:>22}\n",
             phase.name,
             phase.state.to_string(),
             format!("{}/{}", m.step, m.total_steps),
             first,
             m.loss,
             m.tokens,
-            m.words
+            format!("{}/{planned}", m.words)
         );
     }
+    for phase in &job.phases {
+        let scores = phase.scores();
+        if !scores.is_empty() {
+            let shown: Vec<String> = scores.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
+            out += &format!("{} scores: {}\n", phase.name, shown.join(", "));
+        }
+    }
+    let planned: u64 = job.spec.phases.iter().filter_map(|p| p.words).sum();
+    out += &format!(
+        "word budget: {planned} of {} words planned\n",
+        job.spec.word_budget
+    );
     out
 }
 

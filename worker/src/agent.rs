@@ -288,6 +288,7 @@ impl Agent {
             lease: Some(lease),
             metrics: Some(wire::metrics_to(&metrics)),
             output: output.output,
+            scores: output.scores.into_iter().collect(),
         };
         let answer = self.deliver(|mut client, request| async move { client.complete_task(request).await.map(|_| ()) }, request).await;
         match answer {

@@ -6,6 +6,8 @@
 //! - [`task`]: the context a task runs in, and the dispatch by phase kind.
 //! - [`fit`]: the training loop every phase shares (steps, checkpoints, resume).
 //! - [`language`]: phase 1, language bootstrapping.
+//! - [`multimodal`]: phases 2 and 4, captioning and question answering.
+//! - [`probes`]: held-out caption and VQA accuracy, with chance levels.
 //! - [`model`]: the GPT, bottom-up, readable in one sitting.
 //! - [`vision`]: the ViT, precomputed-feature input, and the projector.
 //! - [`vlm`]: visual tokens before text; losses on taught tokens only.
@@ -30,7 +32,9 @@ pub mod generate;
 pub mod language;
 pub mod loaders;
 pub mod model;
+pub mod multimodal;
 pub mod optim;
+pub mod probes;
 pub mod rng;
 pub mod task;
 pub mod tokenizer;

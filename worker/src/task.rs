@@ -11,7 +11,7 @@ use tch::Device;
 use tokio::sync::mpsc;
 
 use crate::error::WorkerError;
-use crate::language;
+use crate::{language, multimodal};
 
 /// A progress report on its way to the coordinator.
 #[derive(Debug, Clone)]
@@ -70,6 +70,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let phase = &ctx.assignment.spec.phases[ctx.assignment.lease.task.phase as usize];
     match phase.kind {
         PhaseKind::Language => language::run(ctx),
+        PhaseKind::VisionLanguage | PhaseKind::Tasks => multimodal::run(ctx),
         PhaseKind::Noop => Ok(TaskOutput {
             output: String::new(),
             metrics: Metrics::default(),

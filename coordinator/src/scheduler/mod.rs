@@ -370,10 +370,12 @@ impl Scheduler {
         lease: &LeaseRef,
         metrics: Metrics,
         output: String,
+        scores: BTreeMap<String, f64>,
         now: Millis,
     ) -> Result<(), SchedulerError> {
         let task = self.held_task(worker_id, lease, now)?;
         task.metrics = metrics;
+        task.scores = scores;
         task.first_loss.get_or_insert(metrics.loss);
         task.state = TaskState::Succeeded { output };
         self.release(worker_id, &lease.task);

@@ -10,6 +10,7 @@
 //!           └──lease lost / retryable──┘
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -127,6 +128,9 @@ pub struct Task {
     pub metrics: Metrics,
     /// The loss of the first report, kept to show how far training came.
     pub first_loss: Option<f64>,
+    /// Evaluation results reported with the task's completion.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scores: BTreeMap<String, f64>,
 }
 
 impl Task {
@@ -139,6 +143,7 @@ impl Task {
             checkpoint: None,
             metrics: Metrics::default(),
             first_loss: None,
+            scores: BTreeMap::new(),
         }
     }
 
@@ -203,6 +208,18 @@ impl Phase {
 
     pub fn first_loss(&self) -> Option<f64> {
         self.tasks.iter().find_map(|t| t.first_loss)
+    }
+
+    /// The tasks' scores; with several tasks, the mean of each.
+    pub fn scores(&self) -> BTreeMap<String, f64> {
+        let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
+        for (name, value) in self.tasks.iter().flat_map(|t| &t.scores) {
+            let entry = sums.entry(name.clone()).or_default();
+            *entry = (entry.0 + value, entry.1 + 1);
+        }
+        sums.into_iter()
+            .map(|(k, (sum, n))| (k, sum / f64::from(n)))
+            .collect()
     }
 }
 

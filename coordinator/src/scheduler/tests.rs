@@ -35,6 +35,7 @@ fn done(s: &mut Scheduler, w: &str, a: &Assignment, now: Millis) {
         &a.lease,
         Metrics::default(),
         format!("out/{}", a.lease.task),
+        Default::default(),
         now,
     )
     .unwrap();
@@ -91,7 +92,14 @@ fn a_silent_worker_loses_its_lease_and_its_late_reports_are_refused() {
     // The zombie wakes up: every report under its old epoch is refused.
     let stale = s.report_progress(&w1, &first.lease, Metrics::default(), None, None, 1_700);
     assert!(matches!(stale, Err(SchedulerError::StaleLease { .. })));
-    let stale = s.complete(&w1, &first.lease, Metrics::default(), "x".into(), 1_700);
+    let stale = s.complete(
+        &w1,
+        &first.lease,
+        Metrics::default(),
+        "x".into(),
+        Default::default(),
+        1_700,
+    );
     assert!(matches!(stale, Err(SchedulerError::StaleLease { .. })));
     assert_eq!(
         s.heartbeat(&w1, std::slice::from_ref(&first.lease), 1_700)

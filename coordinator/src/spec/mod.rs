@@ -108,7 +108,7 @@ pub enum PhaseKind {
 impl PhaseKind {
     /// Whether workers of this build can run the phase.
     pub fn is_runnable(self) -> bool {
-        matches!(self, PhaseKind::Language | PhaseKind::Noop)
+        !matches!(self, PhaseKind::SelfSynthesis)
     }
 
     /// The name a spec uses.

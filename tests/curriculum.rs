@@ -1,0 +1,96 @@
+//! The curriculum end to end on the picture-book world, through real processes:
+//! phase 1 (language), phase 2 (captioning), phase 4 (question answering), each starting
+//! from the one before, each better than chance on held-out pictures.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+/// A 1x1 PNG, for a user-supplied caption folder.
+const ONE_PIXEL_PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x90, 0x77, 0x53,
+    0xde, 0x00, 0x00, 0x00, 0x0c, 0x49, 0x44, 0x41, 0x54, 0x08, 0xd7, 0x63, 0xf8, 0xcf, 0xc0, 0x00,
+    0x00, 0x03, 0x01, 0x01, 0x00, 0x18, 0xdd, 0x8d, 0xb0, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e,
+    0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn phases_one_two_and_four_beat_chance_on_held_out_pictures() {
+    let _one_at_a_time = exclusive().await;
+    let cluster = Cluster::start(10_000).await;
+    let _workers = cluster.workers(2);
+
+    // A user's own captions beside the generated world: two good pictures, a corrupt
+    // one and a missing one, which must be skipped and counted.
+    let own = cluster.dir.path().join("own");
+    std::fs::create_dir_all(own.join("images")).unwrap();
+    std::fs::write(own.join("images/a.png"), ONE_PIXEL_PNG).unwrap();
+    std::fs::write(own.join("images/b.png"), ONE_PIXEL_PNG).unwrap();
+    std::fs::write(own.join("images/broken.png"), b"not a picture").unwrap();
+    let rows = ["a.png", "b.png", "broken.png", "missing.png"]
+        .map(|f| format!("{{\"image\": \"images/{f}\", \"caption\": \"a red circle.\"}}\n"))
+        .concat();
+    std::fs::write(own.join("captions.jsonl"), rows).unwrap();
+
+    let yaml = format!(
+        "name: curriculum
+storage: {storage}
+word_budget: 2000000
+data:
+  - {{name: book, kind: picture_book, seed: 5, pictures: 600}}
+  - {{name: own, kind: image_captions, path: {own}/captions.jsonl}}
+model:
+  preset: tiny
+  vision: {{image_size: 32, patch_size: 8, d_model: 64, n_layers: 2, n_heads: 4}}
+phases:
+  - {{name: language, kind: language, data: [book], steps: 200, batch_size: 16, words: 1000000}}
+  - {{name: captions, kind: vision_language, data: [book, own], steps: 700, batch_size: 32, learning_rate: 0.002}}
+  - {{name: questions, kind: tasks, data: [book], steps: 500, batch_size: 32, learning_rate: 0.002}}
+",
+        storage = cluster.storage().display(),
+        own = own.display()
+    );
+    let id = cluster.submit(&yaml).await;
+    let job = cluster.wait(&id, Duration::from_secs(600), finished).await;
+    assert_succeeded(&job);
+
+    let captions = job.phases[1].scores();
+    eprintln!("scores: {captions:?} {:?}", job.phases[2].scores());
+    assert_eq!(captions["images_skipped"], 2.0, "{captions:?}");
+    assert!(
+        captions["caption_accuracy"] > captions["caption_chance"] + 0.05,
+        "{captions:?}"
+    );
+    let questions = job.phases[2].scores();
+    assert!(
+        questions["vqa_accuracy"] > questions["vqa_chance"] + 0.1,
+        "{questions:?}"
+    );
+
+    // Words are counted per phase and the planned ones stay within the budget.
+    for phase in &job.phases {
+        assert!(phase.metrics().words > 0, "{} counted no words", phase.name);
+    }
+    assert!(job.phases[0].metrics().words <= 1_000_000 + 16 * 64);
+    let status = cli(
+        &["status", &id, "--coordinator", &cluster.coordinator.url],
+        None,
+    );
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        table.contains("caption_accuracy") && table.contains("word budget: 1000000 of 2000000"),
+        "{table}"
+    );
+    // Each phase's final checkpoint records the vision path once pictures are involved.
+    let manifest = |phase: &str| -> serde_json::Value {
+        let path = cluster
+            .storage()
+            .join(format!("jobs/{id}/{phase}/final/manifest.json"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    assert!(manifest("language").get("vision").is_none());
+    assert_eq!(manifest("captions")["vision"]["image_size"], 32);
+}
