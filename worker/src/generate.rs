@@ -120,6 +120,11 @@ fn check_room(
     Ok(())
 }
 
+/// Whether prompts differ in length, so that the batch carries padding.
+fn is_padded(prompts: &[Vec<i64>]) -> bool {
+    prompts.windows(2).any(|w| w[0].len() != w[1].len())
+}
+
 /// Appends one step's tokens to unfinished rows; true when every row has stopped.
 fn collect(next: &Tensor, stop: i64, out: &mut [Vec<i64>], done: &mut [bool]) -> bool {
     let next: Vec<i64> = Vec::try_from(next.to_device(Device::Cpu)).expect("token ids are int64");
@@ -150,12 +155,11 @@ pub fn generate(
         let (x, mut real) = prefill_inputs(model, prefix, &batch);
         let positions = positions_of(&real);
         let mut cache = KvCache::new(model.config.n_layers);
-        let logits = model.forward_embeddings(
-            &x,
-            &positions,
-            Attend::Mask(&prefill_mask(&real)),
-            Some(&mut cache),
-        );
+        // Without padding plain causal attention does, on the fast kernels.
+        let padded = is_padded(prompts);
+        let mask = padded.then(|| prefill_mask(&real));
+        let attend = mask.as_ref().map_or(Attend::Causal, Attend::Mask);
+        let logits = model.forward_embeddings(&x, &positions, attend, Some(&mut cache));
         let mut last = logits.select(1, -1); // (B, vocab)
         let mut position = positions.select(1, -1); // (B)
         let (mut out, mut done) = (vec![Vec::new(); prompts.len()], vec![false; prompts.len()]);
@@ -165,13 +169,16 @@ pub fn generate(
                 break;
             }
             // One new position per row: it sees every real past position and itself.
-            real = Tensor::cat(&[&real, &real.ones_like().narrow(1, 0, 1)], 1);
             position += 1;
-            let mask = real.unsqueeze(1).unsqueeze(1); // (B, 1, 1, S)
+            let mask = padded.then(|| {
+                real = Tensor::cat(&[&real, &real.ones_like().narrow(1, 0, 1)], 1);
+                real.unsqueeze(1).unsqueeze(1) // (B, 1, 1, S)
+            });
+            let attend = mask.as_ref().map_or(Attend::Everything, Attend::Mask);
             let logits = model.forward_with(
                 &next.unsqueeze(1),
                 &position.unsqueeze(1),
-                Attend::Mask(&mask),
+                attend,
                 Some(&mut cache),
             );
             last = logits.select(1, 0);
@@ -193,14 +200,12 @@ pub fn generate_without_cache(
     tch::no_grad(|| {
         let batch = left_pad(prompts, stop, model.device());
         let (mut x, mut real) = prefill_inputs(model, prefix, &batch);
+        let padded = is_padded(prompts);
         let (mut out, mut done) = (vec![Vec::new(); prompts.len()], vec![false; prompts.len()]);
         for _ in 0..sampling.max_new_tokens {
-            let logits = model.forward_embeddings(
-                &x,
-                &positions_of(&real),
-                Attend::Mask(&prefill_mask(&real)),
-                None,
-            );
+            let mask = padded.then(|| prefill_mask(&real));
+            let attend = mask.as_ref().map_or(Attend::Causal, Attend::Mask);
+            let logits = model.forward_embeddings(&x, &positions_of(&real), attend, None);
             let next = pick(&logits.select(1, -1), sampling);
             if collect(&next, stop, &mut out, &mut done) {
                 break;

@@ -1,0 +1,68 @@
+"""Runs outloud-model-bench and the PyTorch script side by side, in one run, and
+writes the ratios to benchmarks/<what>.md. Usage: bench_models.py train|decode BIN."""
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+PRESETS = {
+    "tiny": ["--d-model", "64", "--n-layers", "2", "--n-heads", "4", "--context", "64", "--vocab-size", "1024", "--batch", "16"],
+    "small": ["--d-model", "256", "--n-layers", "6", "--n-heads", "8", "--context", "256", "--vocab-size", "8192", "--batch", "8"],
+}
+REPEATS = {"tiny": "30", "small": "8"}
+
+
+def run(command):
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}"
+
+
+def main():
+    what, binary = sys.argv[1], sys.argv[2]
+    device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
+    extra = ["--device", device] + (["--bf16"] if device == "cuda" else [])
+    torch_script = os.path.join(os.path.dirname(__file__), "bench_torch.py")
+    rows = []
+    for name, args in PRESETS.items():
+        args = args + ["--repeats", REPEATS[name]] + extra
+        ours = run([binary] + args + [what])
+        theirs = run([sys.executable, torch_script, what] + args)
+        rows.append((name, ours, theirs))
+    today = datetime.date.today().isoformat()
+    lines = [f"# Model benchmark: {what}", "", f"{today} on {machine()} ({device}); medians; both in one run.", ""]
+    if what == "train":
+        lines += ["| preset | params | outloud (tch) tokens/s | PyTorch eager tokens/s | ratio | outloud TFLOP/s |", "|---|---:|---:|---:|---:|---:|"]
+        for name, ours, theirs in rows:
+            o, t = ours[0], theirs[0]
+            lines.append(f"| {name} | {o['params']:,} | {o['tokens_per_s']:,.0f} | {t['tokens_per_s']:,.0f} | {o['tokens_per_s'] / t['tokens_per_s']:.2f} | {o['tflops']:.3f} |")
+    else:
+        lines += ["| preset | KV cache captions/s | recompute captions/s | cache speed-up | PyTorch eager (KV cache) captions/s | ratio to PyTorch |", "|---|---:|---:|---:|---:|---:|"]
+        for name, ours, theirs in rows:
+            cache = next(r for r in ours if r["mode"] == "kv_cache")["captions_per_s"]
+            recompute = next(r for r in ours if r["mode"] == "recompute")["captions_per_s"]
+            torch_rate = theirs[0]["captions_per_s"]
+            lines.append(f"| {name} | {cache:,.1f} | {recompute:,.1f} | {cache / recompute:.1f}x | {torch_rate:,.1f} | {cache / torch_rate:.2f} |")
+        lines += ["", "32 new tokens per caption after 16 visual tokens and a one-token prompt, batch 16, greedy."]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    os.makedirs("benchmarks", exist_ok=True)
+    with open(f"benchmarks/{what}{'' if device == 'cpu' else '-' + device}.md", "w") as f:
+        f.write(report)
+
+
+if __name__ == "__main__":
+    main()
