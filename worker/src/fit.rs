@@ -125,6 +125,14 @@ pub fn resume(
     })
 }
 
+/// bf16 weights and activations on CUDA (fast Tensor Cores), f32 on CPU. Call before
+/// the optimizer is made, so its moments take the same type.
+pub fn set_precision(vs: &mut nn::VarStore) {
+    if vs.device().is_cuda() {
+        vs.bfloat16();
+    }
+}
+
 /// What one step consumed.
 pub struct Consumed {
     pub tokens: u64,

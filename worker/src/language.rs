@@ -65,8 +65,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     );
 
     tch::manual_seed(phase.seed as i64);
-    let vs = nn::VarStore::new(ctx.device);
+    let mut vs = nn::VarStore::new(ctx.device);
     let model = Gpt::new(&vs.root(), shape);
+    fit::set_precision(&mut vs);
     let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
     let start = match &resumed {
         Some(loaded) => fit::resume(&vs, &mut optimizer, loaded)?,

@@ -252,8 +252,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let tokenizer = Tokenizer::from_json(&start_from.checkpoint().tokenizer)?;
 
     tch::manual_seed(phase.seed as i64);
-    let vs = nn::VarStore::new(ctx.device);
+    let mut vs = nn::VarStore::new(ctx.device);
     let model = Vlm::new(&vs.root(), shape, vision_config(&vision));
+    fit::set_precision(&mut vs);
     let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
     let (start, resumed) = match &start_from {
         Start::Resume(loaded) => (fit::resume(&vs, &mut optimizer, loaded)?, true),

@@ -6,8 +6,8 @@
 //! supply the features, nothing is downloaded). Either feeds a projector, an MLP from the
 //! encoder's width to the language model's (as in LLaVA).
 
+use tch::Tensor;
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
 
 use crate::model::{Attend, Block};
 
@@ -73,7 +73,8 @@ impl Vit {
             .view([b, 3, side, p, side, p])
             .permute([0, 2, 4, 1, 3, 5]) // (B, rows, cols, 3, p, p)
             .reshape([b, side * side, 3 * p * p]); // (B, N, 3·p·p)
-        let mut x = self.patch_embed.forward(&(patches - 0.5)) + &self.pos; // (B, N, D)
+        let patches = (patches - 0.5).to_kind(self.pos.kind()); // bf16 weights take bf16 pixels
+        let mut x = self.patch_embed.forward(&patches) + &self.pos; // (B, N, D)
         for block in &self.blocks {
             x = block.forward(&x, Attend::Everything, None);
         }
@@ -102,7 +103,7 @@ impl Encoder {
     pub fn forward(&self, input: &Tensor) -> Tensor {
         match self {
             Encoder::Vit(vit) => vit.forward(input),
-            Encoder::Features { .. } => input.to_kind(Kind::Float),
+            Encoder::Features { .. } => input.shallow_clone(),
         }
     }
 }
@@ -123,14 +124,15 @@ impl Projector {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.fc2.forward(&self.fc1.forward(x).gelu("tanh"))
+        let x = x.to_kind(self.fc1.ws.kind()); // features arrive as stored
+        self.fc2.forward(&self.fc1.forward(&x).gelu("tanh"))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     #[test]
     fn a_vit_turns_pictures_into_one_token_per_patch() {
