@@ -6,6 +6,8 @@
 //! Phase 2 starts from phase 1's final checkpoint: the language model's weights load as
 //! saved, the vision path starts fresh. Phase 4 starts from phase 2's, vision included.
 
+use std::collections::BTreeMap;
+
 use outloud_coordinator::scheduler::Metrics;
 use outloud_coordinator::spec::{DataKind, PhaseKind, VisionEncoder, VisionSpec};
 use outloud_coordinator::storage::Location;
@@ -148,6 +150,56 @@ fn batch(
     (pixels, ids, targets, chosen.iter().map(|e| e.words).sum())
 }
 
+/// What the encoder reads for a picture: its pixels (ViT), or its precomputed
+/// features, found by the picture's file name (with or without its extension).
+pub struct VisualInputs {
+    features: Option<BTreeMap<String, Tensor>>,
+}
+
+impl VisualInputs {
+    pub fn load(ctx: &TaskContext, vision: &VisionSpec) -> Result<Self, WorkerError> {
+        if vision.encoder != VisionEncoder::Features {
+            return Ok(Self { features: None });
+        }
+        let spec = &ctx.assignment.spec;
+        let mut features = BTreeMap::new();
+        for name in &fit::phase(ctx).data {
+            let source = data::source(spec, name)?;
+            if source.kind == DataKind::ImageFeatures {
+                let location = ctx.runtime.block_on(data::source_root(spec, source))?;
+                features.extend(ctx.runtime.block_on(loaders::features(&location))?);
+            }
+        }
+        Ok(Self::with_features(features))
+    }
+
+    pub fn with_features(features: BTreeMap<String, Tensor>) -> Self {
+        Self {
+            features: Some(features),
+        }
+    }
+
+    /// The encoder's input for the picture `key`; `None` when its features are missing.
+    pub fn for_picture(&self, key: &str, pixels: Tensor) -> Option<Tensor> {
+        let Some(features) = &self.features else {
+            return Some(pixels);
+        };
+        let name = key.rsplit('/').next().unwrap_or(key);
+        let stem = name.split('.').next().unwrap_or(name);
+        let found = features
+            .get(name)
+            .or_else(|| features.get(stem))
+            .map(Tensor::shallow_clone);
+        if found.is_none() {
+            tracing::warn!(
+                image = key,
+                "no precomputed features for this picture; skipped"
+            );
+        }
+        found
+    }
+}
+
 /// Where the phase starts.
 enum Start {
     /// Its own checkpoint: a lease that resumes.
@@ -189,6 +241,7 @@ fn examples(
     ctx: &TaskContext,
     tokenizer: &Tokenizer,
     image_size: u32,
+    inputs: &VisualInputs,
 ) -> Result<(Vec<Example>, u64), WorkerError> {
     let spec = &ctx.assignment.spec;
     let phase = fit::phase(ctx);
@@ -196,6 +249,9 @@ fn examples(
     let mut skipped = 0;
     for name in &phase.data {
         let source = data::source(spec, name)?;
+        if source.kind == DataKind::ImageFeatures {
+            continue; // read by VisualInputs
+        }
         let root = ctx.runtime.block_on(data::source_root(spec, source))?;
         let book = source.kind == DataKind::PictureBook;
         if phase.kind == PhaseKind::VisionLanguage {
@@ -209,7 +265,10 @@ fn examples(
                 .block_on(loaders::captioned(&location, image_size))?;
             skipped += lost.count;
             for pair in pairs {
-                out.push(caption_example(tokenizer, pair.pixels, &pair.caption)?);
+                match inputs.for_picture(&pair.key, pair.pixels) {
+                    Some(input) => out.push(caption_example(tokenizer, input, &pair.caption)?),
+                    None => skipped += 1,
+                }
             }
         } else {
             let location = if book {
@@ -222,12 +281,15 @@ fn examples(
                 .block_on(loaders::questions(&location, image_size))?;
             skipped += lost.count;
             for item in asked {
-                out.push(question_example(
-                    tokenizer,
-                    item.pixels,
-                    &item.question,
-                    &item.answer,
-                )?);
+                match inputs.for_picture(&item.key, item.pixels) {
+                    Some(input) => out.push(question_example(
+                        tokenizer,
+                        input,
+                        &item.question,
+                        &item.answer,
+                    )?),
+                    None => skipped += 1,
+                }
             }
         }
     }
@@ -270,13 +332,17 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
             }
         }
     }
-    let (examples, skipped) = examples(ctx, &tokenizer, vision.image_size)?;
+    let inputs = VisualInputs::load(ctx, &vision)?;
+    let (examples, skipped) = examples(ctx, &tokenizer, vision.image_size, &inputs)?;
     let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0) as u32;
-    if longest + vision.tokens() > shape.context {
+    let visual_tokens = match vision.encoder {
+        VisionEncoder::Vit => vision.tokens(),
+        VisionEncoder::Features => examples[0].pixels.size()[0] as u32,
+    };
+    if longest + visual_tokens > shape.context {
         return Err(WorkerError::Config(format!(
             "{} visual tokens and {longest} text tokens exceed the context of {}",
-            vision.tokens(),
-            shape.context
+            visual_tokens, shape.context
         )));
     }
     tracing::info!(examples = examples.len(), skipped, "examples ready");
@@ -311,6 +377,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         &model,
         &tokenizer,
         vision.image_size,
+        &inputs,
     )?);
     Ok(output)
 }
@@ -408,5 +475,55 @@ mod tests {
             "red"
         );
         assert_eq!(words, 1);
+    }
+}
+
+#[cfg(test)]
+mod features {
+    use super::*;
+    use crate::model::GptConfig;
+
+    #[test]
+    fn precomputed_features_stand_in_for_pixels_by_file_name() {
+        let row = |v: f64| Tensor::full([4, 6], v, (Kind::Float, Device::Cpu));
+        let inputs = VisualInputs::with_features(BTreeMap::from([
+            ("a.png".to_string(), row(1.0)),
+            ("b".to_string(), row(2.0)),
+        ]));
+        let pixels = Tensor::zeros([3, 8, 8], (Kind::Float, Device::Cpu));
+        let a = inputs
+            .for_picture("images/a.png", pixels.shallow_clone())
+            .unwrap();
+        assert_eq!(a.size(), vec![4, 6]);
+        let b = inputs
+            .for_picture("shards/b.jpg", pixels.shallow_clone())
+            .unwrap();
+        assert_eq!(b.double_value(&[0, 0]), 2.0);
+        assert!(
+            inputs.for_picture("c.png", pixels).is_none(),
+            "missing features are skipped"
+        );
+
+        // A model over features trains like one over pixels.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let lm = GptConfig {
+            vocab_size: 300,
+            context: 32,
+            d_model: 32,
+            n_layers: 1,
+            n_heads: 4,
+        };
+        let model = Vlm::new(&vs.root(), lm, VisionConfig::Features { width: 6 });
+        let ids = Tensor::from_slice(&[1i64, 2, 3, 4]).view([1, 4]);
+        let loss = model.loss(&a.unsqueeze(0), &ids, &ids);
+        loss.backward();
+        assert!(
+            vs.variables()["projector.fc1.weight"]
+                .grad()
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[])
+                > 0.0
+        );
     }
 }

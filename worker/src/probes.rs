@@ -19,7 +19,7 @@ use crate::error::WorkerError;
 use crate::fit;
 use crate::generate::{Sampling, generate};
 use crate::loaders;
-use crate::multimodal::{answer_tokens, question_prompt};
+use crate::multimodal::{VisualInputs, answer_tokens, question_prompt};
 use crate::task::TaskContext;
 use crate::tokenizer::Tokenizer;
 use crate::vlm::Vlm;
@@ -45,6 +45,7 @@ pub fn after_phase(
     model: &Vlm,
     tokenizer: &Tokenizer,
     image_size: u32,
+    inputs: &VisualInputs,
 ) -> Result<BTreeMap<String, f64>, WorkerError> {
     let spec = &ctx.assignment.spec;
     let phase = fit::phase(ctx);
@@ -74,9 +75,8 @@ pub fn after_phase(
             let pictures: Vec<(Tensor, Scene, String)> = pairs
                 .into_iter()
                 .filter_map(|p| {
-                    scenes
-                        .get(file_name(&p.key))
-                        .map(|s| (p.pixels, s.clone(), p.caption))
+                    let scene = scenes.get(file_name(&p.key))?.clone();
+                    Some((inputs.for_picture(&p.key, p.pixels)?, scene, p.caption))
                 })
                 .collect();
             let (accuracy, chance, examples) =
@@ -91,10 +91,12 @@ pub fn after_phase(
                 .block_on(loaders::questions(&root.join("vqa/test.jsonl"), image_size))?;
             let items: Vec<Choice> = asked
                 .into_iter()
-                .map(|a| Choice {
-                    pixels: a.pixels,
-                    question: a.question,
-                    choices: std::iter::once(a.answer).chain(a.distractors).collect(),
+                .filter_map(|a| {
+                    Some(Choice {
+                        pixels: inputs.for_picture(&a.key, a.pixels)?,
+                        question: a.question,
+                        choices: std::iter::once(a.answer).chain(a.distractors).collect(),
+                    })
                 })
                 .collect();
             let (accuracy, chance) = vqa_accuracy(model, tokenizer, &items, ctx.device)?;

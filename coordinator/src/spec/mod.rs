@@ -54,6 +54,9 @@ pub enum DataKind {
     Questions,
     /// Images without words: a folder of images or tar shards.
     UnlabeledImages,
+    /// Precomputed image features (`model.vision.encoder: features`): a safetensors file
+    /// with one (N, D) tensor per image, named by the image's file name.
+    ImageFeatures,
 }
 
 impl DataKind {
@@ -132,9 +135,21 @@ impl PhaseKind {
                 DataKind::GeneratedText,
                 DataKind::PictureBook,
             ],
-            PhaseKind::VisionLanguage => &[DataKind::ImageCaptions, DataKind::PictureBook],
-            PhaseKind::Tasks => &[DataKind::Questions, DataKind::PictureBook],
-            PhaseKind::SelfSynthesis => &[DataKind::UnlabeledImages, DataKind::PictureBook],
+            PhaseKind::VisionLanguage => &[
+                DataKind::ImageCaptions,
+                DataKind::PictureBook,
+                DataKind::ImageFeatures,
+            ],
+            PhaseKind::Tasks => &[
+                DataKind::Questions,
+                DataKind::PictureBook,
+                DataKind::ImageFeatures,
+            ],
+            PhaseKind::SelfSynthesis => &[
+                DataKind::UnlabeledImages,
+                DataKind::PictureBook,
+                DataKind::ImageFeatures,
+            ],
             PhaseKind::Noop => &[],
         }
     }
