@@ -8,10 +8,21 @@ import subprocess
 import sys
 
 PRESETS = {
-    "tiny": ["--d-model", "64", "--n-layers", "2", "--n-heads", "4", "--context", "64", "--vocab-size", "1024", "--batch", "16"],
-    "small": ["--d-model", "256", "--n-layers", "6", "--n-heads", "8", "--context", "256", "--vocab-size", "8192", "--batch", "8"],
+    "tiny": ["--d-model", "64", "--n-layers", "2", "--n-heads", "4", "--context", "64", "--vocab-size", "1024"],
+    "small": ["--d-model", "256", "--n-layers", "6", "--n-heads", "8", "--context", "256", "--vocab-size", "8192"],
 }
 REPEATS = {"tiny": "30", "small": "8"}
+# Training batches fit each size; captions are decoded 16 at a time whatever the size.
+BATCH = {("train", "tiny"): "16", ("train", "small"): "8", ("decode", "tiny"): "16", ("decode", "small"): "16"}
+
+
+ROUNDS = 3
+
+
+def median_round(rounds):
+    """The round whose first measurement is the median one."""
+    key = "tokens_per_s" if "tokens_per_s" in rounds[0][0] else "captions_per_s"
+    return sorted(rounds, key=lambda r: r[0][key])[len(rounds) // 2]
 
 
 def run(command):
@@ -38,12 +49,16 @@ def main():
     torch_script = os.path.join(os.path.dirname(__file__), "bench_torch.py")
     rows = []
     for name, args in PRESETS.items():
-        args = args + ["--repeats", REPEATS[name]] + extra
-        ours = run([binary] + args + [what])
-        theirs = run([sys.executable, torch_script, what] + args)
-        rows.append((name, ours, theirs))
+        args = args + ["--repeats", REPEATS[name], "--batch", BATCH[(what, name)]] + extra
+        # Alternate the two, ROUNDS times, and keep each one's median round: a noisy
+        # neighbour then hurts both alike.
+        ours, theirs = [], []
+        for _ in range(ROUNDS):
+            ours.append(run([binary] + args + [what]))
+            theirs.append(run([sys.executable, torch_script, what] + args))
+        rows.append((name, median_round(ours), median_round(theirs)))
     today = datetime.date.today().isoformat()
-    lines = [f"# Model benchmark: {what}", "", f"{today} on {machine()} ({device}); medians; both in one run.", ""]
+    lines = [f"# Model benchmark: {what}", "", f"{today} on {machine()} ({device}); each the median of {ROUNDS} alternating rounds, each round a median over steps; both in one run.", ""]
     if what == "train":
         lines += ["| preset | params | outloud (tch) tokens/s | PyTorch eager tokens/s | ratio | outloud TFLOP/s |", "|---|---:|---:|---:|---:|---:|"]
         for name, ours, theirs in rows:

@@ -50,11 +50,14 @@ impl AdamW {
                 if p.dim() >= 2 && self.weight_decay > 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
+                // As PyTorch's single-tensor AdamW: in place, one temporary per line.
                 let _ = m.lerp_(&g, 1.0 - self.beta1);
                 let _ = v.g_mul_scalar_(self.beta2);
-                let _ = v.g_add_(&(&g * &g * (1.0 - self.beta2)));
-                let denom = (v.sqrt() / bias2.sqrt()) + self.eps;
-                let _ = p.g_sub_(&(m.shallow_clone() / denom * (lr / bias1)));
+                let _ = v.addcmul_(&(&g * (1.0 - self.beta2)), &g);
+                let mut denom = v.sqrt();
+                let _ = denom.g_div_scalar_(bias2.sqrt());
+                let _ = denom.g_add_scalar_(self.eps);
+                let _ = p.addcdiv_(&(&*m * (-lr / bias1)), &denom);
             }
         });
     }
@@ -74,12 +77,12 @@ impl AdamW {
             .filter(Tensor::defined)
             .collect();
         let total = tch::no_grad(|| {
-            grads
-                .iter()
-                .map(|g| g.square().sum(tch::Kind::Float))
-                .fold(Tensor::from(0f32), |a, b| a + b)
-                .sqrt()
-                .double_value(&[])
+            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+            if norms.is_empty() {
+                0.0
+            } else {
+                Tensor::stack(&norms, 0).norm().double_value(&[])
+            }
         });
         if total > max_norm {
             tch::no_grad(|| {
