@@ -220,18 +220,11 @@ pub fn generate_without_cache(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::GptConfig;
     use tch::nn;
 
     fn model(vs: &nn::VarStore) -> Gpt {
         tch::manual_seed(5);
-        let config = GptConfig {
-            vocab_size: 300,
-            context: 48,
-            d_model: 32,
-            n_layers: 2,
-            n_heads: 4,
-        };
+        let config = crate::model::test_config(48);
         Gpt::new(&vs.root(), config)
     }
 
@@ -284,7 +277,6 @@ mod tests {
 #[cfg(test)]
 mod with_pictures {
     use super::*;
-    use crate::model::GptConfig;
     use crate::vision::VitConfig;
     use crate::vlm::{VisionConfig, Vlm};
     use tch::nn;
@@ -293,13 +285,7 @@ mod with_pictures {
     fn decoding_after_visual_tokens_matches_recomputation() {
         tch::manual_seed(8);
         let vs = nn::VarStore::new(Device::Cpu);
-        let lm = GptConfig {
-            vocab_size: 300,
-            context: 64,
-            d_model: 32,
-            n_layers: 2,
-            n_heads: 4,
-        };
+        let lm = crate::model::test_config(64);
         let vit = VitConfig {
             image_size: 16,
             patch_size: 4,

@@ -219,6 +219,18 @@ impl Gpt {
     }
 }
 
+/// A small shape for unit tests: vocabulary 300, width 32, 2 layers, 4 heads.
+#[cfg(test)]
+pub(crate) fn test_config(context: u32) -> GptConfig {
+    GptConfig {
+        vocab_size: 300,
+        context,
+        d_model: 32,
+        n_layers: 2,
+        n_heads: 4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

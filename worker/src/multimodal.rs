@@ -397,17 +397,11 @@ fn hand_over(vs: &nn::VarStore, previous: &Loaded) -> Result<(), WorkerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Gpt, GptConfig};
+    use crate::model::Gpt;
 
     #[test]
     fn the_hand_over_loads_exactly_the_saved_language_model() {
-        let lm = GptConfig {
-            vocab_size: 300,
-            context: 64,
-            d_model: 32,
-            n_layers: 2,
-            n_heads: 4,
-        };
+        let lm = crate::model::test_config(64);
         let before = nn::VarStore::new(Device::Cpu);
         let _ = Gpt::new(&before.root(), lm);
         let saved: Vec<(String, Tensor)> = before.variables().into_iter().collect();

@@ -92,13 +92,7 @@ mod tests {
 
     fn vlm(vs: &nn::VarStore) -> Vlm {
         tch::manual_seed(3);
-        let lm = GptConfig {
-            vocab_size: 300,
-            context: 64,
-            d_model: 32,
-            n_layers: 2,
-            n_heads: 4,
-        };
+        let lm = crate::model::test_config(64);
         let vit = VitConfig {
             image_size: 16,
             patch_size: 8,
