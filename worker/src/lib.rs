@@ -15,7 +15,7 @@
 //! - [`optim`]: AdamW with checkpointable state, the learning-rate schedule.
 //! - [`checkpoint`]: safetensors + verified manifests in object storage.
 //! - [`tokenizer`]: byte-level BPE trained by the `tokenizers` crate.
-//! - [`data`]: reading a phase's text through the storage layer.
+//! - [`data`]: where data sources live (generated ones written first); reading text.
 //! - [`loaders`]: image-caption pairs, questions, unlabeled images, features.
 //! - [`corpus`]: the embedded, seeded child-directed text generator.
 //! - [`world`]: the picture-book world (scenes, pictures, captions, questions).
