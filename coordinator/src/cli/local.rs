@@ -133,10 +133,15 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
             }
         }
         if let (Some(first), m) = (phase.first_loss(), phase.metrics()) {
-            let rate = m.tokens as f64 / seconds.max(1e-3);
+            let took = phase_seconds(&job, &phase.name);
             println!(
-                "{}: loss {first:.3} -> {:.3} over {} steps; {} tokens ({rate:.0}/s overall), {} words",
-                phase.name, m.loss, m.step, m.tokens, m.words
+                "{}: loss {first:.3} -> {:.3} over {} steps in {took:.1} s; {} tokens ({:.0}/s), {} words",
+                phase.name,
+                m.loss,
+                m.step,
+                m.tokens,
+                m.tokens as f64 / took.max(1e-3),
+                m.words
             );
         }
     }
@@ -145,6 +150,29 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// From the phase's start to its end, in the job's history.
+fn phase_seconds(job: &crate::scheduler::Job, name: &str) -> f64 {
+    use crate::scheduler::EventKind;
+    let at = |wanted: fn(&EventKind) -> Option<&String>| {
+        job.history
+            .iter()
+            .find(|e| wanted(&e.what).is_some_and(|p| p == name))
+            .map(|e| e.at)
+    };
+    let started = at(|e| match e {
+        EventKind::PhaseStarted { phase } => Some(phase),
+        _ => None,
+    });
+    let ended = at(|e| match e {
+        EventKind::PhaseSucceeded { phase } => Some(phase),
+        _ => None,
+    });
+    match (started, ended) {
+        (Some(s), Some(e)) => e.saturating_sub(s) as f64 / 1000.0,
+        _ => 0.0,
+    }
 }
 
 /// SIGTERM first so workers give their leases back; SIGKILL whoever lingers.
