@@ -59,7 +59,8 @@ fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, WorkerErro
     Ok(std::fs::read(file.path())?)
 }
 
-fn tensors_from(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WorkerError> {
+/// Named tensors from safetensors bytes (tch reads files only, hence the temporary).
+pub fn tensors_from(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WorkerError> {
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), bytes)?;
     Ok(Tensor::read_safetensors(file.path())?)

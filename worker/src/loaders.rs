@@ -16,6 +16,7 @@ use outloud_coordinator::storage::Location;
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 
+use crate::checkpoint;
 use crate::error::WorkerError;
 
 /// Images that could not be used, with the first few reasons.
@@ -114,22 +115,23 @@ async fn image_beside(
 ) -> Option<Tensor> {
     let location = match file.beside(relative) {
         Ok(location) => location,
-        Err(e) => {
-            skipped.add(relative, e);
-            return None;
-        }
+        Err(e) => return decode_counted(relative, Err::<Vec<u8>, _>(e.to_string()), size, skipped),
     };
-    let bytes = match location.get().await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            skipped.add(location.url(), e);
-            return None;
-        }
-    };
-    match decode(&bytes, size) {
+    let bytes = location.get().await.map_err(|e| e.to_string());
+    decode_counted(location.url(), bytes, size, skipped)
+}
+
+/// Decodes an image's bytes, or counts under `what` why there is no image.
+fn decode_counted(
+    what: &str,
+    bytes: Result<impl AsRef<[u8]>, String>,
+    size: u32,
+    skipped: &mut Skipped,
+) -> Option<Tensor> {
+    match bytes.and_then(|bytes| decode(bytes.as_ref(), size)) {
         Ok(pixels) => Some(pixels),
         Err(e) => {
-            skipped.add(location.url(), e);
+            skipped.add(what, e);
             None
         }
     }
@@ -166,20 +168,11 @@ fn shard_image(
     size: u32,
     skipped: &mut Skipped,
 ) -> Option<Tensor> {
-    let Some(bytes) = ["png", "jpg", "jpeg"]
+    let bytes = ["png", "jpg", "jpeg"]
         .iter()
         .find_map(|ext| members.get(*ext))
-    else {
-        skipped.add(key, "no image in the shard group");
-        return None;
-    };
-    match decode(bytes, size) {
-        Ok(pixels) => Some(pixels),
-        Err(e) => {
-            skipped.add(key, e);
-            None
-        }
-    }
+        .ok_or_else(|| "no image in the shard group".to_string());
+    decode_counted(key, bytes, size, skipped)
 }
 
 /// Image-caption pairs from a JSONL file, a tar shard, or a folder of either.
@@ -260,16 +253,12 @@ pub async fn unlabeled(
     let mut skipped = Skipped::default();
     for file in location.objects().await? {
         if is_image(file.url()) {
-            let decoded = match file.get().await {
-                Ok(bytes) => decode(&bytes, size),
-                Err(e) => Err(e.to_string()),
-            };
-            match decoded {
-                Ok(pixels) => out.push(Unlabeled {
+            let bytes = file.get().await.map_err(|e| e.to_string());
+            if let Some(pixels) = decode_counted(file.url(), bytes, size, &mut skipped) {
+                out.push(Unlabeled {
                     key: file.url().to_string(),
                     pixels,
-                }),
-                Err(e) => skipped.add(file.url(), e),
+                });
             }
         } else if file.url().ends_with(".tar") {
             let groups = tar_members(&file.get().await?)
@@ -286,17 +275,14 @@ pub async fn unlabeled(
 
 /// Precomputed features: a safetensors file with one (N, D) tensor per image id.
 pub async fn features(location: &Location) -> Result<BTreeMap<String, Tensor>, WorkerError> {
-    let bytes = location.get().await?;
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), bytes)?;
-    let tensors = Tensor::read_safetensors(file.path()).map_err(|e| {
-        WorkerError::Data(format!(
-            "{}: {}",
-            location.url(),
-            e.to_string().lines().next().unwrap_or("")
-        ))
-    })?;
+    let tensors = checkpoint::tensors_from(&location.get().await?)
+        .map_err(|e| WorkerError::Data(format!("{}: {e}", location.url())))?;
     Ok(tensors.into_iter().collect())
+}
+
+/// An image's file name, its key across captions, questions, truth and features.
+pub fn file_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ impl VisualInputs {
         let Some(features) = &self.features else {
             return Some(pixels);
         };
-        let name = key.rsplit('/').next().unwrap_or(key);
+        let name = loaders::file_name(key);
         let stem = name.split('.').next().unwrap_or(name);
         let found = features
             .get(name)

@@ -18,7 +18,7 @@ use crate::data;
 use crate::error::WorkerError;
 use crate::fit;
 use crate::generate::{Sampling, generate};
-use crate::loaders;
+use crate::loaders::{self, file_name};
 use crate::multimodal::{VisualInputs, answer_tokens, question_prompt};
 use crate::task::TaskContext;
 use crate::tokenizer::Tokenizer;
@@ -33,10 +33,6 @@ const PICTURES_PER_BATCH: usize = 32;
 struct Truth {
     image: String,
     scene: Scene,
-}
-
-fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// The probes for the phase just trained, when it reads a picture-book world.

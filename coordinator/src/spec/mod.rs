@@ -62,10 +62,7 @@ pub enum DataKind {
 impl DataKind {
     /// The name a spec uses.
     pub fn name(self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default()
+        spelled(&self)
     }
 
     /// Kinds read from a user-given `path` (the others are generated).
@@ -116,10 +113,7 @@ impl PhaseKind {
 
     /// The name a spec uses.
     pub fn name(self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default()
+        spelled(&self)
     }
 
     /// Whether the phase sees pictures (and so needs `model.vision`).
@@ -461,6 +455,14 @@ impl PhaseSpec {
         }
         problems
     }
+}
+
+/// How a spec spells an enum value (`vision_language`, `picture_book`).
+fn spelled(value: &impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn is_slug(name: &str) -> bool {
