@@ -2,7 +2,7 @@
 //! sense ([`spec::parse`]), and every data source it reads must exist in storage.
 
 use crate::spec::{self, JobSpec, Locator, SpecErrors};
-use crate::storage::Location;
+use crate::storage::{Location, StorageError};
 
 /// Parses, checks and resolves a spec against `working_dir`; then looks for its data.
 pub async fn admit(
@@ -24,17 +24,32 @@ pub async fn admit(
         let Some(url) = source.path.as_ref().filter(|_| source.kind.has_path()) else {
             continue;
         };
-        let found = match Location::open(url) {
-            Ok(location) => location.objects().await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = found {
+        if let Err(e) = readable(url).await {
             let message = format!("data source `{}` cannot be read: {e}", source.name);
             problems.push(locator.error(source_name, &format!("data[{i}].path"), message));
+        }
+    }
+    let benchmarks = spec.evaluation.iter().flat_map(|e| &e.benchmarks);
+    for (i, source) in benchmarks.enumerate() {
+        let paths = [("path", &source.path), ("images", &source.images)];
+        for (field, url) in paths
+            .into_iter()
+            .filter_map(|(f, u)| Some((f, u.as_ref()?)))
+        {
+            if let Err(e) = readable(url).await {
+                let message = format!("benchmark files cannot be read: {e}");
+                let field = format!("evaluation.benchmarks[{i}].{field}");
+                problems.push(locator.error(source_name, &field, message));
+            }
         }
     }
     if !problems.is_empty() {
         return Err(SpecErrors(problems));
     }
     Ok(spec)
+}
+
+/// A file, or a folder with at least one object in it.
+async fn readable(url: &str) -> Result<(), StorageError> {
+    Location::open(url)?.objects().await.map(|_| ())
 }

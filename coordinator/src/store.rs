@@ -51,7 +51,17 @@ struct JobRecord {
     submitted_at: u64,
     finished_at: Option<u64>,
     error: Option<String>,
-    phases: Vec<(String, RunState, u32)>,
+    phases: Vec<PhaseRecord>,
+}
+
+/// A phase without its tasks (stored one record each).
+#[derive(Debug, Serialize, Deserialize)]
+struct PhaseRecord {
+    name: String,
+    state: RunState,
+    shards: u32,
+    spec_phase: u32,
+    evaluation: bool,
 }
 
 /// One record to write.
@@ -119,7 +129,13 @@ impl JobRecord {
             phases: job
                 .phases
                 .iter()
-                .map(|p| (p.name.clone(), p.state, p.tasks.len() as u32))
+                .map(|p| PhaseRecord {
+                    name: p.name.clone(),
+                    state: p.state,
+                    shards: p.tasks.len() as u32,
+                    spec_phase: p.spec_phase,
+                    evaluation: p.evaluation,
+                })
                 .collect(),
         }
     }
@@ -130,7 +146,12 @@ impl JobRecord {
             .phases
             .into_iter()
             .enumerate()
-            .map(|(p, (name, state, shards))| Phase::new(&id, p as u32, name, state, shards))
+            .map(|(p, record)| Phase {
+                state: record.state,
+                spec_phase: record.spec_phase,
+                evaluation: record.evaluation,
+                ..Phase::new(&id, p as u32, record.name, record.shards)
+            })
             .collect();
         Job {
             id,

@@ -74,6 +74,8 @@ pub fn assignment_to(a: &Assignment) -> pb::TaskAssignment {
         phase_index: a.lease.task.phase,
         shard: a.lease.task.shard,
         shards: a.shards,
+        spec_phase: a.spec_phase,
+        evaluation: a.evaluation,
         // Serializing our own spec type cannot fail.
         spec_json: serde_json::to_string(&a.spec).expect("spec serializes"),
         resume_checkpoint: a.resume_checkpoint.clone(),
@@ -89,6 +91,8 @@ pub fn assignment_from(task: pb::TaskAssignment) -> Result<Assignment, String> {
         job_id: task.job_id,
         phase: task.phase,
         shards: task.shards,
+        spec_phase: task.spec_phase,
+        evaluation: task.evaluation,
         spec,
         resume_checkpoint: task.resume_checkpoint,
         previous_checkpoint: task.previous_checkpoint,

@@ -37,6 +37,9 @@ pub async fn materialize(spec: &JobSpec, source: &DataSource) -> Result<Location
     Ok(location)
 }
 
+/// Bumped whenever the world's files change, so older worlds in storage are not reused.
+const WORLD_LAYOUT: u32 = 2;
+
 /// How much picture-book world a source asks for.
 fn world_size(spec: &JobSpec, source: &DataSource) -> WorldSize {
     let pictures = source.pictures.unwrap_or(0) as usize;
@@ -54,7 +57,7 @@ fn world_size(spec: &JobSpec, source: &DataSource) -> WorldSize {
 async fn materialize_world(spec: &JobSpec, source: &DataSource) -> Result<Location, WorkerError> {
     let size = world_size(spec, source);
     let name = format!(
-        "data/{}-seed{}-{}p-{}px",
+        "data/{}-seed{}-{}p-{}px-v{WORLD_LAYOUT}",
         source.name, size.seed, size.train_pictures, size.image_size
     );
     let folder = Location::open(&spec.storage)?.join(&name);

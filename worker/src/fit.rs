@@ -30,7 +30,7 @@ pub fn phase_root(ctx: &TaskContext) -> Result<Location, WorkerError> {
 
 /// The phase's spec.
 pub fn phase(ctx: &TaskContext) -> &PhaseSpec {
-    &ctx.assignment.spec.phases[ctx.assignment.lease.task.phase as usize]
+    &ctx.assignment.spec.phases[ctx.assignment.spec_phase as usize]
 }
 
 /// Where training resumes: the newest checkpoint of this task that verifies, else

@@ -8,6 +8,7 @@
 //! - [`language`]: phase 1, language bootstrapping.
 //! - [`multimodal`]: phases 2 and 4, captioning and question answering.
 //! - [`probes`]: held-out caption and VQA accuracy, with chance levels.
+//! - [`eval`]: zero-shot benchmarks (BLiMP, EWoK, Winoground, VQA, ...) after phases.
 //! - [`model`]: the GPT, bottom-up, readable in one sitting.
 //! - [`vision`]: the ViT, precomputed-feature input, and the projector.
 //! - [`vlm`]: visual tokens before text; losses on taught tokens only.
@@ -27,6 +28,7 @@ pub mod checkpoint;
 pub mod corpus;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod fit;
 pub mod generate;
 pub mod language;

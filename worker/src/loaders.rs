@@ -27,7 +27,7 @@ pub struct Skipped {
 }
 
 impl Skipped {
-    fn add(&mut self, what: &str, reason: impl std::fmt::Display) {
+    pub fn add(&mut self, what: &str, reason: impl std::fmt::Display) {
         self.count += 1;
         if self.examples.len() < 5 {
             self.examples.push(format!("{what}: {reason}"));
@@ -50,7 +50,7 @@ pub fn decode(bytes: &[u8], size: u32) -> Result<Tensor, String> {
     Ok(pixels.permute([2, 0, 1]).to_kind(Kind::Float) / 255.0)
 }
 
-fn is_image(name: &str) -> bool {
+pub fn is_image(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     [".png", ".jpg", ".jpeg"]
         .iter()

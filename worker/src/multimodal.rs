@@ -53,12 +53,18 @@ pub fn caption_example(
     })
 }
 
+/// How a question is asked: the BabyLM VQA prompt, so phase 4 trains on the format
+/// the evaluation scores.
+pub fn question_text(question: &str) -> String {
+    format!("Question: {question} Answer:")
+}
+
 /// The prompt a question is asked with.
 pub fn question_prompt(tokenizer: &Tokenizer, question: &str) -> Result<Vec<i64>, WorkerError> {
     let mut ids = vec![tokenizer.end_of_text() as i64];
     ids.extend(
         tokenizer
-            .encode(&format!("question: {question} answer:"))?
+            .encode(&question_text(question))?
             .into_iter()
             .map(i64::from),
     );
@@ -159,7 +165,7 @@ pub struct VisualInputs {
 impl VisualInputs {
     pub fn load(ctx: &TaskContext, vision: &VisionSpec) -> Result<Self, WorkerError> {
         if vision.encoder != VisionEncoder::Features {
-            return Ok(Self { features: None });
+            return Ok(Self::pixels());
         }
         let spec = &ctx.assignment.spec;
         let mut features = BTreeMap::new();
@@ -171,6 +177,11 @@ impl VisualInputs {
             }
         }
         Ok(Self::with_features(features))
+    }
+
+    /// Pictures are read as pixels.
+    pub fn pixels() -> Self {
+        Self { features: None }
     }
 
     pub fn with_features(features: BTreeMap<String, Tensor>) -> Self {

@@ -11,7 +11,7 @@ use tch::Device;
 use tokio::sync::mpsc;
 
 use crate::error::WorkerError;
-use crate::{language, multimodal};
+use crate::{eval, fit, language, multimodal};
 
 /// A progress report on its way to the coordinator.
 #[derive(Debug, Clone)]
@@ -67,8 +67,10 @@ impl TaskContext {
 }
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
-    let phase = &ctx.assignment.spec.phases[ctx.assignment.lease.task.phase as usize];
-    match phase.kind {
+    if ctx.assignment.evaluation {
+        return eval::run(ctx);
+    }
+    match fit::phase(ctx).kind {
         PhaseKind::Language => language::run(ctx),
         PhaseKind::VisionLanguage | PhaseKind::Tasks => multimodal::run(ctx),
         PhaseKind::Noop => Ok(TaskOutput {

@@ -93,6 +93,15 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Many texts at once, in parallel.
+    pub fn encode_batch(&self, texts: Vec<String>) -> Result<Vec<Vec<u32>>, WorkerError> {
+        let encodings = self
+            .inner
+            .encode_batch_fast(texts, false)
+            .map_err(tokenizer_error)?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
     pub fn decode(&self, ids: &[u32]) -> Result<String, WorkerError> {
         self.inner.decode(ids, true).map_err(tokenizer_error)
     }

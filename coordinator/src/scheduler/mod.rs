@@ -1,5 +1,6 @@
-//! The scheduling state machine: jobs expand into phases and tasks, workers lease tasks,
-//! leases expire, phases run in order.
+//! The scheduling state machine: jobs expand into phases (and eval steps) and tasks,
+//! workers lease tasks, leases expire, training phases run in order and each eval step
+//! runs beside the phase after the one it evaluates.
 //!
 //! It is pure: no clock (every call takes `now`), no network, no disk. Each call records
 //! what it changed in [`Changes`], which the server makes durable before it answers, so
@@ -84,11 +85,11 @@ impl Scheduler {
         scheduler
     }
 
-    /// A pending task may be leased when its phase is the job's current one.
+    /// A pending task may be leased when its phase may start.
     fn is_startable(&self, id: &TaskId) -> bool {
-        self.jobs.get(&id.job).is_some_and(|job| {
-            !job.state.is_finished() && job.current_phase() == Some(id.phase as usize)
-        })
+        self.jobs
+            .get(&id.job)
+            .is_some_and(|job| !job.state.is_finished() && job.is_startable(id.phase as usize))
     }
 
     pub fn take_changes(&mut self) -> Changes {
@@ -141,20 +142,7 @@ impl Scheduler {
             self.counters.next_job,
             now & 0xff_ffff
         );
-        let phases = spec
-            .phases
-            .iter()
-            .enumerate()
-            .map(|(p, phase)| {
-                Phase::new(
-                    &id,
-                    p as u32,
-                    phase.name.clone(),
-                    RunState::Pending,
-                    phase.shards,
-                )
-            })
-            .collect();
+        let phases = expand(&id, &spec);
         let job = Job {
             id: id.clone(),
             spec,
@@ -267,9 +255,11 @@ impl Scheduler {
                 job_id: job.id.clone(),
                 phase: job.phases[id.phase as usize].name.clone(),
                 shards,
+                spec_phase: job.phases[id.phase as usize].spec_phase,
+                evaluation: job.phases[id.phase as usize].evaluation,
                 spec: job.spec.clone(),
                 resume_checkpoint: resume_checkpoint.clone(),
-                previous_checkpoint: job.previous_output(id.phase),
+                previous_checkpoint: job.input_checkpoint(id.phase as usize),
             };
             if job.state == RunState::Pending {
                 job.state = RunState::Running;
@@ -435,7 +425,7 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&lease.task.job) else {
             return;
         };
-        let max_attempts = job.spec.phases[lease.task.phase as usize].max_attempts;
+        let max_attempts = job.max_attempts(lease.task.phase as usize);
         let Some(task) = job.task_mut(&lease.task) else {
             return;
         };
@@ -471,8 +461,8 @@ impl Scheduler {
         self.finish_job(&lease.task.job, RunState::Failed, Some(message), now);
     }
 
-    /// After a task succeeded: finish its phase when all its tasks have, then start the
-    /// next phase or finish the job.
+    /// After a task succeeded: finish its phase when all its tasks have, then start every
+    /// phase that may now start, or finish the job when every phase has succeeded.
     fn advance(&mut self, task: &TaskId, now: Millis) {
         let Some(job) = self.jobs.get_mut(&task.job) else {
             return;
@@ -487,14 +477,20 @@ impl Scheduler {
         }
         phase.state = RunState::Succeeded;
         let name = phase.name.clone();
-        let next = task.phase as usize + 1;
-        let has_next = next < job.phases.len();
         self.changes.jobs.insert(task.job.clone());
         self.record(&task.job, now, EventKind::PhaseSucceeded { phase: name });
-        if has_next {
-            self.start_phase(&task.job, next, now);
-        } else {
+        let Some(job) = self.jobs.get(&task.job) else {
+            return;
+        };
+        if job.phases.iter().all(|p| p.state == RunState::Succeeded) {
             self.finish_job(&task.job, RunState::Succeeded, None, now);
+            return;
+        }
+        let startable: Vec<usize> = (0..job.phases.len())
+            .filter(|&p| job.phases[p].state == RunState::Pending && job.is_startable(p))
+            .collect();
+        for phase in startable {
+            self.start_phase(&task.job, phase, now);
         }
     }
 
@@ -586,6 +582,24 @@ impl Scheduler {
         }
         lost
     }
+}
+
+/// A job's phases: each spec phase, followed by its eval step when it has one.
+fn expand(job_id: &str, spec: &JobSpec) -> Vec<Phase> {
+    let mut phases = Vec::new();
+    for (index, phase) in spec.phases.iter().enumerate() {
+        let at = |phases: &Vec<Phase>| phases.len() as u32;
+        let mut training = Phase::new(job_id, at(&phases), phase.name.clone(), phase.shards);
+        training.spec_phase = index as u32;
+        phases.push(training);
+        if spec.evaluates_after(index) {
+            let mut step = Phase::new(job_id, at(&phases), eval_step_name(&phase.name), 1);
+            step.spec_phase = index as u32;
+            step.evaluation = true;
+            phases.push(step);
+        }
+    }
+    phases
 }
 
 #[cfg(test)]

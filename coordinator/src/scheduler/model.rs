@@ -1,8 +1,12 @@
 //! The scheduler's domain types: jobs, their phases and tasks, workers, and the
 //! history of events. These are also the documents `outloud status --json` prints.
 //!
+//! A job's phases are the spec's training phases in order, each followed by its eval
+//! step when the spec asks for one. Training phases run one after another; an eval
+//! step runs once the phase it evaluates has succeeded, beside the next training phase.
+//!
 //! ```text
-//! job:   pending ──first lease──▶ running ──last phase done──▶ succeeded
+//! job:   pending ──first lease──▶ running ──every phase done──▶ succeeded
 //!           │                       │  └──task out of attempts──▶ failed
 //!           └───────────cancel──────┴───────────────────────────▶ cancelled
 //! task:  pending ──lease(epoch+1)──▶ leased ──complete──▶ succeeded
@@ -170,11 +174,22 @@ pub struct Phase {
     pub name: String,
     pub state: RunState,
     pub tasks: Vec<Task>,
+    /// The spec phase this trains, or evaluates.
+    #[serde(default)]
+    pub spec_phase: u32,
+    /// An eval step: scores the final checkpoint of training phase `spec_phase`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evaluation: bool,
+}
+
+/// The name of the eval step after phase `phase` ('.' never appears in phase names).
+pub fn eval_step_name(phase: &str) -> String {
+    format!("{phase}.eval")
 }
 
 impl Phase {
-    /// Phase `index` of job `job`, with `shards` fresh tasks.
-    pub fn new(job: &str, index: u32, name: String, state: RunState, shards: u32) -> Self {
+    /// Phase `index` of job `job`, with `shards` fresh pending tasks.
+    pub fn new(job: &str, index: u32, name: String, shards: u32) -> Self {
         let tasks = (0..shards)
             .map(|shard| {
                 Task::new(TaskId {
@@ -184,7 +199,13 @@ impl Phase {
                 })
             })
             .collect();
-        Self { name, state, tasks }
+        Self {
+            name,
+            state: RunState::Pending,
+            tasks,
+            spec_phase: index,
+            evaluation: false,
+        }
     }
 
     /// The phase's metrics: sums over its tasks, the step of the slowest.
@@ -251,17 +272,52 @@ impl Job {
             .get_mut(id.shard as usize)
     }
 
-    /// The phase currently running or next to run.
-    pub fn current_phase(&self) -> Option<usize> {
-        self.phases.iter().position(|p| !p.state.is_finished())
+    /// The job's phase that trains spec phase `spec_phase`.
+    fn training(&self, spec_phase: u32) -> Option<&Phase> {
+        self.phases
+            .iter()
+            .find(|p| !p.evaluation && p.spec_phase == spec_phase)
     }
 
-    /// The output of the last finished phase's first task: where the next phase starts.
-    pub fn previous_output(&self, phase: u32) -> Option<String> {
-        let previous = self.phases.get((phase as usize).checked_sub(1)?)?;
-        match &previous.tasks.first()?.state {
+    /// Whether phase `index` may start: a training phase once every training phase
+    /// before it has succeeded, an eval step once the phase it evaluates has.
+    pub fn is_startable(&self, index: usize) -> bool {
+        let Some(phase) = self.phases.get(index) else {
+            return false;
+        };
+        let succeeded = |p: &Phase| p.state == RunState::Succeeded;
+        if phase.evaluation {
+            return self.training(phase.spec_phase).is_some_and(succeeded);
+        }
+        self.phases
+            .iter()
+            .filter(|p| !p.evaluation && p.spec_phase < phase.spec_phase)
+            .all(succeeded)
+    }
+
+    /// The checkpoint phase `index` reads: for an eval step, the final checkpoint of the
+    /// phase it evaluates; for a training phase, the previous training phase's.
+    pub fn input_checkpoint(&self, index: usize) -> Option<String> {
+        let phase = self.phases.get(index)?;
+        let source = if phase.evaluation {
+            self.training(phase.spec_phase)?
+        } else {
+            self.training(phase.spec_phase.checked_sub(1)?)?
+        };
+        match &source.tasks.first()?.state {
             TaskState::Succeeded { output } if !output.is_empty() => Some(output.clone()),
             _ => None,
+        }
+    }
+
+    /// Leases a task of phase `index` may lose before the job fails.
+    pub fn max_attempts(&self, index: usize) -> u32 {
+        let Some(phase) = self.phases.get(index) else {
+            return 1;
+        };
+        match &self.spec.evaluation {
+            Some(evaluation) if phase.evaluation => evaluation.max_attempts,
+            _ => self.spec.phases[phase.spec_phase as usize].max_attempts,
         }
     }
 }
@@ -357,8 +413,13 @@ pub struct Assignment {
     pub job_id: String,
     pub phase: String,
     pub shards: u32,
+    /// The spec phase the task trains, or evaluates.
+    pub spec_phase: u32,
+    /// An eval step's task.
+    pub evaluation: bool,
     pub spec: JobSpec,
     pub resume_checkpoint: Option<String>,
+    /// The checkpoint the task starts from (training) or scores (evaluation).
     pub previous_checkpoint: Option<String>,
 }
 

@@ -273,3 +273,92 @@ fn tasks_handed_back_by_stopping_workers_do_not_use_up_attempts() {
     done(&mut s, &w, &a, 11);
     assert_eq!(s.job(&job).unwrap().state, RunState::Succeeded);
 }
+
+fn evaluated_spec() -> JobSpec {
+    let yaml = "\
+name: test
+storage: /tmp/x
+data: [{name: t, kind: generated_text, words: 100}]
+evaluation: {benchmarks: [{path: /tmp/eval}], max_attempts: 1}
+phases:
+  - {name: one, kind: language, data: [t], steps: 1}
+  - {name: two, kind: language, data: [t], steps: 1, eval: false}
+  - {name: three, kind: language, data: [t], steps: 1}
+";
+    spec::parse(yaml, "test.yaml").unwrap()
+}
+
+#[test]
+fn eval_steps_follow_their_phase_beside_the_next_one() {
+    let mut s = scheduler();
+    let w = worker(&mut s, "a");
+    let job = s.submit(evaluated_spec(), 0);
+    let names: Vec<&str> = s
+        .job(&job)
+        .unwrap()
+        .phases
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["one", "one.eval", "two", "three", "three.eval"]);
+    let one = s.lease(&w, 1).unwrap().unwrap();
+    assert!(s.lease(&w, 1).unwrap().is_none());
+    done(&mut s, &w, &one, 2);
+    // The eval step and the next phase are ready together; both start from phase one's output.
+    let mut ready = vec![
+        s.lease(&w, 3).unwrap().unwrap(),
+        s.lease(&w, 3).unwrap().unwrap(),
+    ];
+    ready.sort_by_key(|a| a.phase.clone());
+    let (eval, two) = (&ready[0], &ready[1]);
+    assert_eq!(
+        (eval.phase.as_str(), eval.evaluation, eval.spec_phase),
+        ("one.eval", true, 0)
+    );
+    assert_eq!(
+        (two.phase.as_str(), two.evaluation, two.spec_phase),
+        ("two", false, 1)
+    );
+    let one_output = format!("out/{job}/0/0");
+    assert_eq!(eval.previous_checkpoint.as_deref(), Some(&*one_output));
+    assert_eq!(two.previous_checkpoint.as_deref(), Some(&*one_output));
+    // Phase three waits for two, never for an eval step.
+    done(&mut s, &w, two, 4);
+    let three = s.lease(&w, 5).unwrap().unwrap();
+    assert_eq!(three.phase, "three");
+    assert_eq!(
+        three.previous_checkpoint.as_deref(),
+        Some(&*format!("out/{job}/2/0"))
+    );
+    done(&mut s, &w, &three, 6);
+    let last_eval = s.lease(&w, 7).unwrap().unwrap();
+    assert_eq!(last_eval.phase, "three.eval");
+    assert_eq!(
+        last_eval.previous_checkpoint.as_deref(),
+        Some(&*format!("out/{job}/3/0"))
+    );
+    done(&mut s, &w, &last_eval, 8);
+    // Every phase is done but one.eval: the job waits for it.
+    assert_eq!(s.job(&job).unwrap().state, RunState::Running);
+    done(&mut s, &w, &ready[0], 9);
+    assert_eq!(s.job(&job).unwrap().state, RunState::Succeeded);
+}
+
+#[test]
+fn a_failing_eval_step_uses_the_evaluation_attempts() {
+    let mut s = scheduler();
+    let w = worker(&mut s, "a");
+    let job = s.submit(evaluated_spec(), 0);
+    let one = s.lease(&w, 1).unwrap().unwrap();
+    done(&mut s, &w, &one, 2);
+    let eval = loop {
+        let a = s.lease(&w, 3).unwrap().unwrap();
+        if a.evaluation {
+            break a;
+        }
+    };
+    s.fail(&w, &eval.lease, "oom".into(), Failure::Retryable, 4)
+        .unwrap();
+    // max_attempts: 1 in `evaluation`: one lost lease fails the job.
+    assert_eq!(s.job(&job).unwrap().state, RunState::Failed);
+}

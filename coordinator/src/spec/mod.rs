@@ -5,6 +5,7 @@
 //! file, line, column and field of each problem; [`JobSpec::resolve`] then makes every
 //! location an absolute URL so workers anywhere read the same objects.
 
+mod eval;
 mod locate;
 mod model;
 
@@ -14,6 +15,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::storage;
+pub use eval::{BASELINES, BenchmarkSource, EvaluationSpec, benchmark_name};
 pub use locate::Locator;
 pub use model::{ModelShape, ModelSpec, VisionEncoder, VisionSpec};
 
@@ -32,6 +34,9 @@ pub struct JobSpec {
     #[serde(default = "default_word_budget")]
     pub word_budget: u64,
     pub phases: Vec<PhaseSpec>,
+    /// Zero-shot benchmarks scored after the phases (each phase's `eval` says whether).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationSpec>,
 }
 
 fn default_word_budget() -> u64 {
@@ -180,8 +185,14 @@ pub struct PhaseSpec {
     /// Leases a task may lose (worker died, lease expired) before the job fails.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// Whether the job's `evaluation` runs after this phase.
+    #[serde(default = "default_eval")]
+    pub eval: bool,
 }
 
+fn default_eval() -> bool {
+    true
+}
 fn default_batch_size() -> u32 {
     16
 }
@@ -390,7 +401,27 @@ impl JobSpec {
                 }
             }
         }
+        if let Some(evaluation) = &self.evaluation {
+            let books: Vec<&str> = self
+                .data
+                .iter()
+                .filter(|d| d.kind == DataKind::PictureBook)
+                .map(|d| d.name.as_str())
+                .collect();
+            for (field, message) in evaluation.problems(&books) {
+                say(format!("evaluation.{field}"), message);
+            }
+        }
         problems
+    }
+
+    /// Whether an eval step follows phase `index`.
+    pub fn evaluates_after(&self, index: usize) -> bool {
+        self.evaluation.is_some()
+            && self
+                .phases
+                .get(index)
+                .is_some_and(|p| p.eval && p.kind != PhaseKind::Noop)
     }
 
     /// Makes the storage root and every data path an absolute URL, resolving relative
@@ -400,6 +431,11 @@ impl JobSpec {
         for source in &mut self.data {
             if let Some(path) = &source.path {
                 source.path = Some(storage::absolute_url(path, working_dir)?.to_string());
+            }
+        }
+        for source in self.evaluation.iter_mut().flat_map(|e| &mut e.benchmarks) {
+            for path in [&mut source.path, &mut source.images].into_iter().flatten() {
+                *path = storage::absolute_url(path, working_dir)?.to_string();
             }
         }
         Ok(())

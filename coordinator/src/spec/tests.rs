@@ -108,3 +108,29 @@ fn pictures_need_a_vision_path_and_phases_read_only_their_kinds_of_data() {
     );
     assert!(errors(&yaml)[0].message.contains("`pictures` > 0"));
 }
+
+#[test]
+fn evaluation_sources_are_checked_and_located() {
+    let yaml = format!(
+        "{GOOD}evaluation:\n  benchmarks:\n    - {{path: /x, data: story}}\n    - {{data: story}}\n    - {{path: /y, limit: 0}}\n"
+    );
+    let found = errors(&yaml);
+    let at = |field: &str| {
+        found
+            .iter()
+            .find(|e| e.field == field)
+            .unwrap_or_else(|| panic!("no error for {field}: {found:?}"))
+    };
+    assert_eq!(at("evaluation.benchmarks[0]").line, 14);
+    assert!(
+        at("evaluation.benchmarks[1].data")
+            .message
+            .contains("picture_book")
+    );
+    assert_eq!(at("evaluation.benchmarks[2].limit").line, 16);
+    let fine = format!("{GOOD}evaluation: {{benchmarks: [{{path: /x}}]}}\n");
+    let spec = parse(&fine, "job.yaml").unwrap();
+    assert!(spec.evaluates_after(0));
+    let off = fine.replace("steps: 10", "steps: 10\n    eval: false");
+    assert!(!parse(&off, "job.yaml").unwrap().evaluates_after(0));
+}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::scene::{COLOURS, Colour, SHAPES, SIZES, Scene, Shape, Thing};
 use crate::rng::Rng;
 
-const NUMBERS: [&str; 4] = ["zero", "one", "two", "three"];
+pub(crate) const NUMBERS: [&str; 4] = ["zero", "one", "two", "three"];
 
 fn position(thing: &Thing) -> &'static str {
     match (thing.column, thing.row) {

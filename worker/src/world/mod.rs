@@ -11,12 +11,13 @@
 //! captions/train.jsonl, captions/test.jsonl   {"image": "images/...png", "caption": ...}
 //! unlabeled/images/*.png                      pictures only
 //! vqa/train.jsonl, vqa/test.jsonl             {"image", "question", "answer", "distractors"}
-//! winoground/pairs.jsonl                      {"image_0", "image_1", "caption_0", "caption_1"}
+//! eval/...                                    held-out benchmarks (see [`eval`])
 //! text/world.txt                              utterances, one exchange a line
 //! truth/{test,unlabeled}.jsonl                {"image", "scene"}: for scoring only
 //! ```
 //! Image paths are relative to the JSONL file's folder.
 
+pub mod eval;
 pub mod language;
 pub mod render;
 pub mod scene;
@@ -29,6 +30,7 @@ use serde_json::json;
 
 use crate::error::WorkerError;
 use crate::rng::Rng;
+pub use eval::EVAL_FOLDER;
 use language::{Question, SwapPair};
 use scene::Scene;
 
@@ -186,18 +188,7 @@ impl World {
         root.join("truth/unlabeled.jsonl")
             .put(truth("unlabeled", &self.unlabeled))
             .await?;
-        let winoground = root.join("winoground");
-        let mut rows = Vec::new();
-        for (i, pair) in self.pairs.iter().enumerate() {
-            let (a, b) = (
-                format!("images/pair-{i:06}-0.png"),
-                format!("images/pair-{i:06}-1.png"),
-            );
-            winoground.join(&a).put(self.png(&pair.scene_0)?).await?;
-            winoground.join(&b).put(self.png(&pair.scene_1)?).await?;
-            rows.push(json!({"image_0": a, "image_1": b, "caption_0": pair.caption_0, "caption_1": pair.caption_1}));
-        }
-        winoground.join("pairs.jsonl").put(lines(rows)).await?;
+        self.write_eval(root).await?;
         root.join("text/world.txt")
             .put(self.text.clone().into_bytes())
             .await?;
@@ -291,11 +282,23 @@ mod tests {
                 .count(),
             5
         );
-        assert!(
-            !std::fs::read_to_string(dir.path().join("winoground/pairs.jsonl"))
-                .unwrap()
-                .is_empty()
-                || world.pairs.is_empty()
-        );
+        let winoground = dir.path().join("eval/world_winoground");
+        let rows = std::fs::read_to_string(winoground.join("winoground.jsonl")).unwrap();
+        assert_eq!(rows.lines().count(), 2 * world.pairs.len());
+        for row in rows.lines() {
+            let row: serde_json::Value = serde_json::from_str(row).unwrap();
+            let name = format!(
+                "{}_{}.png",
+                row["image_idx"],
+                row["image_key"].as_str().unwrap()
+            );
+            assert!(winoground.join("images").join(name).exists());
+        }
+        let choices = std::fs::read_to_string(
+            dir.path()
+                .join("eval/world_picture_choice/picture_choice.jsonl"),
+        )
+        .unwrap();
+        assert_eq!(choices.lines().count(), 10);
     }
 }

@@ -1,0 +1,339 @@
+//! Zero-shot evaluation: an eval step scores a phase's final checkpoint on the job's
+//! benchmarks, the way the BabyLM pipeline scores them.
+//!
+//! - [`benchmarks`]: finding benchmark files (BabyLM `evaluation_data` layout) and
+//!   reading their items into candidates.
+//! - [`score`]: tokenizing candidates as lm-evaluation-harness does, and batched
+//!   summed log-likelihoods.
+//! - [`results`]: accuracy per file and benchmark; the JSON written to storage.
+//!
+//! A checkpoint without a vision path (after phase 1) scores Winoground text-only and
+//! skips benchmarks that need pictures (VQA, picture choice).
+
+pub mod benchmarks;
+pub mod results;
+pub mod score;
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use outloud_coordinator::scheduler::Metrics;
+use outloud_coordinator::spec::{DataKind, VisionEncoder, VisionSpec};
+use outloud_coordinator::storage::Location;
+use tch::{Device, Tensor, nn};
+
+use crate::checkpoint::{self, Loaded};
+use crate::error::WorkerError;
+use crate::loaders::{self, Skipped};
+use crate::model::Gpt;
+use crate::multimodal::{VisualInputs, vision_config};
+use crate::task::{TaskContext, TaskOutput};
+use crate::tokenizer::Tokenizer;
+use crate::vlm::Vlm;
+use crate::{data, fit};
+use benchmarks::{Benchmark, BenchmarkFile, Ignored};
+use results::{BenchmarkResult, EvalResults, FileResult};
+use score::{Scorer, Text};
+
+/// Pictures turned into visual tokens per forward pass of the encoder.
+const PICTURES_PER_BATCH: usize = 64;
+
+/// A checkpoint ready to score: its model (with the vision path when it has one) and
+/// its tokenizer.
+pub struct EvalModel {
+    pub tokenizer: Tokenizer,
+    model: Model,
+    /// Keeps the weights alive.
+    _vs: nn::VarStore,
+}
+
+enum Model {
+    Text(Gpt),
+    Seeing(Vlm, VisionSpec),
+}
+
+impl EvalModel {
+    pub fn from_checkpoint(loaded: &Loaded, device: Device) -> Result<Self, WorkerError> {
+        let vs = nn::VarStore::new(device);
+        let config = loaded.manifest.model;
+        let model = match loaded.manifest.vision {
+            Some(vision) => {
+                Model::Seeing(Vlm::new(&vs.root(), config, vision_config(&vision)), vision)
+            }
+            None => Model::Text(Gpt::new(&vs.root(), config)),
+        };
+        fit::load_weights(&vs, &loaded.weights, |_| true)?;
+        Ok(Self {
+            tokenizer: Tokenizer::from_json(&loaded.tokenizer)?,
+            model,
+            _vs: vs,
+        })
+    }
+
+    pub fn lm(&self) -> &Gpt {
+        match &self.model {
+            Model::Text(lm) => lm,
+            Model::Seeing(vlm, _) => &vlm.lm,
+        }
+    }
+
+    pub fn vision(&self) -> Option<&VisionSpec> {
+        match &self.model {
+            Model::Text(_) => None,
+            Model::Seeing(_, vision) => Some(vision),
+        }
+    }
+
+    /// Visual tokens (N, C) for each encoder input, in batches.
+    fn visual_tokens(&self, inputs: &[Tensor]) -> Option<Tensor> {
+        let Model::Seeing(vlm, _) = &self.model else {
+            return None;
+        };
+        let device = self.lm().device();
+        let chunks: Vec<Tensor> = inputs
+            .chunks(PICTURES_PER_BATCH)
+            .map(|chunk| {
+                let batch = Tensor::stack(chunk, 0).to_device(device);
+                tch::no_grad(|| vlm.visual_tokens(&batch))
+            })
+            .collect();
+        (!chunks.is_empty()).then(|| Tensor::cat(&chunks, 0))
+    }
+}
+
+/// Pictures a benchmark names, read and encoded once.
+#[derive(Default)]
+pub struct Pictures {
+    rows: BTreeMap<String, usize>,
+    tokens: Option<Tensor>,
+    pub skipped: Skipped,
+}
+
+impl Pictures {
+    /// Reads every picture `benchmark` names, through `inputs` (pixels, or features).
+    pub async fn read(
+        model: &EvalModel,
+        benchmark: &Benchmark,
+        inputs: &VisualInputs,
+    ) -> Result<Self, WorkerError> {
+        let mut pictures = Self::default();
+        let Some(vision) = model.vision() else {
+            return Ok(pictures);
+        };
+        let urls: std::collections::BTreeSet<&str> = benchmark
+            .files
+            .iter()
+            .flat_map(|f| &f.items)
+            .flat_map(|i| &i.candidates)
+            .filter_map(|c| c.image.as_deref())
+            .collect();
+        let mut encoder_inputs = Vec::new();
+        for url in urls {
+            let pixels = match Location::open(url)?.get().await {
+                Ok(bytes) => loaders::decode(&bytes, vision.image_size),
+                Err(e) => Err(e.to_string()),
+            };
+            match pixels.map(|p| inputs.for_picture(url, p)) {
+                Ok(Some(input)) => {
+                    pictures.rows.insert(url.to_string(), encoder_inputs.len());
+                    encoder_inputs.push(input);
+                }
+                Ok(None) => pictures.skipped.add(url, "no precomputed features"),
+                Err(reason) => pictures.skipped.add(url, reason),
+            }
+        }
+        pictures.tokens = model.visual_tokens(&encoder_inputs);
+        Ok(pictures)
+    }
+}
+
+/// Scores one benchmark with `model`, `batch_size` sequences per forward pass.
+pub fn score_benchmark(
+    model: &EvalModel,
+    benchmark: &Benchmark,
+    pictures: &Pictures,
+    batch_size: usize,
+) -> Result<BenchmarkResult, WorkerError> {
+    let seeing = model.vision().is_some();
+    if !seeing && benchmark.files.iter().any(|f| f.format.needs_pictures()) {
+        let reason = "needs pictures; this checkpoint has no vision path".to_string();
+        return Ok(BenchmarkResult::skipped(&benchmark.name, reason));
+    }
+    let files = benchmark
+        .files
+        .iter()
+        .map(|file| score_file(model, file, pictures, batch_size))
+        .collect::<Result<Vec<_>, _>>()?;
+    let with_pictures = seeing && !pictures.rows.is_empty();
+    Ok(BenchmarkResult::scored(
+        &benchmark.name,
+        with_pictures,
+        files,
+    ))
+}
+
+fn score_file(
+    model: &EvalModel,
+    file: &BenchmarkFile,
+    pictures: &Pictures,
+    batch_size: usize,
+) -> Result<FileResult, WorkerError> {
+    let seeing = model.vision().is_some();
+    let mut unusable = file.unusable.clone();
+    let mut texts = Vec::new();
+    let mut shapes = Vec::new();
+    for (i, item) in file.items.iter().enumerate() {
+        let wanted = seeing && item.candidates.iter().any(|c| c.image.is_some());
+        let rows: Option<Vec<Option<usize>>> = if wanted {
+            let row =
+                |c: &benchmarks::Candidate| c.image.as_ref().and_then(|u| pictures.rows.get(u));
+            item.candidates
+                .iter()
+                .map(|c| row(c).map(|&r| Some(r)))
+                .collect()
+        } else {
+            Some(vec![None; item.candidates.len()])
+        };
+        let Some(rows) = rows else {
+            unusable.push(format!("item {}: its picture could not be read", i + 1));
+            continue;
+        };
+        for (candidate, picture) in item.candidates.iter().zip(rows) {
+            texts.push(Text {
+                context: &candidate.context,
+                continuation: &candidate.continuation,
+                picture,
+            });
+        }
+        shapes.push(item.candidates.len());
+    }
+    let visual = pictures.tokens.as_ref().map_or(0, |t| t.size()[1] as usize);
+    let window = model.lm().config.context as usize;
+    let requests = score::requests(&model.tokenizer, &texts, window, visual)?;
+    let scorer = Scorer {
+        lm: model.lm(),
+        batch_size,
+    };
+    let mut flat = scorer
+        .score(&requests, pictures.tokens.as_ref())
+        .into_iter();
+    let scores = shapes
+        .iter()
+        .map(|&n| flat.by_ref().take(n).collect())
+        .collect();
+    Ok(FileResult::new(&file.name, file.format, scores, &unusable))
+}
+
+/// Every benchmark of the spec's `evaluation`, found and read.
+async fn find_benchmarks(ctx: &TaskContext) -> Result<(Vec<Benchmark>, Ignored), WorkerError> {
+    let spec = &ctx.assignment.spec;
+    let evaluation = spec
+        .evaluation
+        .as_ref()
+        .ok_or_else(|| WorkerError::Config("an eval step needs `evaluation`".into()))?;
+    let (mut found, mut ignored) = (Vec::new(), Vec::new());
+    for source in &evaluation.benchmarks {
+        let root = match (&source.path, &source.data) {
+            (Some(path), _) => Location::open(path)?,
+            (None, Some(name)) => {
+                let book = data::source(spec, name)?;
+                data::source_root(spec, book)
+                    .await?
+                    .join(crate::world::EVAL_FOLDER)
+            }
+            (None, None) => continue,
+        };
+        let images = source.images.as_deref().map(Location::open).transpose()?;
+        let (benchmarks, skipped) =
+            benchmarks::discover(&root, images.as_ref(), source.limit).await?;
+        found.extend(benchmarks);
+        ignored.extend(skipped);
+    }
+    Ok((found, ignored))
+}
+
+/// Precomputed features of every `image_features` source, for feature encoders.
+async fn visual_inputs(
+    ctx: &TaskContext,
+    vision: Option<&VisionSpec>,
+) -> Result<VisualInputs, WorkerError> {
+    if vision.is_none_or(|v| v.encoder != VisionEncoder::Features) {
+        return Ok(VisualInputs::pixels());
+    }
+    let spec = &ctx.assignment.spec;
+    let mut features = BTreeMap::new();
+    for source in spec
+        .data
+        .iter()
+        .filter(|d| d.kind == DataKind::ImageFeatures)
+    {
+        let location = data::source_root(spec, source).await?;
+        features.extend(loaders::features(&location).await?);
+    }
+    Ok(VisualInputs::with_features(features))
+}
+
+/// The eval step: scores the evaluated phase's final checkpoint, writes the results
+/// beside the job's phases and answers their summary as the task's scores.
+pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
+    let started = Instant::now();
+    let url = ctx
+        .assignment
+        .previous_checkpoint
+        .clone()
+        .ok_or_else(|| WorkerError::Config("the evaluated phase left no checkpoint".into()))?;
+    let loaded = ctx
+        .runtime
+        .block_on(checkpoint::load(&Location::open(&url)?))?;
+    let model = EvalModel::from_checkpoint(&loaded, ctx.device)?;
+    let batch_size = ctx
+        .assignment
+        .spec
+        .evaluation
+        .as_ref()
+        .map_or(1, |e| e.batch_size) as usize;
+    let (benchmarks, ignored) = ctx.runtime.block_on(find_benchmarks(ctx))?;
+    let inputs = ctx.runtime.block_on(visual_inputs(ctx, model.vision()))?;
+    let total: usize = benchmarks
+        .iter()
+        .flat_map(|b| &b.files)
+        .map(|f| f.items.len())
+        .sum();
+    let mut metrics = Metrics {
+        total_steps: total as u64,
+        ..Metrics::default()
+    };
+    let mut scored = Vec::new();
+    for benchmark in &benchmarks {
+        ctx.check_stop()?;
+        let pictures = ctx
+            .runtime
+            .block_on(Pictures::read(&model, benchmark, &inputs))?;
+        let result = score_benchmark(&model, benchmark, &pictures, batch_size)?;
+        tracing::info!(benchmark = %result.name, accuracy = ?result.accuracy, items = result.items, skipped = ?result.skipped, "benchmark scored");
+        metrics.step += benchmark
+            .files
+            .iter()
+            .map(|f| f.items.len() as u64)
+            .sum::<u64>();
+        ctx.report(metrics, None, None);
+        scored.push(result);
+    }
+    let results = EvalResults {
+        job: ctx.assignment.job_id.clone(),
+        phase: loaded.manifest.phase.clone(),
+        checkpoint: url,
+        step: loaded.manifest.step,
+        seconds: started.elapsed().as_secs_f64(),
+        benchmarks: scored,
+        ignored,
+    };
+    let place = fit::phase_root(ctx)?.join("results.json");
+    let json = serde_json::to_vec_pretty(&results).map_err(|e| WorkerError::Data(e.to_string()))?;
+    ctx.runtime.block_on(place.put(json))?;
+    Ok(TaskOutput {
+        output: place.url().to_string(),
+        metrics,
+        scores: results.summary(),
+    })
+}
