@@ -14,6 +14,7 @@
 //! - [`storage`]: storage URLs opened through `object_store`.
 //! - [`telemetry`]: tracing set-up for every binary.
 //! - [`view`]: tables and summaries the CLI prints.
+//! - [`report`]: `outloud report`: benchmarks x phases beside the BabyLM baselines.
 //! - [`bench`]: the control-plane benchmark (simulated workers over gRPC).
 //! - [`cli`]: the `outloud` commands, including `outloud local`.
 
@@ -23,6 +24,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod metrics;
+pub mod report;
 pub mod scheduler;
 pub mod server;
 pub mod spec;

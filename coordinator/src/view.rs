@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::scheduler::{Job, Metrics, RunState, Worker};
+use crate::scheduler::{Job, Metrics, Phase, RunState, Worker};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseSummary {
@@ -49,12 +49,13 @@ impl JobSummary {
 pub fn job_json(job: &Job) -> serde_json::Value {
     // Serializing our own domain types cannot fail.
     let mut value = serde_json::to_value(job).expect("jobs serialize to JSON");
-    let phases = job.phases.iter().zip(&job.spec.phases);
-    for ((phase, spec), json) in phases.zip(value["phases"].as_array_mut().into_iter().flatten()) {
+    let phases = value["phases"].as_array_mut().into_iter().flatten();
+    for (phase, json) in job.phases.iter().zip(phases) {
         json["metrics"] = serde_json::to_value(phase.metrics()).expect("metrics serialize");
         json["first_loss"] = serde_json::to_value(phase.first_loss()).expect("numbers serialize");
         json["scores"] = serde_json::to_value(phase.scores()).expect("numbers serialize");
-        json["planned_words"] = serde_json::to_value(spec.words).expect("numbers serialize");
+        json["planned_words"] =
+            serde_json::to_value(planned_words(job, phase)).expect("numbers serialize");
     }
     value
 }
@@ -69,9 +70,9 @@ pub fn job_table(job: &Job) -> String {
         "{:<16} {:<10} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
         "PHASE", "STATE", "STEP", "FIRST LOSS", "LOSS", "TOKENS", "WORDS USED/PLANNED"
     );
-    for (phase, planned) in job.phases.iter().zip(&job.spec.phases) {
+    for phase in &job.phases {
         let m = phase.metrics();
-        let planned = planned.words.map(|w| w.to_string()).unwrap_or("-".into());
+        let planned = planned_words(job, phase).map_or("-".into(), |w| w.to_string());
         let first = phase
             .first_loss()
             .map(|l| format!("{l:.3}"))
@@ -88,7 +89,11 @@ pub fn job_table(job: &Job) -> String {
         );
     }
     for phase in &job.phases {
-        let scores = phase.scores();
+        let mut scores = phase.scores();
+        if phase.evaluation {
+            // Benchmarks only; `outloud report` has the paradigms.
+            scores.retain(|name, _| !name.contains('/') && !name.contains(':'));
+        }
         if !scores.is_empty() {
             let shown: Vec<String> = scores.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
             out += &format!("{} scores: {}\n", phase.name, shown.join(", "));
@@ -100,6 +105,12 @@ pub fn job_table(job: &Job) -> String {
         job.spec.word_budget
     );
     out
+}
+
+/// Words a training phase plans to consume (eval steps consume none).
+fn planned_words(job: &Job, phase: &Phase) -> Option<u64> {
+    let spec = job.spec.phases.get(phase.spec_phase as usize)?;
+    spec.words.filter(|_| !phase.evaluation)
 }
 
 pub fn jobs_table(jobs: &[JobSummary]) -> String {

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use outloud_proto::v1 as pb;
 
 use crate::client::Connection;
+use crate::report::Report;
 use crate::scheduler::{Job, RunState, Worker};
 use crate::view::{self, JobSummary};
 use crate::{admission, auth, server};
@@ -85,6 +86,19 @@ pub enum Command {
     },
     /// Cancel a job.
     Cancel { job: String },
+    /// Evaluation results: benchmarks x phases beside the BabyLM baselines; also
+    /// writes a self-contained HTML report with a plot.
+    Report {
+        job: String,
+        /// A row per paradigm / file under each benchmark.
+        #[arg(long)]
+        detail: bool,
+        #[arg(long)]
+        json: bool,
+        /// Where the HTML report goes (default: `<job>-report.html` here).
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
     /// Run a job on a cluster started on this machine: a coordinator and N workers.
     Local {
         file: PathBuf,
@@ -195,6 +209,25 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", view::workers_table(&workers));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report {
+            job,
+            detail,
+            json,
+            html,
+        } => {
+            let job = get_job(&connect().await?, &job).await?;
+            let report = Report::of(&job);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table(detail));
+            }
+            let html = html.unwrap_or_else(|| PathBuf::from(format!("{}-report.html", job.id)));
+            std::fs::write(&html, report.html())
+                .with_context(|| format!("writing {}", html.display()))?;
+            eprintln!("HTML report: {}", html.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { job } => {

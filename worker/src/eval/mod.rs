@@ -337,3 +337,6 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         scores: results.summary(),
     })
 }
+
+#[cfg(test)]
+mod tests;

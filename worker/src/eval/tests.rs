@@ -1,0 +1,266 @@
+//! The evaluation against the BabyLM slices in ../shared/data/eval: discovery, item
+//! counts, the harness's tokenization, and batching that changes no score.
+
+use std::path::PathBuf;
+
+use tch::{Device, Tensor, nn};
+
+use super::benchmarks::{self, Format};
+use super::score::{self, Request, Scorer, Text};
+use crate::model::{Gpt, test_config};
+use crate::tokenizer::Tokenizer;
+use crate::vision::VitConfig;
+use crate::vlm::{VisionConfig, Vlm};
+use outloud_coordinator::storage::Location;
+
+fn shared_eval() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/eval")
+}
+
+fn location(path: &std::path::Path) -> Location {
+    let path = path.canonicalize().unwrap();
+    Location::open(url::Url::from_directory_path(path).unwrap().as_str()).unwrap()
+}
+
+fn tokenizer() -> Tokenizer {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/babylm-text/train/simple_wiki.train"),
+    )
+    .unwrap();
+    let docs = vec![text.chars().take(200_000).collect()];
+    Tokenizer::train(&docs, 300).unwrap()
+}
+
+fn lines(path: PathBuf) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+#[tokio::test]
+async fn every_file_of_the_babylm_slices_is_found_and_every_item_read() {
+    let root = shared_eval();
+    let (found, ignored) = benchmarks::discover(&location(&root), None, None)
+        .await
+        .unwrap();
+    assert!(ignored.is_empty(), "{ignored:?}");
+    let names: Vec<(&str, usize)> = found
+        .iter()
+        .map(|b| (b.name.as_str(), b.files.len()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("blimp", 12),
+            ("ewok", 2),
+            ("blimp_supplement", 5),
+            ("winoground", 1)
+        ]
+    );
+    for benchmark in &found {
+        let folder = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                outloud_coordinator::spec::benchmark_name(p.file_name().unwrap().to_str().unwrap())
+                    == benchmark.name
+            })
+            .unwrap();
+        for file in &benchmark.files {
+            let expected = lines(folder.join(format!("{}.jsonl", file.name)));
+            assert_eq!(file.items.len(), expected, "{}", file.name);
+            assert!(file.unusable.is_empty(), "{:?}", file.unusable);
+        }
+    }
+    let ewok = &found[1].files[0];
+    assert_eq!(ewok.format, Format::Ewok);
+    let first = &ewok.items[0].candidates;
+    assert_eq!(first[0].context, first[1].context);
+    assert_ne!(first[0].continuation, first[1].continuation);
+    // No pictures given: Winoground is scored text-only.
+    assert!(
+        found[3].files[0]
+            .items
+            .iter()
+            .all(|i| i.candidates.iter().all(|c| c.image.is_none()))
+    );
+    let blimp = &found[0].files[0].items[0].candidates;
+    assert_eq!((blimp[0].context.as_str(), blimp.len()), ("", 2));
+}
+
+#[tokio::test]
+async fn a_limit_scores_the_first_items_only() {
+    let root = shared_eval().join("ewok_filtered");
+    let (found, _) = benchmarks::discover(&location(&root), None, Some(7))
+        .await
+        .unwrap();
+    assert_eq!(found[0].name, "ewok");
+    assert!(found[0].files.iter().all(|f| f.items.len() == 7));
+}
+
+#[test]
+fn candidates_are_tokenized_as_the_harness_does() {
+    let tokenizer = tokenizer();
+    let bos = i64::from(tokenizer.end_of_text());
+    let encode = |t: &str| -> Vec<i64> {
+        tokenizer
+            .encode(t)
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect()
+    };
+    let texts = [
+        Text {
+            context: "",
+            continuation: " The cat sleeps.",
+            picture: None,
+        },
+        Text {
+            context: "Ali talks a lot. ",
+            continuation: "Ali is boastful.",
+            picture: None,
+        },
+        Text {
+            context: "Question: what is it? Answer:",
+            continuation: " a cat",
+            picture: Some(0),
+        },
+    ];
+    let requests = score::requests(&tokenizer, &texts, 64, 4).unwrap();
+    // Empty context: BOS, then the continuation alone.
+    let alone = encode(" The cat sleeps.");
+    assert_eq!(requests[0].tokens[0], bos);
+    assert_eq!(&requests[0].tokens[1..], alone.as_slice());
+    assert_eq!(requests[0].continuation, alone.len());
+    // The context's trailing space moves to the continuation; the continuation's
+    // tokens are the whole's after the context's.
+    let whole = encode("Ali talks a lot. Ali is boastful.");
+    let context = encode("Ali talks a lot.");
+    assert_eq!(requests[1].tokens, whole);
+    assert_eq!(requests[1].continuation, whole.len() - context.len());
+    // After a picture the text starts with BOS.
+    assert_eq!(requests[2].tokens[0], bos);
+    // Too long: the oldest tokens go, the window (less the visual tokens) is kept.
+    let long = " the cat".repeat(100);
+    let cut = score::requests(
+        &tokenizer,
+        &[Text {
+            context: "",
+            continuation: &long,
+            picture: Some(0),
+        }],
+        64,
+        4,
+    )
+    .unwrap();
+    assert_eq!(cut[0].tokens.len(), 61);
+    assert_eq!(cut[0].continuation, 60);
+}
+
+fn blimp_requests(tokenizer: &Tokenizer, n: usize) -> Vec<Request> {
+    let file = shared_eval().join("blimp_filtered/anaphor_gender_agreement.jsonl");
+    let text = std::fs::read_to_string(file).unwrap();
+    let pairs: Vec<serde_json::Value> = text
+        .lines()
+        .take(n)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let sentences: Vec<String> = pairs
+        .iter()
+        .flat_map(|p| {
+            [
+                format!(" {}", p["sentence_good"].as_str().unwrap()),
+                format!(" {}", p["sentence_bad"].as_str().unwrap()),
+            ]
+        })
+        .collect();
+    let texts: Vec<Text> = sentences
+        .iter()
+        .map(|s| Text {
+            context: "",
+            continuation: s,
+            picture: None,
+        })
+        .collect();
+    score::requests(tokenizer, &texts, 64, 0).unwrap()
+}
+
+#[test]
+fn batching_changes_no_score() {
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let lm = Gpt::new(&vs.root(), test_config(64));
+    let tokenizer = tokenizer();
+    let requests = blimp_requests(&tokenizer, 60);
+    let one = Scorer {
+        lm: &lm,
+        batch_size: 1,
+    }
+    .score(&requests, None);
+    let many = Scorer {
+        lm: &lm,
+        batch_size: 64,
+    }
+    .score(&requests, None);
+    let odd = Scorer {
+        lm: &lm,
+        batch_size: 7,
+    }
+    .score(&requests, None);
+    let worst = one
+        .iter()
+        .zip(&many)
+        .chain(one.iter().zip(&odd))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!("largest batched-unbatched difference: {worst:e}");
+    assert!(worst < 1e-4, "batched and unbatched differ by {worst}");
+    assert!(one.iter().all(|s| s.is_finite() && *s < 0.0));
+}
+
+#[test]
+fn batching_changes_no_score_after_a_picture() {
+    tch::manual_seed(4);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let vit = VitConfig {
+        image_size: 16,
+        patch_size: 8,
+        d_model: 32,
+        n_layers: 1,
+        n_heads: 4,
+    };
+    let vlm = Vlm::new(&vs.root(), test_config(64), VisionConfig::Vit(vit));
+    let tokenizer = tokenizer();
+    let pictures = Tensor::rand([3, 3, 16, 16], (tch::Kind::Float, Device::Cpu));
+    let visual = tch::no_grad(|| vlm.visual_tokens(&pictures));
+    let mut requests = blimp_requests(&tokenizer, 12);
+    for (i, r) in requests.iter_mut().enumerate() {
+        r.picture = (i % 4 != 0).then_some(i % 3);
+    }
+    let one = Scorer {
+        lm: &vlm.lm,
+        batch_size: 1,
+    }
+    .score(&requests, Some(&visual));
+    let many = Scorer {
+        lm: &vlm.lm,
+        batch_size: 16,
+    }
+    .score(&requests, Some(&visual));
+    for (a, b) in one.iter().zip(&many) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    // The picture matters: the same text scores differently after another picture.
+    let mut other = requests[1].clone();
+    other.picture = Some((requests[1].picture.unwrap() + 1) % 3);
+    let moved = Scorer {
+        lm: &vlm.lm,
+        batch_size: 1,
+    }
+    .score(&[requests[1].clone(), other], Some(&visual));
+    assert_ne!(moved[0], moved[1]);
+}
