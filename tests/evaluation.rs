@@ -1,0 +1,211 @@
+//! Zero-shot evaluation through real processes: a job trains phase 1 on BabyLM text
+//! and its eval step scores every item of the BabyLM slices in ../shared/data/eval;
+//! the scores agree with an independent PyTorch scorer; `outloud report` shows them.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// Every `.jsonl` under the BabyLM slices: (folder, file stem) -> items.
+fn slice_files() -> BTreeMap<(String, String), usize> {
+    let mut files = BTreeMap::new();
+    for folder in std::fs::read_dir(shared_data().join("eval")).unwrap() {
+        let folder = folder.unwrap().path();
+        for file in std::fs::read_dir(&folder).unwrap() {
+            let file = file.unwrap().path();
+            let folder_name = folder.file_name().unwrap().to_string_lossy().into_owned();
+            let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+            files.insert((folder_name, stem), lines(&file));
+        }
+    }
+    files
+}
+
+fn python() -> PathBuf {
+    std::env::var("OUTLOUD_VENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|_| PathBuf::from("python3"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_babylm_item_is_scored_after_the_phase_and_agrees_with_pytorch() {
+    let _one_at_a_time = exclusive().await;
+    let cluster = Cluster::start(10_000).await;
+    let _workers = cluster.workers(2);
+    let eval = shared_data().join("eval");
+    let yaml = format!(
+        "name: evaluated
+storage: {storage}
+data: [{{name: text, kind: text, path: {text}}}]
+model: {{preset: tiny}}
+evaluation:
+  benchmarks: [{{path: {eval}}}]
+  batch_size: 64
+phases:
+  - {{name: language, kind: language, data: [text], steps: 150, batch_size: 16, learning_rate: 0.003}}
+",
+        storage = cluster.storage().display(),
+        text = shared_data().join("babylm-text/train").display(),
+        eval = eval.display(),
+    );
+    let id = cluster.submit(&yaml).await;
+    let job = cluster.wait(&id, Duration::from_secs(600), finished).await;
+    assert_succeeded(&job);
+    let names: Vec<&str> = job.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["language", "language.eval"]);
+
+    // The results in storage: every file found, every item scored, accuracy as defined.
+    let results_path = cluster
+        .storage()
+        .join(format!("jobs/{id}/language.eval/results.json"));
+    let results: Value = serde_json::from_slice(&std::fs::read(&results_path).unwrap()).unwrap();
+    let expected = slice_files();
+    let mut seen = 0;
+    let scores = job.phases[1].scores();
+    for benchmark in results["benchmarks"].as_array().unwrap() {
+        let name = benchmark["name"].as_str().unwrap();
+        let mut accuracies = Vec::new();
+        for file in benchmark["files"].as_array().unwrap() {
+            let stem = file["name"].as_str().unwrap();
+            let (_, items) = expected
+                .iter()
+                .find(|((_, s), _)| s == stem)
+                .unwrap_or_else(|| panic!("{name}/{stem} is not in the slices"));
+            let item_scores = file["scores"].as_array().unwrap();
+            assert_eq!(
+                item_scores.len(),
+                *items,
+                "{name}/{stem}: every item scored"
+            );
+            let right = item_scores
+                .iter()
+                .filter(|s| {
+                    let s: Vec<f64> = s
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap())
+                        .collect();
+                    s.iter().all(|&other| s[0] >= other)
+                })
+                .count();
+            let accuracy = right as f64 / *items as f64;
+            assert!(
+                (file["accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-12,
+                "{name}/{stem}"
+            );
+            assert!((scores[&format!("{name}/{stem}")] - accuracy).abs() < 1e-12);
+            accuracies.push(accuracy);
+            seen += 1;
+        }
+        let macro_average = accuracies.iter().sum::<f64>() / accuracies.len() as f64;
+        assert!(
+            (scores[name] - macro_average).abs() < 1e-12,
+            "{name}: macro average"
+        );
+    }
+    assert_eq!(seen, expected.len(), "every file of the slices is scored");
+    for name in ["blimp", "blimp_supplement", "ewok", "winoground"] {
+        assert!(scores.contains_key(name), "{name} missing: {scores:?}");
+    }
+    eprintln!(
+        "accuracies: blimp {:.3} supplement {:.3} ewok {:.3} winoground {:.3}",
+        scores["blimp"], scores["blimp_supplement"], scores["ewok"], scores["winoground"]
+    );
+
+    // The same 50 pairs scored by PyTorch from the exported checkpoint and tokenizer.
+    let checkpoint = cluster.storage().join(format!("jobs/{id}/language/final"));
+    let paradigm = "anaphor_gender_agreement";
+    let file = eval.join(format!("blimp_filtered/{paradigm}.jsonl"));
+    let output = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/score_blimp.py"))
+        .args([checkpoint.as_os_str(), file.as_os_str()])
+        .args(["--pairs", "50"])
+        .output()
+        .expect("running scripts/score_blimp.py");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let theirs: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let theirs = theirs["scores"][0].as_array().unwrap();
+    let ours = results["benchmarks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["files"].as_array().unwrap())
+        .find(|f| f["name"] == paradigm)
+        .unwrap()["scores"]
+        .as_array()
+        .unwrap();
+    assert_eq!(theirs.len(), 50);
+    let mut worst: f64 = 0.0;
+    for (a, b) in ours.iter().zip(theirs) {
+        for k in 0..2 {
+            worst = worst.max((a[k].as_f64().unwrap() - b[k].as_f64().unwrap()).abs());
+        }
+    }
+    eprintln!("largest difference from PyTorch over 50 pairs: {worst:e}");
+    assert!(worst < 1e-4, "Outloud and PyTorch differ by {worst}");
+
+    // The report: a table with the baselines, paradigms with --detail, JSON, HTML.
+    let url = &cluster.coordinator.url;
+    let html = cluster.dir.path().join("report.html");
+    let html_arg = html.display().to_string();
+    let table = cli(
+        &["report", &id, "--coordinator", url, "--html", &html_arg],
+        None,
+    );
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success()
+            && text.contains("blimp_supplement")
+            && text.contains("65.2")
+            && text.contains("70.9"),
+        "{text}"
+    );
+    let detail = cli(
+        &[
+            "report",
+            &id,
+            "--detail",
+            "--coordinator",
+            url,
+            "--html",
+            &html_arg,
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&detail.stdout).contains(paradigm));
+    let json = cli(
+        &[
+            "report",
+            &id,
+            "--json",
+            "--coordinator",
+            url,
+            "--html",
+            &html_arg,
+        ],
+        None,
+    );
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["phases"], serde_json::json!(["language"]));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("winoground"));
+}
