@@ -1,6 +1,7 @@
 //! The curriculum end to end on the picture-book world, through real processes:
 //! phase 1 (language), phase 2 (captioning), phase 4 (question answering), each starting
-//! from the one before, each better than chance on held-out pictures.
+//! from the one before, each followed by an eval step on the world's held-out
+//! benchmarks, each better than chance on them.
 
 mod support;
 
@@ -45,6 +46,7 @@ data:
 model:
   preset: tiny
   vision: {{image_size: 32, patch_size: 8, d_model: 64, n_layers: 2, n_heads: 4}}
+evaluation: {{benchmarks: [{{data: book}}]}}
 phases:
   - {{name: language, kind: language, data: [book], steps: 200, batch_size: 16, words: 1000000}}
   - {{name: captions, kind: vision_language, data: [book, own], steps: 700, batch_size: 32, learning_rate: 0.002}}
@@ -57,21 +59,50 @@ phases:
     let job = cluster.wait(&id, Duration::from_secs(600), finished).await;
     assert_succeeded(&job);
 
-    let captions = job.phases[1].scores();
-    eprintln!("scores: {captions:?} {:?}", job.phases[2].scores());
+    let names: Vec<&str> = job.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "language",
+            "language.eval",
+            "captions",
+            "captions.eval",
+            "questions",
+            "questions.eval"
+        ]
+    );
+    let captions = job.phases[2].scores();
     assert_eq!(captions["images_skipped"], 2.0, "{captions:?}");
     assert!(
         captions["caption_accuracy"] > captions["caption_chance"] + 0.05,
         "{captions:?}"
     );
-    let questions = job.phases[2].scores();
-    assert!(
-        questions["vqa_accuracy"] > questions["vqa_chance"] + 0.1,
-        "{questions:?}"
+
+    // Every phase's effect shows in its eval step.
+    let (after_language, after_captions, after_questions) = (
+        job.phases[1].scores(),
+        job.phases[3].scores(),
+        job.phases[5].scores(),
     );
+    eprintln!(
+        "after language: {after_language:?}\nafter captions: {after_captions:?}\nafter questions: {after_questions:?}"
+    );
+    let beats = |scores: &std::collections::BTreeMap<String, f64>, name: &str, margin: f64| {
+        let (accuracy, chance) = (scores[name], scores[&format!("{name}:chance")]);
+        assert!(
+            accuracy > chance + margin,
+            "{name}: {accuracy} vs chance {chance}"
+        );
+    };
+    beats(&after_language, "world_grammar", 0.2);
+    // Without a vision path, questions about pictures are not scored at all.
+    assert!(!after_language.contains_key("world_vqa"));
+    beats(&after_captions, "world_picture_choice", 0.1);
+    beats(&after_questions, "world_vqa", 0.1);
+    assert!(after_questions.contains_key("world_winoground"));
 
     // Words are counted per phase and the planned ones stay within the budget.
-    for phase in &job.phases {
+    for phase in job.phases.iter().filter(|p| !p.evaluation) {
         assert!(phase.metrics().words > 0, "{} counted no words", phase.name);
     }
     assert!(job.phases[0].metrics().words <= 1_000_000 + 16 * 64);

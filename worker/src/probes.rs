@@ -1,25 +1,23 @@
-//! The picture-book world's held-out probes, run at the end of phases that see
-//! pictures: caption accuracy after phase 2, question answering after phase 4, each
-//! with its chance level beside it.
+//! The picture-book world's held-out generation probe, run at the end of phase 2:
+//! caption accuracy, with its chance level beside it. Greedy captions of held-out
+//! pictures are scored against the true scene ([`caption_score`]); chance is a true
+//! caption scored against another picture.
 //!
-//! - Caption accuracy: greedy captions of held-out pictures, scored against the true
-//!   scene ([`caption_score`]); chance is a true caption scored against another picture.
-//! - VQA accuracy: each choice (answer and distractors) is scored by the summed
-//!   log-likelihood of its tokens after the picture and question; the best one is the
-//!   model's answer. Chance is one over the number of choices.
+//! Multiple-choice probes (questions, picture choice, Winoground pairs, grammar) are the
+//! world's benchmarks, scored by the eval steps (`crate::eval`).
 
 use std::collections::BTreeMap;
 
 use outloud_coordinator::spec::{DataKind, PhaseKind};
 use serde::Deserialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::data;
 use crate::error::WorkerError;
 use crate::fit;
 use crate::generate::{Sampling, generate};
 use crate::loaders::{self, file_name};
-use crate::multimodal::{VisualInputs, answer_tokens, question_prompt};
+use crate::multimodal::VisualInputs;
 use crate::task::TaskContext;
 use crate::tokenizer::Tokenizer;
 use crate::vlm::Vlm;
@@ -81,25 +79,6 @@ pub fn after_phase(
             scores.insert("caption_accuracy".into(), accuracy);
             scores.insert("caption_chance".into(), chance);
         }
-        PhaseKind::Tasks => {
-            let (asked, _) = ctx
-                .runtime
-                .block_on(loaders::questions(&root.join("vqa/test.jsonl"), image_size))?;
-            let items: Vec<Choice> = asked
-                .into_iter()
-                .filter_map(|a| {
-                    Some(Choice {
-                        pixels: inputs.for_picture(&a.key, a.pixels)?,
-                        question: a.question,
-                        choices: std::iter::once(a.answer).chain(a.distractors).collect(),
-                    })
-                })
-                .collect();
-            let (accuracy, chance) = vqa_accuracy(model, tokenizer, &items, ctx.device)?;
-            tracing::info!(accuracy, chance, "vqa probe");
-            scores.insert("vqa_accuracy".into(), accuracy);
-            scores.insert("vqa_chance".into(), chance);
-        }
         _ => {}
     }
     Ok(scores)
@@ -148,84 +127,4 @@ pub fn caption_accuracy(
         .sum::<f64>()
         / n as f64;
     Ok((total / n as f64, chance, shown))
-}
-
-/// A multiple-choice question: the right answer first.
-pub struct Choice {
-    pub pixels: Tensor,
-    pub question: String,
-    pub choices: Vec<String>,
-}
-
-/// Fraction answered right, and the chance level.
-pub fn vqa_accuracy(
-    model: &Vlm,
-    tokenizer: &Tokenizer,
-    items: &[Choice],
-    device: Device,
-) -> Result<(f64, f64), WorkerError> {
-    if items.is_empty() {
-        return Ok((0.0, 0.0));
-    }
-    let (mut right, mut chance) = (0.0, 0.0);
-    for item in items {
-        let scores = choice_scores(model, tokenizer, item, device)?;
-        let best = scores
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i);
-        right += f64::from(best == Some(0));
-        chance += 1.0 / item.choices.len() as f64;
-    }
-    Ok((right / items.len() as f64, chance / items.len() as f64))
-}
-
-/// The summed log-likelihood of each choice's tokens after the picture and question.
-fn choice_scores(
-    model: &Vlm,
-    tokenizer: &Tokenizer,
-    item: &Choice,
-    device: Device,
-) -> Result<Vec<f64>, WorkerError> {
-    let prompt = question_prompt(tokenizer, &item.question)?;
-    let answers: Vec<Vec<i64>> = item
-        .choices
-        .iter()
-        .map(|c| answer_tokens(tokenizer, c))
-        .collect::<Result<_, _>>()?;
-    let longest = answers.iter().map(Vec::len).max().unwrap_or(0);
-    let (b, t) = (answers.len() as i64, (prompt.len() + longest) as i64);
-    let mut ids = Vec::new();
-    for answer in &answers {
-        ids.extend(
-            prompt
-                .iter()
-                .chain(answer)
-                .copied()
-                .chain(std::iter::repeat_n(prompt[0], longest - answer.len())),
-        );
-    }
-    let ids = Tensor::from_slice(&ids).view([b, t]).to_device(device);
-    let pixels = item
-        .pixels
-        .unsqueeze(0)
-        .expand([b, -1, -1, -1], false)
-        .to_device(device);
-    let log_probs = tch::no_grad(|| {
-        let logits = model.forward(&pixels, &ids);
-        let n = logits.size()[1] - t;
-        logits.narrow(1, n - 1, t).log_softmax(-1, Kind::Float) // position i predicts ids[i]
-    });
-    let picked = log_probs.gather(2, &ids.unsqueeze(2), false).squeeze_dim(2); // (B, T)
-    Ok(answers
-        .iter()
-        .enumerate()
-        .map(|(row, answer)| {
-            let taught = picked
-                .get(row as i64)
-                .narrow(0, prompt.len() as i64, answer.len() as i64);
-            taught.sum(Kind::Float).double_value(&[])
-        })
-        .collect())
 }

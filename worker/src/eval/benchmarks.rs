@@ -10,7 +10,7 @@
 //! | `Context1`, `Target1`, `Target2`         | EWoK            | Target1, Target2 after Context1 |
 //! | `caption_0`, `caption_1`                 | Winoground      | caption_0, caption_1 (given the picture when there is one) |
 //! | `question`, `distractors`, an answer     | VQA             | answer, distractors after "Question: ... Answer:" |
-//! | `text`, `images`                         | picture choice  | the text under each picture |
+//! | `text`, `images` (`template`)            | picture choice  | the text after each picture |
 //!
 //! Pictures are named by an `image` path (relative to the file), or looked up by id in
 //! an image folder (the spec's `images`, else `images/` beside the file): VQA's
@@ -24,6 +24,9 @@ use serde_json::Value;
 
 use crate::error::WorkerError;
 use crate::loaders::is_image;
+
+/// How picture-choice text is scored under each picture (DevBench's wording).
+pub const PICTURE_CHOICE_TEMPLATE: &str = "The caption for this image is: {text}.";
 
 /// What kind of multiple choice a file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -223,7 +226,7 @@ struct PictureIndex {
 async fn picture_index(file: &Location, images: Option<&Location>) -> PictureIndex {
     let folder = match images {
         Some(images) => images.clone(),
-        None => match file.beside("images/") {
+        None => match file.beside("images") {
             Ok(folder) => folder,
             Err(_) => return PictureIndex::default(),
         },
@@ -307,7 +310,9 @@ fn parse_item(
         }
         Format::PictureChoice => {
             let text = field(record, "text")?;
-            let sentence = format!("The caption for this image is: {text}.");
+            // DevBench's prompt, unless the file names the one its model learned.
+            let template = field(record, "template").unwrap_or(PICTURE_CHOICE_TEMPLATE);
+            let sentence = template.replace("{text}", text);
             strings(record, "images")?
                 .iter()
                 .map(|path| {

@@ -129,10 +129,11 @@ impl Pictures {
             .collect();
         let mut encoder_inputs = Vec::new();
         for url in urls {
-            let pixels = match Location::open(url)?.get().await {
-                Ok(bytes) => loaders::decode(&bytes, vision.image_size),
+            let bytes = match Location::open(url) {
+                Ok(location) => location.get().await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
+            let pixels = bytes.and_then(|b| loaders::decode(&b, vision.image_size));
             match pixels.map(|p| inputs.for_picture(url, p)) {
                 Ok(Some(input)) => {
                     pictures.rows.insert(url.to_string(), encoder_inputs.len());

@@ -264,3 +264,49 @@ fn batching_changes_no_score_after_a_picture() {
     .score(&[requests[1].clone(), other], Some(&visual));
     assert_ne!(moved[0], moved[1]);
 }
+
+#[tokio::test]
+async fn babylm_vqa_and_winoground_find_their_pictures_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let vqa = dir.path().join("vqa_filtered");
+    std::fs::create_dir_all(vqa.join("images")).unwrap();
+    std::fs::write(vqa.join("images/COCO_val2014_000000262148.png"), b"png").unwrap();
+    let items = serde_json::json!([
+        {"question_id": 1, "image_id": 262148, "question": "What is it?", "target_ans": "a dog", "distractors": ["a cat", "a car"]},
+        {"question_id": 2, "image_id": 999, "question": "Where?", "target_ans": "here", "distractors": ["there"]},
+    ]);
+    std::fs::write(vqa.join("vqa_distractors_info.json"), items.to_string()).unwrap();
+    let wino = dir.path().join("winoground_filtered");
+    std::fs::create_dir_all(wino.join("images")).unwrap();
+    std::fs::write(wino.join("images/0_image_1.png"), b"png").unwrap();
+    let row = r#"{"caption_0": "a b", "caption_1": "b a", "image_idx": 0, "image_key": "image_1"}"#;
+    std::fs::write(wino.join("winoground.jsonl"), format!("{row}\n")).unwrap();
+
+    let (found, _) = benchmarks::discover(&location(dir.path()), None, None)
+        .await
+        .unwrap();
+    let vqa = found.iter().find(|b| b.name == "vqa").unwrap();
+    let file = &vqa.files[0];
+    assert_eq!(
+        (file.format, file.items.len(), file.unusable.len()),
+        (Format::Vqa, 1, 1)
+    );
+    let first = &file.items[0].candidates;
+    assert_eq!(first.len(), 3);
+    assert_eq!(first[0].context, "Question: What is it? Answer:");
+    assert_eq!(first[0].continuation, " a dog");
+    assert!(first.iter().all(|c| {
+        c.image
+            .as_deref()
+            .unwrap()
+            .ends_with("COCO_val2014_000000262148.png")
+    }));
+    let wino = found.iter().find(|b| b.name == "winoground").unwrap();
+    let pair = &wino.files[0].items[0].candidates;
+    assert!(pair.iter().all(|c| {
+        c.image
+            .as_deref()
+            .unwrap()
+            .ends_with("/images/0_image_1.png")
+    }));
+}

@@ -6,6 +6,7 @@
 //! eval/world_winoground/winoground.jsonl + images/{idx}_image_{k}.png   colour swaps
 //! eval/world_vqa/vqa.jsonl                         questions about held-out pictures
 //! eval/world_picture_choice/picture_choice.jsonl   a caption and four pictures
+//!                                                  (scored as captions are taught)
 //! ```
 //!
 //! Everything comes from the held-out test pictures, never from training pictures.
@@ -91,11 +92,11 @@ impl World {
         let n = self.test.len();
         let choices: Vec<Value> = (0..n)
             .map(|i| {
-                let text = self.test[i].caption.trim_end_matches(['.', '!']);
                 let images: Vec<String> = (0..PICTURE_CHOICES.min(n))
                     .map(|k| test_picture(&self.test[(i + k) % n]))
                     .collect();
-                json!({"text": text, "images": images})
+                // The caption as phase 2 teaches it, not under DevBench's prompt.
+                json!({"text": self.test[i].caption, "images": images, "template": "{text}"})
             })
             .collect();
         eval.join("world_picture_choice/picture_choice.jsonl")
