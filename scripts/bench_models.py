@@ -1,5 +1,5 @@
 """Runs outloud-model-bench and the PyTorch script side by side, in one run, and
-writes the ratios to benchmarks/<what>.md. Usage: bench_models.py train|decode BIN."""
+writes the ratios to benchmarks/<what>.md. Usage: bench_models.py train|decode|eval BIN."""
 import datetime
 import json
 import os
@@ -13,7 +13,11 @@ PRESETS = {
 }
 REPEATS = {"tiny": "30", "small": "8"}
 # Training batches fit each size; captions are decoded 16 at a time whatever the size.
-BATCH = {("train", "tiny"): "16", ("train", "small"): "8", ("decode", "tiny"): "16", ("decode", "small"): "16"}
+BATCH = {("train", "tiny"): "16", ("train", "small"): "8", ("decode", "tiny"): "16", ("decode", "small"): "16",
+         ("eval", "tiny"): "128", ("eval", "small"): "128"}
+# BLiMP pairs per paradigm file scored in the eval benchmark (all for tiny).
+EVAL_LIMIT = {"tiny": None, "small": 100}
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 
 
 ROUNDS = 3
@@ -21,7 +25,7 @@ ROUNDS = 3
 
 def median_round(rounds):
     """The round whose first measurement is the median one."""
-    key = "tokens_per_s" if "tokens_per_s" in rounds[0][0] else "captions_per_s"
+    key = next(k for k in ("tokens_per_s", "captions_per_s", "pairs_per_s") if k in rounds[0][0])
     return sorted(rounds, key=lambda r: r[0][key])[len(rounds) // 2]
 
 
@@ -42,6 +46,23 @@ def machine():
     return f"{os.cpu_count()} cores, {cpu}"
 
 
+def eval_round(binary, args, name):
+    """One round of the eval benchmark: ours writes the checkpoint PyTorch then scores from."""
+    import tempfile
+    blimp = os.path.join(SHARED, "eval", "blimp_filtered")
+    text = os.path.join(SHARED, "babylm-text", "train", "simple_wiki.train")
+    limit = EVAL_LIMIT[name]
+    with tempfile.TemporaryDirectory() as checkpoint:
+        extra = ["--limit", str(limit)] if limit else []
+        ours = run([binary] + args + ["eval", "--blimp", blimp, "--text", text, "--checkpoint", checkpoint] + extra)
+        files = sorted(os.path.join(blimp, f) for f in os.listdir(blimp) if f.endswith(".jsonl"))
+        batch = args[args.index("--batch") + 1]
+        script = os.path.join(os.path.dirname(__file__), "score_blimp.py")
+        theirs = run([sys.executable, script, checkpoint] + files + ["--batch", batch, "--time"]
+                     + (["--pairs", str(limit)] if limit else []))
+    return ours, theirs
+
+
 def main():
     what, binary = sys.argv[1], sys.argv[2]
     device = sys.argv[3] if len(sys.argv) > 3 else "cpu"
@@ -54,6 +75,11 @@ def main():
         # neighbour then hurts both alike.
         ours, theirs = [], []
         for _ in range(ROUNDS):
+            if what == "eval":
+                o, t = eval_round(binary, args, name)
+                ours.append(o)
+                theirs.append(t)
+                continue
             ours.append(run([binary] + args + [what]))
             theirs.append(run([sys.executable, torch_script, what] + args))
         rows.append((name, median_round(ours), median_round(theirs)))

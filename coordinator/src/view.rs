@@ -73,17 +73,18 @@ pub fn job_table(job: &Job) -> String {
     for phase in &job.phases {
         let m = phase.metrics();
         let planned = planned_words(job, phase).map_or("-".into(), |w| w.to_string());
-        let first = phase
-            .first_loss()
-            .map(|l| format!("{l:.3}"))
-            .unwrap_or("-".into());
+        // Eval steps count items scored, not optimizer steps; they have no loss.
+        let loss = |l: Option<f64>| match l {
+            Some(l) if !phase.evaluation => format!("{l:.3}"),
+            _ => "-".into(),
+        };
         out += &format!(
-            "{:<16} {:<10} {:>13} {:>10} {:>10.3} {:>12} {:>22}\n",
+            "{:<16} {:<10} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
             phase.name,
             phase.state.to_string(),
             format!("{}/{}", m.step, m.total_steps),
-            first,
-            m.loss,
+            loss(phase.first_loss()),
+            loss(Some(m.loss)),
             m.tokens,
             format!("{}/{planned}", m.words)
         );

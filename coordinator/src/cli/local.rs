@@ -11,6 +11,7 @@ use outloud_proto::v1 as pb;
 use tokio::process::{Child, Command};
 
 use crate::client::Connection;
+use crate::report::Report;
 use crate::scheduler::{RunState, TaskState};
 use crate::server::{self, ServerConfig};
 use crate::view;
@@ -132,8 +133,15 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
                 println!("{} output: {output}", phase.name);
             }
         }
-        if let (Some(first), m) = (phase.first_loss(), phase.metrics()) {
-            let took = phase_seconds(&job, &phase.name);
+        let (took, m) = (phase_seconds(&job, &phase.name), phase.metrics());
+        if phase.evaluation {
+            println!(
+                "{}: {} items scored in {took:.1} s ({:.0}/s)",
+                phase.name,
+                m.step,
+                m.step as f64 / took.max(1e-3)
+            );
+        } else if let Some(first) = phase.first_loss() {
             println!(
                 "{}: loss {first:.3} -> {:.3} over {} steps in {took:.1} s; {} tokens ({:.0}/s), {} words",
                 phase.name,
@@ -144,6 +152,13 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
                 m.words
             );
         }
+    }
+    let report = Report::of(&job);
+    if !report.benchmarks.is_empty() {
+        print!("\n{}", report.table(false));
+        let page = state_dir.join("report.html");
+        std::fs::write(&page, report.html())?;
+        println!("HTML report: {}", page.display());
     }
     Ok(if job.state == RunState::Succeeded {
         ExitCode::SUCCESS

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::client::Connection;
-use crate::scheduler::{Job, RunState};
+use crate::scheduler::{Job, Phase, RunState};
 
 const POLL: Duration = Duration::from_millis(300);
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
@@ -52,10 +52,10 @@ impl View {
                         states.insert(phase.name.clone(), phase.state) != Some(phase.state);
                     if changed || (phase.state == RunState::Running && last.elapsed() > PLAIN_EVERY)
                     {
-                        let progress = if m.total_steps > 0 {
-                            format!(" step {}/{} loss {:.3}", m.step, m.total_steps, m.loss)
-                        } else {
-                            String::new()
+                        let progress = match (m.total_steps, phase.evaluation) {
+                            (0, _) => String::new(),
+                            (_, true) => format!(" items {}/{}", m.step, m.total_steps),
+                            _ => format!(" step {}/{}{}", m.step, m.total_steps, loss(phase)),
                         };
                         eprintln!("{} {}: {}{progress}", job.id, phase.name, phase.state);
                         *last = Instant::now();
@@ -81,15 +81,20 @@ impl Bars {
             let m = phase.metrics();
             bar.set_length(m.total_steps.max(1));
             bar.set_position(m.step);
-            let loss = if m.total_steps > 0 {
-                format!(" loss {:.3}", m.loss)
-            } else {
-                String::new()
-            };
-            bar.set_message(format!("{}{loss}", phase.state));
+            bar.set_message(format!("{}{}", phase.state, loss(phase)));
             if phase.state.is_finished() && !bar.is_finished() {
                 bar.finish();
             }
         }
+    }
+}
+
+/// A training phase's last loss, once it has reported; nothing for eval steps.
+fn loss(phase: &Phase) -> String {
+    let m = phase.metrics();
+    if m.total_steps > 0 && !phase.evaluation {
+        format!(" loss {:.3}", m.loss)
+    } else {
+        String::new()
     }
 }

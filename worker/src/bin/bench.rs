@@ -5,13 +5,22 @@
 //!   AdamW) of the GPT, median over timed steps after warm-up.
 //! - `decode`: captions per second, 32 new tokens after a visual prefix, with the KV
 //!   cache and with full recomputation.
+//! - `eval`: BLiMP pairs scored per second by the eval step's own path (tokenize,
+//!   batch, summed log-likelihoods), from a checkpoint it writes for PyTorch to read.
 
 use std::time::Instant;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
+use outloud_coordinator::storage::Location;
+use outloud_worker::checkpoint::{self, Manifest, ToSave};
+use outloud_worker::eval::benchmarks::discover;
+use outloud_worker::eval::{EvalModel, Pictures, score_benchmark};
 use outloud_worker::generate::{Sampling, generate, generate_without_cache};
 use outloud_worker::model::{Gpt, GptConfig};
 use outloud_worker::optim::AdamW;
+use outloud_worker::tokenizer::Tokenizer;
 use serde_json::json;
 use tch::{Device, Kind, Tensor, nn};
 
@@ -46,6 +55,20 @@ struct Args {
 #[derive(Subcommand)]
 enum What {
     Train,
+    Eval {
+        /// A folder of BLiMP-style JSONL files (sentence_good, sentence_bad).
+        #[arg(long)]
+        blimp: PathBuf,
+        /// Text the tokenizer is trained on (vocabulary `--vocab-size`).
+        #[arg(long)]
+        text: PathBuf,
+        /// Where the (randomly initialised) checkpoint is written.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Pairs per file at most.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     Decode {
         /// Visual tokens before the prompt.
         #[arg(long, default_value_t = 16)]
@@ -124,6 +147,71 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "{}",
                 json!({"impl": "outloud (tch)", "what": "train", "params": params, "threads": threads, "step_ms": step * 1e3, "tokens_per_s": tokens / step, "tflops": flops / step / 1e12})
+            );
+        }
+        What::Eval {
+            blimp,
+            text,
+            checkpoint,
+            limit,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let text: String = std::fs::read_to_string(text)?
+                .chars()
+                .take(2_000_000)
+                .collect();
+            let tokenizer = Tokenizer::train(&[text], args.vocab_size)?;
+            let folder = |path: &std::path::Path| -> anyhow::Result<Location> {
+                std::fs::create_dir_all(path)?;
+                let url = url::Url::from_directory_path(path.canonicalize()?)
+                    .map_err(|_| anyhow::anyhow!("bad path {}", path.display()))?;
+                Ok(Location::open(url.as_str())?)
+            };
+            let manifest = Manifest {
+                format: String::new(),
+                job: "bench".into(),
+                phase: "bench".into(),
+                step: 0,
+                total_steps: 0,
+                model: config,
+                vision: None,
+                loss: 0.0,
+                tokens: 0,
+                words: 0,
+                files: Default::default(),
+            };
+            let weights = vs.variables().into_iter().collect();
+            let saved = folder(&checkpoint)?;
+            let pieces = ToSave {
+                weights,
+                optimizer: None,
+                tokenizer: &tokenizer.to_json()?,
+            };
+            runtime.block_on(checkpoint::save(&saved, pieces, manifest))?;
+            let loaded = runtime.block_on(checkpoint::load(&saved))?;
+            let scorer = EvalModel::from_checkpoint(&loaded, device)?;
+            let (found, _) = runtime.block_on(discover(&folder(&blimp)?, None, limit))?;
+            let pictures = Pictures::default();
+            let mut times = Vec::new();
+            let mut pairs = 0;
+            for i in 0..args.repeats.min(5) + 1 {
+                sync(device);
+                let started = Instant::now();
+                pairs = 0;
+                for benchmark in &found {
+                    let result =
+                        score_benchmark(&scorer, benchmark, &pictures, args.batch as usize)?;
+                    pairs += result.items;
+                }
+                sync(device);
+                if i >= 1 {
+                    times.push(started.elapsed().as_secs_f64());
+                }
+            }
+            let seconds = median(times);
+            println!(
+                "{}",
+                json!({"impl": "outloud (tch)", "what": "eval", "params": params, "threads": threads, "batch": args.batch, "pairs": pairs, "pairs_per_s": pairs as f64 / seconds})
             );
         }
         What::Decode { prefix, new_tokens } => {
