@@ -90,6 +90,15 @@ def main():
         for name, ours, theirs in rows:
             o, t = ours[0], theirs[0]
             lines.append(f"| {name} | {o['params']:,} | {o['tokens_per_s']:,.0f} | {t['tokens_per_s']:,.0f} | {o['tokens_per_s'] / t['tokens_per_s']:.2f} | {o['tflops']:.3f} |")
+    elif what == "eval":
+        lines += ["| preset | params | BLiMP pairs | outloud (tch) pairs/s | PyTorch eager pairs/s | ratio |", "|---|---:|---:|---:|---:|---:|"]
+        for name, ours, theirs in rows:
+            o, t = ours[0], theirs[0]
+            lines.append(f"| {name} | {o['params']:,} | {o['pairs']:,} | {o['pairs_per_s']:,.0f} | {t['pairs_per_s']:,.0f} | {o['pairs_per_s'] / t['pairs_per_s']:.2f} |")
+        lines += ["", "Zero-shot BLiMP scoring (../shared/data/eval/blimp_filtered; the small preset on the first 100 pairs of each paradigm): "
+                  "tokenize, sort by length, 128 sequences per forward pass, summed log-likelihoods, from a checkpoint the Rust side writes and "
+                  "scripts/score_blimp.py reads. Outloud times the eval step's own code path (discovery excluded, tokenization included); "
+                  "PyTorch times its tokenization and scoring of the same pairs with the same tokenizer and weights. Target: 2,000 pairs/s for tiny."]
     else:
         lines += ["| preset | KV cache captions/s | recompute captions/s | cache speed-up | PyTorch eager (KV cache) captions/s | ratio to PyTorch |", "|---|---:|---:|---:|---:|---:|"]
         for name, ours, theirs in rows:

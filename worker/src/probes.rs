@@ -49,38 +49,33 @@ pub fn after_phase(
         .iter()
         .filter_map(|n| data::source(spec, n).ok())
         .find(|s| s.kind == DataKind::PictureBook);
-    let Some(book) = book else { return Ok(scores) };
+    let Some(book) = book.filter(|_| phase.kind == PhaseKind::VisionLanguage) else {
+        return Ok(scores);
+    };
     let root = ctx.runtime.block_on(data::source_root(spec, book))?;
-    match phase.kind {
-        PhaseKind::VisionLanguage => {
-            let (pairs, _) = ctx.runtime.block_on(loaders::captioned(
-                &root.join("captions/test.jsonl"),
-                image_size,
-            ))?;
-            let truth = String::from_utf8_lossy(
-                &ctx.runtime.block_on(root.join("truth/test.jsonl").get())?,
-            )
+    let (pairs, _) = ctx.runtime.block_on(loaders::captioned(
+        &root.join("captions/test.jsonl"),
+        image_size,
+    ))?;
+    let truth =
+        String::from_utf8_lossy(&ctx.runtime.block_on(root.join("truth/test.jsonl").get())?)
             .into_owned();
-            let scenes: BTreeMap<String, Scene> = truth
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Truth>(l).ok())
-                .map(|t| (file_name(&t.image).to_string(), t.scene))
-                .collect();
-            let pictures: Vec<(Tensor, Scene, String)> = pairs
-                .into_iter()
-                .filter_map(|p| {
-                    let scene = scenes.get(file_name(&p.key))?.clone();
-                    Some((inputs.for_picture(&p.key, p.pixels)?, scene, p.caption))
-                })
-                .collect();
-            let (accuracy, chance, examples) =
-                caption_accuracy(model, tokenizer, &pictures, ctx.device)?;
-            tracing::info!(accuracy, chance, sample = %examples.first().cloned().unwrap_or_default(), "caption probe");
-            scores.insert("caption_accuracy".into(), accuracy);
-            scores.insert("caption_chance".into(), chance);
-        }
-        _ => {}
-    }
+    let scenes: BTreeMap<String, Scene> = truth
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Truth>(l).ok())
+        .map(|t| (file_name(&t.image).to_string(), t.scene))
+        .collect();
+    let pictures: Vec<(Tensor, Scene, String)> = pairs
+        .into_iter()
+        .filter_map(|p| {
+            let scene = scenes.get(file_name(&p.key))?.clone();
+            Some((inputs.for_picture(&p.key, p.pixels)?, scene, p.caption))
+        })
+        .collect();
+    let (accuracy, chance, examples) = caption_accuracy(model, tokenizer, &pictures, ctx.device)?;
+    tracing::info!(accuracy, chance, sample = %examples.first().cloned().unwrap_or_default(), "caption probe");
+    scores.insert("caption_accuracy".into(), accuracy);
+    scores.insert("caption_chance".into(), chance);
     Ok(scores)
 }
 

@@ -305,7 +305,7 @@ fn eval_steps_follow_their_phase_beside_the_next_one() {
     assert!(s.lease(&w, 1).unwrap().is_none());
     done(&mut s, &w, &one, 2);
     // The eval step and the next phase are ready together; both start from phase one's output.
-    let mut ready = vec![
+    let mut ready = [
         s.lease(&w, 3).unwrap().unwrap(),
         s.lease(&w, 3).unwrap().unwrap(),
     ];

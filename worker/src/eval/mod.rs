@@ -47,6 +47,8 @@ pub struct EvalModel {
     _vs: nn::VarStore,
 }
 
+// One per eval step: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Model {
     Text(Gpt),
     Seeing(Vlm, VisionSpec),
@@ -160,11 +162,39 @@ pub fn score_benchmark(
         let reason = "needs pictures; this checkpoint has no vision path".to_string();
         return Ok(BenchmarkResult::skipped(&benchmark.name, reason));
     }
+    // All files in one pool: batches stay full and similar lengths meet.
+    let prepared: Vec<Prepared> = benchmark
+        .files
+        .iter()
+        .map(|file| prepare(file, pictures, seeing))
+        .collect();
+    let texts: Vec<Text> = prepared
+        .iter()
+        .flat_map(|p| p.texts.iter().cloned())
+        .collect();
+    let visual = pictures.tokens.as_ref().map_or(0, |t| t.size()[1] as usize);
+    let window = model.lm().config.context as usize;
+    let requests = score::requests(&model.tokenizer, &texts, window, visual)?;
+    let scorer = Scorer {
+        lm: model.lm(),
+        batch_size,
+    };
+    let mut flat = scorer
+        .score(&requests, pictures.tokens.as_ref())
+        .into_iter();
     let files = benchmark
         .files
         .iter()
-        .map(|file| score_file(model, file, pictures, batch_size))
-        .collect::<Result<Vec<_>, _>>()?;
+        .zip(&prepared)
+        .map(|(file, prepared)| {
+            let scores = prepared
+                .shapes
+                .iter()
+                .map(|&n| flat.by_ref().take(n).collect())
+                .collect();
+            FileResult::new(&file.name, file.format, scores, &prepared.unusable)
+        })
+        .collect();
     let with_pictures = seeing && !pictures.rows.is_empty();
     Ok(BenchmarkResult::scored(
         &benchmark.name,
@@ -173,16 +203,20 @@ pub fn score_benchmark(
     ))
 }
 
-fn score_file(
-    model: &EvalModel,
-    file: &BenchmarkFile,
-    pictures: &Pictures,
-    batch_size: usize,
-) -> Result<FileResult, WorkerError> {
-    let seeing = model.vision().is_some();
-    let mut unusable = file.unusable.clone();
-    let mut texts = Vec::new();
-    let mut shapes = Vec::new();
+/// A file's candidates as texts to score, how many each usable item has, and the items
+/// left out.
+struct Prepared<'a> {
+    texts: Vec<Text<'a>>,
+    shapes: Vec<usize>,
+    unusable: Vec<String>,
+}
+
+fn prepare<'a>(file: &'a BenchmarkFile, pictures: &Pictures, seeing: bool) -> Prepared<'a> {
+    let mut prepared = Prepared {
+        texts: Vec::new(),
+        shapes: Vec::new(),
+        unusable: file.unusable.clone(),
+    };
     for (i, item) in file.items.iter().enumerate() {
         let wanted = seeing && item.candidates.iter().any(|c| c.image.is_some());
         let rows: Option<Vec<Option<usize>>> = if wanted {
@@ -196,33 +230,20 @@ fn score_file(
             Some(vec![None; item.candidates.len()])
         };
         let Some(rows) = rows else {
-            unusable.push(format!("item {}: its picture could not be read", i + 1));
+            let reason = format!("item {}: its picture could not be read", i + 1);
+            prepared.unusable.push(reason);
             continue;
         };
         for (candidate, picture) in item.candidates.iter().zip(rows) {
-            texts.push(Text {
+            prepared.texts.push(Text {
                 context: &candidate.context,
                 continuation: &candidate.continuation,
                 picture,
             });
         }
-        shapes.push(item.candidates.len());
+        prepared.shapes.push(item.candidates.len());
     }
-    let visual = pictures.tokens.as_ref().map_or(0, |t| t.size()[1] as usize);
-    let window = model.lm().config.context as usize;
-    let requests = score::requests(&model.tokenizer, &texts, window, visual)?;
-    let scorer = Scorer {
-        lm: model.lm(),
-        batch_size,
-    };
-    let mut flat = scorer
-        .score(&requests, pictures.tokens.as_ref())
-        .into_iter();
-    let scores = shapes
-        .iter()
-        .map(|&n| flat.by_ref().take(n).collect())
-        .collect();
-    Ok(FileResult::new(&file.name, file.format, scores, &unusable))
+    prepared
 }
 
 /// Every benchmark of the spec's `evaluation`, found and read.

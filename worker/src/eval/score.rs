@@ -32,6 +32,7 @@ pub struct Request {
 }
 
 /// Text to tokenize for one request.
+#[derive(Debug, Clone)]
 pub struct Text<'a> {
     pub context: &'a str,
     pub continuation: &'a str,
@@ -163,12 +164,11 @@ impl Scorer<'_> {
             let logits = self
                 .lm
                 .forward_embeddings(&x, &positions, Attend::Causal, None)
-                .narrow(1, n, width as i64) // position i predicts targets[i]
-                .to_kind(Kind::Float);
-            let chosen = logits
+                .narrow(1, n, width as i64); // position i predicts targets[i]
+            logits
+                .log_softmax(-1, Kind::Float)
                 .gather(2, &targets.unsqueeze(2), false)
-                .squeeze_dim(2);
-            chosen - logits.logsumexp([-1i64].as_slice(), false) // (B, T) log-probabilities
+                .squeeze_dim(2) // (B, T) log-probabilities
         });
         let picked = Vec::<f32>::try_from(picked.to_device(tch::Device::Cpu).flatten(0, -1))
             .expect("log-probabilities are f32");
