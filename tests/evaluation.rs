@@ -209,3 +209,79 @@ phases:
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("<svg") && page.contains("winoground"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn benchmarks_are_read_from_s3_and_a_missing_one_is_refused_with_its_line() {
+    let _one_at_a_time = exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    let s3 = S3Server::start(&logs);
+    s3.create_bucket("outloud");
+    let env = s3.env();
+    // Two BLiMP paradigms and an EWoK domain, uploaded as a user would.
+    let bucket =
+        outloud_coordinator::storage::Location::open_with("s3://outloud", env.clone()).unwrap();
+    let eval = shared_data().join("eval");
+    let uploads = [
+        "blimp_filtered/passive_1.jsonl",
+        "blimp_filtered/transitive.jsonl",
+        "ewok_filtered/social-properties.jsonl",
+    ];
+    for file in uploads {
+        let bytes = std::fs::read(eval.join(file)).unwrap();
+        bucket
+            .join(&format!("eval/{file}"))
+            .put(bytes)
+            .await
+            .unwrap();
+    }
+    let coordinator = Coordinator::start_with_env(
+        &dir.path().join("state"),
+        free_port(),
+        10_000,
+        None,
+        &[],
+        &env,
+    );
+    let connection = connect(&coordinator.url, None).await;
+    let _worker = start_worker_with_env(&coordinator.url, &logs, "w0", None, &env);
+    let yaml = "name: s3-eval
+storage: s3://outloud/runs
+data: [{name: corpus, kind: generated_text, seed: 3, words: 20000}]
+evaluation:
+  benchmarks:
+    - path: s3://outloud/eval
+phases:
+  - {name: language, kind: language, data: [corpus], steps: 30, batch_size: 8}
+";
+    // A benchmark folder that is not there is refused before anything is created.
+    let missing = yaml.replace("s3://outloud/eval", "s3://outloud/nothing-here");
+    let spec_file = dir.path().join("missing.yaml");
+    std::fs::write(&spec_file, &missing).unwrap();
+    let refused = cli(
+        &[
+            "submit",
+            spec_file.to_str().unwrap(),
+            "--coordinator",
+            &coordinator.url,
+        ],
+        None,
+    );
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        message.contains("missing.yaml:6:13:") && message.contains("evaluation.benchmarks[0].path"),
+        "{message}"
+    );
+
+    let id = submit(&connection, yaml, dir.path()).await;
+    let job = wait_until(&connection, &id, Duration::from_secs(300), finished).await;
+    assert_succeeded(&job);
+    let scores = job.phases[1].scores();
+    let items = |f: &str| lines(&eval.join(f)) as f64;
+    assert_eq!(scores["blimp:items"], items(uploads[0]) + items(uploads[1]));
+    assert_eq!(scores["ewok:items"], items(uploads[2]));
+    let results = bucket.join(&format!("runs/jobs/{id}/language.eval/results.json"));
+    let results: Value = serde_json::from_slice(&results.get().await.unwrap()).unwrap();
+    assert_eq!(results["benchmarks"].as_array().unwrap().len(), 2);
+}

@@ -96,6 +96,18 @@ impl Coordinator {
         token: Option<&str>,
         extra: &[&str],
     ) -> Self {
+        Self::start_with_env(state_dir, port, lease_timeout_ms, token, extra, &[])
+    }
+
+    /// With extra environment, e.g. credentials for S3 storage it checks data in.
+    pub fn start_with_env(
+        state_dir: &Path,
+        port: u16,
+        lease_timeout_ms: u64,
+        token: Option<&str>,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let logs = state_dir.parent().unwrap().join("logs");
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -107,6 +119,7 @@ impl Coordinator {
             .arg(state_dir)
             .args(["--lease-timeout-ms", &lease_timeout_ms.to_string()])
             .args(extra)
+            .envs(env.iter().cloned())
             .env_remove("OUTLOUD_TOKEN")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
