@@ -213,6 +213,10 @@ impl Report {
                 y = y(tick)
             );
         }
+        svg += &format!(
+            "<text transform=\"translate(14,{}) rotate(-90)\" font-size=\"12\" text-anchor=\"middle\">accuracy, %</text>\n",
+            top + plot_h / 2.0
+        );
         for (i, phase) in self.phases.iter().enumerate() {
             svg += &format!(
                 "<text x=\"{}\" y=\"{}\" font-size=\"12\" text-anchor=\"middle\">{}</text>\n",

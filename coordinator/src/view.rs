@@ -67,7 +67,7 @@ pub fn job_table(job: &Job) -> String {
         out += &format!("error: {error}\n");
     }
     out += &format!(
-        "{:<16} {:<10} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
+        "{:<22} {:<10} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
         "PHASE", "STATE", "STEP", "FIRST LOSS", "LOSS", "TOKENS", "WORDS USED/PLANNED"
     );
     for phase in &job.phases {
@@ -79,7 +79,7 @@ pub fn job_table(job: &Job) -> String {
             _ => "-".into(),
         };
         out += &format!(
-            "{:<16} {:<10} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
+            "{:<22} {:<10} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
             phase.name,
             phase.state.to_string(),
             format!("{}/{}", m.step, m.total_steps),

@@ -187,6 +187,24 @@ pub fn eval_step_name(phase: &str) -> String {
     format!("{phase}.eval")
 }
 
+/// A job's phases: each spec phase, followed by its eval step when it has one.
+pub fn expand(job_id: &str, spec: &JobSpec) -> Vec<Phase> {
+    let mut phases = Vec::new();
+    for (index, phase) in spec.phases.iter().enumerate() {
+        let at = |phases: &Vec<Phase>| phases.len() as u32;
+        let mut training = Phase::new(job_id, at(&phases), phase.name.clone(), phase.shards);
+        training.spec_phase = index as u32;
+        phases.push(training);
+        if spec.evaluates_after(index) {
+            let mut step = Phase::new(job_id, at(&phases), eval_step_name(&phase.name), 1);
+            step.spec_phase = index as u32;
+            step.evaluation = true;
+            phases.push(step);
+        }
+    }
+    phases
+}
+
 impl Phase {
     /// Phase `index` of job `job`, with `shards` fresh pending tasks.
     pub fn new(job: &str, index: u32, name: String, shards: u32) -> Self {

@@ -86,6 +86,13 @@ impl EvalModel {
         }
     }
 
+    /// Why this model cannot score `benchmark`, if it cannot.
+    pub fn cannot_score(&self, benchmark: &Benchmark) -> Option<String> {
+        let blind = self.vision().is_none();
+        (blind && benchmark.files.iter().any(|f| f.format.needs_pictures()))
+            .then(|| "needs pictures; this checkpoint has no vision path".to_string())
+    }
+
     /// Visual tokens (N, C) for each encoder input, in batches.
     fn visual_tokens(&self, inputs: &[Tensor]) -> Option<Tensor> {
         let Model::Seeing(vlm, _) = &self.model else {
@@ -158,8 +165,7 @@ pub fn score_benchmark(
     batch_size: usize,
 ) -> Result<BenchmarkResult, WorkerError> {
     let seeing = model.vision().is_some();
-    if !seeing && benchmark.files.iter().any(|f| f.format.needs_pictures()) {
-        let reason = "needs pictures; this checkpoint has no vision path".to_string();
+    if let Some(reason) = model.cannot_score(benchmark) {
         return Ok(BenchmarkResult::skipped(&benchmark.name, reason));
     }
     // All files in one pool: batches stay full and similar lengths meet.
@@ -318,6 +324,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let inputs = ctx.runtime.block_on(visual_inputs(ctx, model.vision()))?;
     let total: usize = benchmarks
         .iter()
+        .filter(|b| model.cannot_score(b).is_none())
         .flat_map(|b| &b.files)
         .map(|f| f.items.len())
         .sum();
@@ -333,11 +340,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
             .block_on(Pictures::read(&model, benchmark, &inputs))?;
         let result = score_benchmark(&model, benchmark, &pictures, batch_size)?;
         tracing::info!(benchmark = %result.name, accuracy = ?result.accuracy, items = result.items, skipped = ?result.skipped, "benchmark scored");
-        metrics.step += benchmark
-            .files
-            .iter()
-            .map(|f| f.items.len() as u64)
-            .sum::<u64>();
+        metrics.step += result.items as u64;
         ctx.report(metrics, None, None);
         scored.push(result);
     }
