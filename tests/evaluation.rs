@@ -35,6 +35,17 @@ fn slice_files() -> BTreeMap<(String, String), usize> {
     files
 }
 
+/// Every candidate score of a benchmark in a results document, in order.
+fn flat_scores(benchmark: &Value) -> Vec<f64> {
+    let numbers = |v: &Value| v.as_array().unwrap().clone();
+    numbers(&benchmark["files"])
+        .iter()
+        .flat_map(|file| numbers(&file["scores"]))
+        .flat_map(|item| numbers(&item))
+        .map(|score| score.as_f64().unwrap())
+        .collect()
+}
+
 fn python() -> PathBuf {
     std::env::var("OUTLOUD_VENV")
         .map(|v| PathBuf::from(v).join("bin/python"))
@@ -162,6 +173,38 @@ phases:
     }
     eprintln!("largest difference from PyTorch over 50 pairs: {worst:e}");
     assert!(worst < 1e-4, "Outloud and PyTorch differ by {worst}");
+
+    // The same checkpoint scored outside the job gives the same results.
+    let out = cluster.dir.path().join("offline.json");
+    let offline = Command::new(bin("outloud-worker"))
+        .args(["--threads", "2", "evaluate"])
+        .args([
+            checkpoint.as_os_str(),
+            eval.join("ewok_filtered").as_os_str(),
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        offline.status.success(),
+        "{}",
+        String::from_utf8_lossy(&offline.stderr)
+    );
+    assert!(String::from_utf8_lossy(&offline.stdout).contains("ewok"));
+    let offline: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let in_job = results["benchmarks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "ewok")
+        .unwrap();
+    let worst = flat_scores(&offline["benchmarks"][0])
+        .iter()
+        .zip(flat_scores(in_job))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-4, "offline and in-job scores differ by {worst}");
 
     // The report: a table with the baselines, paradigms with --detail, JSON, HTML.
     let url = &cluster.coordinator.url;

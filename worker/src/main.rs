@@ -1,7 +1,14 @@
-//! `outloud-worker`: leases tasks from a coordinator and runs them.
+//! `outloud-worker`: leases tasks from a coordinator and runs them; `outloud-worker
+//! evaluate` scores any checkpoint on benchmark folders, outside a job.
 
-use clap::Parser;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use outloud_coordinator::storage::{Location, absolute_url};
 use outloud_worker::agent::{self, AgentConfig};
+use outloud_worker::checkpoint;
+use outloud_worker::eval::{self, EvalModel, benchmarks};
+use outloud_worker::multimodal::VisualInputs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +33,32 @@ struct Args {
     /// `auto` (CUDA when present), `cpu`, or `cuda:N`.
     #[arg(long, default_value = "auto")]
     device: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Score a checkpoint on benchmark folders (BabyLM `evaluation_data` layout), as an
+    /// eval step does, and print accuracy per benchmark.
+    Evaluate {
+        /// A checkpoint folder (path or storage URL), e.g. `.../jobs/<job>/<phase>/final`.
+        checkpoint: String,
+        /// Benchmark folders or files (paths or storage URLs).
+        #[arg(required = true)]
+        benchmarks: Vec<String>,
+        /// Pictures for image-conditioned benchmarks, when not beside their files.
+        #[arg(long)]
+        images: Option<String>,
+        /// Items per file at most.
+        #[arg(long)]
+        limit: Option<u64>,
+        #[arg(long, default_value_t = 128)]
+        batch_size: usize,
+        /// Write the full results (per-item scores) here as JSON.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn device(name: &str) -> anyhow::Result<tch::Device> {
@@ -41,8 +74,12 @@ fn device(name: &str) -> anyhow::Result<tch::Device> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    outloud_coordinator::telemetry::init("info");
     tch::set_num_threads(args.threads as i32);
+    if let Some(command) = args.command {
+        outloud_coordinator::telemetry::init("warn");
+        return evaluate(command, device(&args.device)?);
+    }
+    outloud_coordinator::telemetry::init("info");
     let config = AgentConfig {
         coordinator: args.coordinator,
         token: outloud_coordinator::auth::load_token(args.token_file.as_deref())?,
@@ -61,4 +98,68 @@ fn main() -> anyhow::Result<()> {
         });
         agent::run(config, shutdown).await
     })
+}
+
+fn evaluate(command: Command, device: tch::Device) -> anyhow::Result<()> {
+    let Command::Evaluate {
+        checkpoint,
+        benchmarks,
+        images,
+        limit,
+        batch_size,
+        out,
+    } = command;
+    let here = std::env::current_dir()?.display().to_string();
+    let open = |place: &str| -> anyhow::Result<Location> {
+        Ok(Location::open(
+            absolute_url(place, &here)
+                .map_err(anyhow::Error::msg)?
+                .as_str(),
+        )?)
+    };
+    let started = std::time::Instant::now();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let loaded = runtime.block_on(checkpoint::load(&open(&checkpoint)?))?;
+    let model = EvalModel::from_checkpoint(&loaded, device)?;
+    let images = images.as_deref().map(open).transpose()?;
+    let (mut found, mut ignored) = (Vec::new(), Vec::new());
+    for place in &benchmarks {
+        let (more, skipped) =
+            runtime.block_on(benchmarks::discover(&open(place)?, images.as_ref(), limit))?;
+        found.extend(more);
+        ignored.extend(skipped);
+    }
+    let inputs = VisualInputs::pixels();
+    println!(
+        "{:<32} {:>7} {:>7} {:>9}",
+        "BENCHMARK", "ITEMS", "CHANCE", "ACCURACY"
+    );
+    let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
+    let results = eval::evaluate(&model, &found, &inputs, batch_size, runtime.handle(), |r| {
+        let shown = r.skipped.clone().unwrap_or_else(|| percent(r.accuracy));
+        println!(
+            "{:<32} {:>7} {:>7} {:>9}",
+            r.name,
+            r.items,
+            percent(r.chance),
+            shown
+        );
+        Ok(())
+    })?;
+    for (file, reason) in &ignored {
+        eprintln!("ignored {file}: {reason}");
+    }
+    if let Some(out) = out {
+        let results = eval::results::EvalResults {
+            job: loaded.manifest.job.clone(),
+            phase: loaded.manifest.phase.clone(),
+            checkpoint,
+            step: loaded.manifest.step,
+            seconds: started.elapsed().as_secs_f64(),
+            benchmarks: results,
+            ignored,
+        };
+        std::fs::write(&out, serde_json::to_vec_pretty(&results)?)?;
+    }
+    Ok(())
 }

@@ -301,6 +301,27 @@ async fn visual_inputs(
     Ok(VisualInputs::with_features(features))
 }
 
+/// Scores every benchmark with `model`, `batch_size` sequences per forward pass;
+/// `scored` hears of each result as it comes (and may stop the evaluation).
+pub fn evaluate(
+    model: &EvalModel,
+    benchmarks: &[Benchmark],
+    inputs: &VisualInputs,
+    batch_size: usize,
+    runtime: &tokio::runtime::Handle,
+    mut scored: impl FnMut(&BenchmarkResult) -> Result<(), WorkerError>,
+) -> Result<Vec<BenchmarkResult>, WorkerError> {
+    let mut results = Vec::new();
+    for benchmark in benchmarks {
+        let pictures = runtime.block_on(Pictures::read(model, benchmark, inputs))?;
+        let result = score_benchmark(model, benchmark, &pictures, batch_size)?;
+        tracing::info!(benchmark = %result.name, accuracy = ?result.accuracy, items = result.items, skipped = ?result.skipped, "benchmark scored");
+        scored(&result)?;
+        results.push(result);
+    }
+    Ok(results)
+}
+
 /// The eval step: scores the evaluated phase's final checkpoint, writes the results
 /// beside the job's phases and answers their summary as the task's scores.
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
@@ -332,18 +353,19 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         total_steps: total as u64,
         ..Metrics::default()
     };
-    let mut scored = Vec::new();
-    for benchmark in &benchmarks {
-        ctx.check_stop()?;
-        let pictures = ctx
-            .runtime
-            .block_on(Pictures::read(&model, benchmark, &inputs))?;
-        let result = score_benchmark(&model, benchmark, &pictures, batch_size)?;
-        tracing::info!(benchmark = %result.name, accuracy = ?result.accuracy, items = result.items, skipped = ?result.skipped, "benchmark scored");
-        metrics.step += result.items as u64;
-        ctx.report(metrics, None, None);
-        scored.push(result);
-    }
+    let scored = evaluate(
+        &model,
+        &benchmarks,
+        &inputs,
+        batch_size,
+        &ctx.runtime,
+        |result| {
+            ctx.check_stop()?;
+            metrics.step += result.items as u64;
+            ctx.report(metrics, None, None);
+            Ok(())
+        },
+    )?;
     let results = EvalResults {
         job: ctx.assignment.job_id.clone(),
         phase: loaded.manifest.phase.clone(),
