@@ -12,6 +12,9 @@
 //! | `question`, `distractors`, an answer     | VQA             | answer, distractors after "Question: ... Answer:" |
 //! | `text`, `images` (`template`)            | picture choice  | the text after each picture |
 //!
+//! DevBench task folders (`manifest.csv`, see [`super::devbench`]) are files of the
+//! `devbench` benchmark, named by their folder.
+//!
 //! Pictures are named by an `image` path (relative to the file), or looked up by id in
 //! an image folder (the spec's `images`, else `images/` beside the file): VQA's
 //! `image_id` by file stem or trailing number, Winoground's `{image_idx}_{image_key}`.
@@ -22,6 +25,7 @@ use outloud_coordinator::spec::benchmark_name;
 use outloud_coordinator::storage::Location;
 use serde_json::Value;
 
+use super::devbench;
 use crate::error::WorkerError;
 use crate::loaders::is_image;
 
@@ -125,7 +129,9 @@ pub async fn discover(
     for object in objects {
         let url = object.url();
         let in_images = url.split('/').any(|part| part == "images");
-        if (url.ends_with(".jsonl") || url.ends_with(".json")) && !in_images {
+        if is_manifest(url) {
+            by_folder.entry("devbench".into()).or_default().push(object);
+        } else if (url.ends_with(".jsonl") || url.ends_with(".json")) && !in_images {
             by_folder.entry(folder_of(url)).or_default().push(object);
         }
     }
@@ -159,6 +165,10 @@ fn folder_of(url: &str) -> String {
     parts.next().unwrap_or("benchmark").to_string()
 }
 
+fn is_manifest(url: &str) -> bool {
+    url.rsplit('/').next() == Some(devbench::MANIFEST)
+}
+
 fn stem(url: &str) -> &str {
     let name = url.rsplit('/').next().unwrap_or(url);
     name.split('.').next().unwrap_or(name)
@@ -172,7 +182,12 @@ async fn read_file(
 ) -> Result<Result<BenchmarkFile, String>, WorkerError> {
     let bytes = file.get().await?;
     let text = String::from_utf8_lossy(&bytes);
-    let records: Vec<Result<Value, String>> = if file.url().ends_with(".json") {
+    let records: Vec<Result<Value, String>> = if is_manifest(file.url()) {
+        match devbench::records(&text) {
+            Ok(rows) => rows.into_iter().map(Ok).collect(),
+            Err(reason) => return Ok(Err(reason)),
+        }
+    } else if file.url().ends_with(".json") {
         match serde_json::from_str::<Value>(&text) {
             Ok(Value::Array(rows)) => rows.into_iter().map(Ok).collect(),
             Ok(_) => return Ok(Err("a JSON file must hold an array of items".into())),
@@ -197,8 +212,14 @@ async fn read_file(
         Format::Vqa | Format::Winoground => Some(picture_index(file, images).await),
         _ => None,
     };
+    // A DevBench task is named by its folder; other files by their own names.
+    let named = if is_manifest(file.url()) {
+        folder_of(file.url())
+    } else {
+        stem(file.url()).to_string()
+    };
     let mut read = BenchmarkFile {
-        name: stem(file.url()).to_string(),
+        name: named,
         format,
         items: Vec::new(),
         unusable: Vec::new(),

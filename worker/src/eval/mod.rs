@@ -3,6 +3,7 @@
 //!
 //! - [`benchmarks`]: finding benchmark files (BabyLM `evaluation_data` layout) and
 //!   reading their items into candidates.
+//! - [`devbench`]: DevBench task manifests read as picture-choice items.
 //! - [`score`]: tokenizing candidates as lm-evaluation-harness does, and batched
 //!   summed log-likelihoods.
 //! - [`results`]: accuracy per file and benchmark; the JSON written to storage.
@@ -11,6 +12,7 @@
 //! skips benchmarks that need pictures (VQA, picture choice).
 
 pub mod benchmarks;
+pub mod devbench;
 pub mod results;
 pub mod score;
 

@@ -286,9 +286,40 @@ async fn babylm_vqa_and_winoground_find_their_pictures_by_id() {
     let row = r#"{"caption_0": "a b", "caption_1": "b a", "image_idx": 0, "image_key": "image_1"}"#;
     std::fs::write(wino.join("winoground.jsonl"), format!("{row}\n")).unwrap();
 
-    let (found, _) = benchmarks::discover(&location(dir.path()), None, None)
+    let trog = dir.path().join("devbench/assets/gram-trog");
+    std::fs::create_dir_all(&trog).unwrap();
+    std::fs::write(trog.join("manifest.csv"), "text1,image1,image2,image3,image4\n\"the boy, not the girl\",p/1.png,p/2.png,p/3.png,p/4.png\n").unwrap();
+    let things = dir.path().join("devbench/assets/sem-things");
+    std::fs::create_dir_all(&things).unwrap();
+    std::fs::write(things.join("manifest.csv"), "image1\nx.png\n").unwrap();
+
+    let (found, ignored) = benchmarks::discover(&location(dir.path()), None, None)
         .await
         .unwrap();
+    let devbench = found.iter().find(|b| b.name == "devbench").unwrap();
+    assert_eq!(devbench.files.len(), 1);
+    let trial = &devbench.files[0];
+    assert_eq!(
+        (trial.name.as_str(), trial.format),
+        ("gram-trog", Format::PictureChoice)
+    );
+    let choices = &trial.items[0].candidates;
+    assert_eq!(choices.len(), 4);
+    assert_eq!(
+        choices[0].continuation,
+        " The caption for this image is: the boy, not the girl."
+    );
+    assert!(
+        choices[0]
+            .image
+            .as_deref()
+            .unwrap()
+            .ends_with("gram-trog/p/1.png")
+    );
+    assert!(
+        ignored.iter().any(|(file, _)| file.contains("sem-things")),
+        "{ignored:?}"
+    );
     let vqa = found.iter().find(|b| b.name == "vqa").unwrap();
     let file = &vqa.files[0];
     assert_eq!(
