@@ -457,12 +457,36 @@ impl Scheduler {
             error: error.clone(),
         };
         self.record(&lease.task.job, now, what);
+        let Some(job) = self.jobs.get_mut(&lease.task.job) else {
+            return;
+        };
+        let phase = &mut job.phases[lease.task.phase as usize];
+        if phase.evaluation {
+            // A failed evaluation is reported, never a reason to stop training.
+            phase.state = RunState::Failed;
+            self.changes.jobs.insert(lease.task.job.clone());
+            self.finish_if_done(&lease.task.job, now);
+            return;
+        }
         let message = format!("task {} failed: {error}", lease.task);
         self.finish_job(&lease.task.job, RunState::Failed, Some(message), now);
     }
 
+    /// Succeeds the job once every phase has finished (training phases can only have
+    /// succeeded by then: a failed one fails the job at once).
+    fn finish_if_done(&mut self, job_id: &str, now: Millis) -> bool {
+        let done = self
+            .jobs
+            .get(job_id)
+            .is_some_and(|job| job.phases.iter().all(|p| p.state.is_finished()));
+        if done {
+            self.finish_job(job_id, RunState::Succeeded, None, now);
+        }
+        done
+    }
+
     /// After a task succeeded: finish its phase when all its tasks have, then start every
-    /// phase that may now start, or finish the job when every phase has succeeded.
+    /// phase that may now start, or finish the job when every phase has finished.
     fn advance(&mut self, task: &TaskId, now: Millis) {
         let Some(job) = self.jobs.get_mut(&task.job) else {
             return;
@@ -479,13 +503,12 @@ impl Scheduler {
         let name = phase.name.clone();
         self.changes.jobs.insert(task.job.clone());
         self.record(&task.job, now, EventKind::PhaseSucceeded { phase: name });
+        if self.finish_if_done(&task.job, now) {
+            return;
+        }
         let Some(job) = self.jobs.get(&task.job) else {
             return;
         };
-        if job.phases.iter().all(|p| p.state == RunState::Succeeded) {
-            self.finish_job(&task.job, RunState::Succeeded, None, now);
-            return;
-        }
         let startable: Vec<usize> = (0..job.phases.len())
             .filter(|&p| job.phases[p].state == RunState::Pending && job.is_startable(p))
             .collect();

@@ -3,11 +3,12 @@
 //!
 //! A job's phases are the spec's training phases in order, each followed by its eval
 //! step when the spec asks for one. Training phases run one after another; an eval
-//! step runs once the phase it evaluates has succeeded, beside the next training phase.
+//! step runs once the phase it evaluates has succeeded, beside the next training phase;
+//! a failed eval step is recorded (its phase `failed`) and training goes on.
 //!
 //! ```text
 //! job:   pending ──first lease──▶ running ──every phase done──▶ succeeded
-//!           │                       │  └──task out of attempts──▶ failed
+//!           │                       │  └──training task out of attempts──▶ failed
 //!           └───────────cancel──────┴───────────────────────────▶ cancelled
 //! task:  pending ──lease(epoch+1)──▶ leased ──complete──▶ succeeded
 //!           ▲                          │ └──fail(fatal)──▶ failed
@@ -192,14 +193,18 @@ pub fn expand(job_id: &str, spec: &JobSpec) -> Vec<Phase> {
     let mut phases = Vec::new();
     for (index, phase) in spec.phases.iter().enumerate() {
         let at = |phases: &Vec<Phase>| phases.len() as u32;
-        let mut training = Phase::new(job_id, at(&phases), phase.name.clone(), phase.shards);
-        training.spec_phase = index as u32;
-        phases.push(training);
+        let training = Phase::new(job_id, at(&phases), phase.name.clone(), phase.shards);
+        phases.push(Phase {
+            spec_phase: index as u32,
+            ..training
+        });
         if spec.evaluates_after(index) {
-            let mut step = Phase::new(job_id, at(&phases), eval_step_name(&phase.name), 1);
-            step.spec_phase = index as u32;
-            step.evaluation = true;
-            phases.push(step);
+            let step = Phase::new(job_id, at(&phases), eval_step_name(&phase.name), 1);
+            phases.push(Phase {
+                spec_phase: index as u32,
+                evaluation: true,
+                ..step
+            });
         }
     }
     phases

@@ -345,20 +345,41 @@ fn eval_steps_follow_their_phase_beside_the_next_one() {
 }
 
 #[test]
-fn a_failing_eval_step_uses_the_evaluation_attempts() {
+fn a_failing_eval_step_is_recorded_and_training_goes_on() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");
     let job = s.submit(evaluated_spec(), 0);
     let one = s.lease(&w, 1).unwrap().unwrap();
     done(&mut s, &w, &one, 2);
+    let mut later = Vec::new();
     let eval = loop {
         let a = s.lease(&w, 3).unwrap().unwrap();
         if a.evaluation {
             break a;
         }
+        later.push(a);
     };
     s.fail(&w, &eval.lease, "oom".into(), Failure::Retryable, 4)
         .unwrap();
-    // max_attempts: 1 in `evaluation`: one lost lease fails the job.
-    assert_eq!(s.job(&job).unwrap().state, RunState::Failed);
+    // max_attempts: 1 in `evaluation`: one lost lease fails the step, not the job.
+    let j = s.job(&job).unwrap();
+    assert_eq!(
+        (j.state, j.phases[1].state),
+        (RunState::Running, RunState::Failed)
+    );
+    for a in later {
+        done(&mut s, &w, &a, 5);
+    }
+    while let Some(a) = s.lease(&w, 6).unwrap() {
+        done(&mut s, &w, &a, 7);
+    }
+    let j = s.job(&job).unwrap();
+    assert_eq!(j.state, RunState::Succeeded);
+    assert_eq!(j.phases[1].state, RunState::Failed);
+    assert!(
+        j.phases
+            .iter()
+            .filter(|p| !p.evaluation)
+            .all(|p| p.state == RunState::Succeeded)
+    );
 }
