@@ -88,7 +88,10 @@ phases:
         "after language: {after_language:?}\nafter captions: {after_captions:?}\nafter questions: {after_questions:?}"
     );
     let beats = |scores: &std::collections::BTreeMap<String, f64>, name: &str, margin: f64| {
-        let (accuracy, chance) = (scores[name], scores[&format!("{name}:chance")]);
+        let (accuracy, chance) = (
+            scores[name],
+            scores[&outloud_coordinator::report::score_names::chance(name)],
+        );
         assert!(
             accuracy > chance + margin,
             "{name}: {accuracy} vs chance {chance}"

@@ -2,9 +2,8 @@
 //! BabyLM 2024 multimodal baselines; as text, JSON, or a self-contained HTML page with
 //! a plot of every benchmark across the phases.
 //!
-//! It reads the scores eval tasks report (`bench`, `bench/file`, `bench:chance`,
-//! `bench:items`, see the worker's `eval::results`), so it needs only the coordinator;
-//! per-item scores stay in the results JSON in the job's storage.
+//! It reads the scores eval tasks report (named as [`score_names`] says), so it needs
+//! only the coordinator; per-item scores stay in the results JSON in the job's storage.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +11,33 @@ use serde::Serialize;
 
 use crate::scheduler::{Job, RunState};
 use crate::spec::BASELINES;
+
+/// How an eval step's scores are named: the contract between the worker that reports
+/// them and the report and tables that read them.
+pub mod score_names {
+    /// A benchmark's accuracy (macro average over its files).
+    pub fn accuracy(benchmark: &str) -> String {
+        benchmark.to_string()
+    }
+    /// One file's (paradigm's) accuracy.
+    pub fn file(benchmark: &str, file: &str) -> String {
+        format!("{benchmark}/{file}")
+    }
+    pub fn chance(benchmark: &str) -> String {
+        format!("{benchmark}:chance")
+    }
+    pub fn items(benchmark: &str) -> String {
+        format!("{benchmark}:items")
+    }
+    /// Whether `name` is a benchmark's accuracy (not a file's, chance or count).
+    pub fn is_accuracy(name: &str) -> bool {
+        !name.contains('/') && !name.contains(':')
+    }
+    /// The file a name belongs to, when it is `benchmark`'s per-file accuracy.
+    pub fn file_of<'a>(benchmark: &str, name: &'a str) -> Option<&'a str> {
+        name.strip_prefix(benchmark)?.strip_prefix('/')
+    }
+}
 
 /// Accuracies are fractions; the report shows percentages.
 fn percent(value: Option<f64>) -> String {
@@ -60,7 +86,7 @@ impl Report {
         let mut names: Vec<String> = evals
             .iter()
             .flat_map(|(_, scores)| scores.keys())
-            .filter(|k| !k.contains('/') && !k.contains(':'))
+            .filter(|k| score_names::is_accuracy(k))
             .cloned()
             .collect();
         names.sort_by_key(|n| {
@@ -80,26 +106,25 @@ impl Report {
         let benchmarks = names
             .iter()
             .map(|name| {
-                let prefix = format!("{name}/");
                 let mut files: Vec<String> = evals
                     .iter()
                     .flat_map(|(_, s)| s.keys())
-                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
+                    .filter_map(|k| score_names::file_of(name, k).map(str::to_string))
                     .collect();
                 files.sort();
                 files.dedup();
                 let baseline = BASELINES.iter().find(|b| b.0 == name);
                 BenchmarkRow {
                     name: name.clone(),
-                    items: first(&format!("{name}:items")).map(|n| n as u64),
-                    chance: first(&format!("{name}:chance")),
-                    accuracy: across(name),
+                    items: first(&score_names::items(name)).map(|n| n as u64),
+                    chance: first(&score_names::chance(name)),
+                    accuracy: across(&score_names::accuracy(name)),
                     git: baseline.map(|b| b.1),
                     flamingo: baseline.map(|b| b.2),
                     files: files
                         .into_iter()
                         .map(|file| FileRow {
-                            accuracy: across(&format!("{prefix}{file}")),
+                            accuracy: across(&score_names::file(name, &file)),
                             name: file,
                         })
                         .collect(),

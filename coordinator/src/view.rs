@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::report::score_names;
 use crate::scheduler::{Job, Metrics, Phase, RunState, Worker};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,7 +94,7 @@ pub fn job_table(job: &Job) -> String {
         let mut scores = phase.scores();
         if phase.evaluation {
             // Benchmarks only; `outloud report` has the paradigms.
-            scores.retain(|name, _| !name.contains('/') && !name.contains(':'));
+            scores.retain(|name, _| score_names::is_accuracy(name));
         }
         if !scores.is_empty() {
             let shown: Vec<String> = scores.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use outloud_coordinator::report::score_names;
 use serde::{Deserialize, Serialize};
 
 use super::benchmarks::Format;
@@ -128,8 +129,7 @@ pub struct EvalResults {
 }
 
 impl EvalResults {
-    /// The task's scores: `bench` (macro accuracy), `bench/file` (per file),
-    /// `bench:chance` and `bench:items`. The report reads these names.
+    /// The task's scores, named as the report reads them ([`score_names`]).
     pub fn summary(&self) -> BTreeMap<String, f64> {
         let mut scores = BTreeMap::new();
         for benchmark in &self.benchmarks {
@@ -137,11 +137,11 @@ impl EvalResults {
                 continue;
             };
             let name = &benchmark.name;
-            scores.insert(name.clone(), accuracy);
-            scores.insert(format!("{name}:chance"), chance);
-            scores.insert(format!("{name}:items"), benchmark.items as f64);
+            scores.insert(score_names::accuracy(name), accuracy);
+            scores.insert(score_names::chance(name), chance);
+            scores.insert(score_names::items(name), benchmark.items as f64);
             for file in benchmark.files.iter().filter(|f| f.items > 0) {
-                scores.insert(format!("{name}/{}", file.name), file.accuracy);
+                scores.insert(score_names::file(name, &file.name), file.accuracy);
             }
         }
         scores
