@@ -38,7 +38,7 @@ pub async fn materialize(spec: &JobSpec, source: &DataSource) -> Result<Location
 }
 
 /// Bumped whenever the world's files change, so older worlds in storage are not reused.
-const WORLD_LAYOUT: u32 = 2;
+const WORLD_LAYOUT: u32 = 3;
 
 /// How much picture-book world a source asks for.
 fn world_size(spec: &JobSpec, source: &DataSource) -> WorldSize {

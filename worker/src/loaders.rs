@@ -344,7 +344,7 @@ mod tests {
     async fn questions_and_unlabeled_images_load_from_their_folders() {
         let dir = tempfile::tempdir().unwrap();
         let world = world(dir.path()).await;
-        let (asked, skipped) = questions(&root(dir.path()).join("vqa/test.jsonl"), 32)
+        let (asked, skipped) = questions(&root(dir.path()).join("eval/world_vqa/vqa.jsonl"), 32)
             .await
             .unwrap();
         let expected: usize = world.test.iter().map(|p| p.questions.len()).sum();

@@ -14,7 +14,7 @@
 use serde_json::{Value, json};
 
 use super::scene::Scene;
-use super::{Picture, World};
+use super::{Picture, World, jsonl, question_rows};
 use crate::error::WorkerError;
 use outloud_coordinator::storage::Location;
 
@@ -23,13 +23,6 @@ pub const EVAL_FOLDER: &str = "eval";
 
 /// Pictures offered per picture-choice item (the right one and distractors).
 const PICTURE_CHOICES: usize = 4;
-
-fn jsonl(rows: &[Value]) -> Vec<u8> {
-    rows.iter()
-        .map(|r| format!("{r}\n"))
-        .collect::<String>()
-        .into_bytes()
-}
 
 /// Grammatical and ungrammatical versions of sentences about held-out scenes.
 fn minimal_pairs(test: &[Picture]) -> Vec<(&'static str, Vec<Value>)> {
@@ -78,14 +71,9 @@ impl World {
         }
         self.write_winoground(&eval.join("world_winoground"))
             .await?;
-        let test_picture = |p: &Picture| format!("../../captions/images/{}", p.name);
-        let questions: Vec<Value> = self
-            .test
-            .iter()
-            .flat_map(|p| {
-                p.questions.iter().map(move |q| json!({"image": test_picture(p), "question": q.question, "answer": q.answer, "distractors": q.distractors}))
-            })
-            .collect();
+        // Test pictures are already under `captions/images/`.
+        let pictures = "../../captions/images";
+        let questions = question_rows(&self.test, pictures);
         eval.join("world_vqa/vqa.jsonl")
             .put(jsonl(&questions))
             .await?;
@@ -93,7 +81,7 @@ impl World {
         let choices: Vec<Value> = (0..n)
             .map(|i| {
                 let images: Vec<String> = (0..PICTURE_CHOICES.min(n))
-                    .map(|k| test_picture(&self.test[(i + k) % n]))
+                    .map(|k| format!("{pictures}/{}", self.test[(i + k) % n].name))
                     .collect();
                 // The caption as phase 2 teaches it, not under DevBench's prompt.
                 json!({"text": self.test[i].caption, "images": images, "template": "{text}"})

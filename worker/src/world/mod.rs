@@ -10,7 +10,7 @@
 //! ```text
 //! captions/train.jsonl, captions/test.jsonl   {"image": "images/...png", "caption": ...}
 //! unlabeled/images/*.png                      pictures only
-//! vqa/train.jsonl, vqa/test.jsonl             {"image", "question", "answer", "distractors"}
+//! vqa/train.jsonl                             {"image", "question", "answer", "distractors"}
 //! eval/...                                    held-out benchmarks (see [`eval`])
 //! text/world.txt                              utterances, one exchange a line
 //! truth/{test,unlabeled}.jsonl                {"image", "scene"}: for scoring only
@@ -94,6 +94,27 @@ fn utterances(rng: &mut Rng, lines: usize) -> String {
     text
 }
 
+/// JSON Lines: one value a line.
+fn jsonl(rows: &[serde_json::Value]) -> Vec<u8> {
+    rows.iter()
+        .map(|r| format!("{r}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Every question about `pictures` as a row of the questions format, the picture named
+/// under `images` (relative to the file the rows go in).
+fn question_rows(pictures: &[Picture], images: &str) -> Vec<serde_json::Value> {
+    pictures
+        .iter()
+        .flat_map(|p| {
+            p.questions.iter().map(move |q| {
+                json!({"image": format!("{images}/{}", p.name), "question": q.question, "answer": q.answer, "distractors": q.distractors})
+            })
+        })
+        .collect()
+}
+
 impl World {
     pub fn generate(size: WorldSize) -> Self {
         let mut rng = Rng::new(size.seed);
@@ -143,28 +164,16 @@ impl World {
 
     /// Writes everything under `root` in the formats real data uses.
     pub async fn write(&self, root: &Location) -> Result<(), WorkerError> {
-        let lines = |rows: Vec<serde_json::Value>| {
-            rows.iter()
-                .map(|r| format!("{r}\n"))
-                .collect::<String>()
-                .into_bytes()
-        };
         let captions = |pictures: &[Picture]| {
-            lines(
-                pictures
-                    .iter()
-                    .map(|p| json!({"image": format!("images/{}", p.name), "caption": p.caption}))
-                    .collect(),
-            )
-        };
-        let vqa = |pictures: &[Picture]| {
-            let rows = pictures.iter().flat_map(|p| {
-                p.questions.iter().map(|q| json!({"image": format!("../captions/images/{}", p.name), "question": q.question, "answer": q.answer, "distractors": q.distractors}))
-            });
-            lines(rows.collect())
+            let rows: Vec<_> = pictures
+                .iter()
+                .map(|p| json!({"image": format!("images/{}", p.name), "caption": p.caption}))
+                .collect();
+            jsonl(&rows)
         };
         let truth = |folder: &str, pictures: &[Picture]| {
-            lines(pictures.iter().map(|p| json!({"image": format!("../{folder}/images/{}", p.name), "scene": p.scene})).collect())
+            let rows: Vec<_> = pictures.iter().map(|p| json!({"image": format!("../{folder}/images/{}", p.name), "scene": p.scene})).collect();
+            jsonl(&rows)
         };
 
         let captioned = root.join("captions");
@@ -180,8 +189,9 @@ impl World {
             .await?;
         self.put_pictures(&root.join("unlabeled"), &self.unlabeled)
             .await?;
-        root.join("vqa/train.jsonl").put(vqa(&self.train)).await?;
-        root.join("vqa/test.jsonl").put(vqa(&self.test)).await?;
+        // Held-out questions are a benchmark (eval/world_vqa), not training data.
+        let questions = question_rows(&self.train, "../captions/images");
+        root.join("vqa/train.jsonl").put(jsonl(&questions)).await?;
         root.join("truth/test.jsonl")
             .put(truth("captions", &self.test))
             .await?;
@@ -268,14 +278,11 @@ mod tests {
             .join(first["image"].as_str().unwrap());
         let decoded = image::open(&png).unwrap().to_rgb8();
         assert_eq!(decoded.dimensions(), (32, 32));
-        let vqa = std::fs::read_to_string(dir.path().join("vqa/test.jsonl")).unwrap();
-        let item: serde_json::Value = serde_json::from_str(vqa.lines().next().unwrap()).unwrap();
-        assert!(
-            dir.path()
-                .join("vqa")
-                .join(item["image"].as_str().unwrap())
-                .exists()
-        );
+        let vqa = dir.path().join("eval/world_vqa");
+        let questions = std::fs::read_to_string(vqa.join("vqa.jsonl")).unwrap();
+        let item: serde_json::Value =
+            serde_json::from_str(questions.lines().next().unwrap()).unwrap();
+        assert!(vqa.join(item["image"].as_str().unwrap()).exists());
         assert_eq!(
             std::fs::read_dir(dir.path().join("unlabeled/images"))
                 .unwrap()
