@@ -302,13 +302,7 @@ mod tests {
         let mut s = Scheduler::new(SchedulerConfig {
             lease_timeout_ms: 1000,
         });
-        let info = WorkerInfo {
-            hostname: "h".into(),
-            device: "cpu".into(),
-            memory_bytes: 0,
-            threads: 1,
-        };
-        let w = s.register(info, 0);
+        let w = s.register(WorkerInfo::for_tests("h"), 0);
         let job = s.submit(crate::spec::parse(yaml, "r.yaml").unwrap(), 0);
         let scores = |blimp: f64| -> BTreeMap<String, f64> {
             [

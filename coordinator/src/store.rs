@@ -360,13 +360,7 @@ mod tests {
         )
         .unwrap();
         let job = s.submit(spec, 1);
-        let info = WorkerInfo {
-            hostname: "h".into(),
-            device: "cpu".into(),
-            memory_bytes: 1,
-            threads: 1,
-        };
-        let w = s.register(info, 1);
+        let w = s.register(WorkerInfo::for_tests("h"), 1);
         let a = s.lease(&w, 2).unwrap().unwrap();
         let metrics = Metrics {
             step: 5,

@@ -277,23 +277,13 @@ mod tests {
 #[cfg(test)]
 mod with_pictures {
     use super::*;
-    use crate::vision::VitConfig;
-    use crate::vlm::{VisionConfig, Vlm};
     use tch::nn;
 
     #[test]
     fn decoding_after_visual_tokens_matches_recomputation() {
         tch::manual_seed(8);
         let vs = nn::VarStore::new(Device::Cpu);
-        let lm = crate::model::test_config(64);
-        let vit = VitConfig {
-            image_size: 16,
-            patch_size: 4,
-            d_model: 16,
-            n_layers: 1,
-            n_heads: 2,
-        };
-        let vlm = Vlm::new(&vs.root(), lm, VisionConfig::Vit(vit));
+        let vlm = crate::vlm::test_vlm(&vs, 4);
         let images = Tensor::rand([3, 3, 16, 16], (Kind::Float, Device::Cpu));
         let visual = tch::no_grad(|| vlm.visual_tokens(&images));
         let prompts = vec![vec![299], vec![299, 10, 11], vec![299, 5]];

@@ -85,6 +85,24 @@ pub fn taught_targets(ids: &Tensor, taught: &Tensor) -> Tensor {
     ids.masked_fill(&taught.logical_not(), IGNORE)
 }
 
+/// A small VLM for unit tests: [`crate::model::test_config`] (context 64) after 16-pixel
+/// pictures cut into `patch_size`-pixel patches by a one-layer ViT of width 16.
+#[cfg(test)]
+pub(crate) fn test_vlm(vs: &nn::VarStore, patch_size: u32) -> Vlm {
+    let vit = VitConfig {
+        image_size: 16,
+        patch_size,
+        d_model: 16,
+        n_layers: 1,
+        n_heads: 2,
+    };
+    Vlm::new(
+        &vs.root(),
+        crate::model::test_config(64),
+        VisionConfig::Vit(vit),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,15 +110,7 @@ mod tests {
 
     fn vlm(vs: &nn::VarStore) -> Vlm {
         tch::manual_seed(3);
-        let lm = crate::model::test_config(64);
-        let vit = VitConfig {
-            image_size: 16,
-            patch_size: 8,
-            d_model: 16,
-            n_layers: 1,
-            n_heads: 2,
-        };
-        Vlm::new(&vs.root(), lm, VisionConfig::Vit(vit))
+        test_vlm(vs, 8)
     }
 
     #[test]

@@ -353,6 +353,19 @@ pub struct WorkerInfo {
     pub threads: u32,
 }
 
+#[cfg(test)]
+impl WorkerInfo {
+    /// A one-thread CPU worker on `hostname`, for unit tests.
+    pub fn for_tests(hostname: &str) -> Self {
+        Self {
+            hostname: hostname.into(),
+            device: "cpu".into(),
+            memory_bytes: 0,
+            threads: 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Worker {
     pub id: String,

@@ -20,13 +20,7 @@ fn scheduler() -> Scheduler {
 }
 
 fn worker(s: &mut Scheduler, name: &str) -> String {
-    let info = WorkerInfo {
-        hostname: name.into(),
-        device: "cpu".into(),
-        memory_bytes: 0,
-        threads: 1,
-    };
-    s.register(info, 0)
+    s.register(WorkerInfo::for_tests(name), 0)
 }
 
 fn done(s: &mut Scheduler, w: &str, a: &Assignment, now: Millis) {

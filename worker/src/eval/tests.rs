@@ -9,8 +9,6 @@ use super::benchmarks::{self, Format};
 use super::score::{self, Request, Scorer, Text};
 use crate::model::{Gpt, test_config};
 use crate::tokenizer::Tokenizer;
-use crate::vision::VitConfig;
-use crate::vlm::{VisionConfig, Vlm};
 use outloud_coordinator::storage::Location;
 
 fn shared_eval() -> PathBuf {
@@ -230,14 +228,7 @@ fn batching_changes_no_score() {
 fn batching_changes_no_score_after_a_picture() {
     tch::manual_seed(4);
     let vs = nn::VarStore::new(Device::Cpu);
-    let vit = VitConfig {
-        image_size: 16,
-        patch_size: 8,
-        d_model: 32,
-        n_layers: 1,
-        n_heads: 4,
-    };
-    let vlm = Vlm::new(&vs.root(), test_config(64), VisionConfig::Vit(vit));
+    let vlm = crate::vlm::test_vlm(&vs, 8);
     let tokenizer = tokenizer();
     let pictures = Tensor::rand([3, 3, 16, 16], (tch::Kind::Float, Device::Cpu));
     let visual = tch::no_grad(|| vlm.visual_tokens(&pictures));
