@@ -39,8 +39,8 @@ pub mod score_names {
     }
 }
 
-/// Accuracies are fractions; the report shows percentages.
-fn percent(value: Option<f64>) -> String {
+/// Accuracies are fractions; the report shows percentages (`-`: not scored).
+pub fn percent(value: Option<f64>) -> String {
     value.map_or("-".into(), |v| format!("{:.1}", 100.0 * v))
 }
 

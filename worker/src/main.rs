@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use outloud_coordinator::report::percent;
 use outloud_coordinator::storage::{Location, absolute_url};
 use outloud_worker::agent::{self, AgentConfig};
 use outloud_worker::checkpoint;
@@ -134,7 +135,6 @@ fn evaluate(command: Command, device: tch::Device) -> anyhow::Result<()> {
         "{:<32} {:>7} {:>7} {:>9}",
         "BENCHMARK", "ITEMS", "CHANCE", "ACCURACY"
     );
-    let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v));
     let results = eval::evaluate(&model, &found, &inputs, batch_size, runtime.handle(), |r| {
         let shown = r.skipped.clone().unwrap_or_else(|| percent(r.accuracy));
         println!(
