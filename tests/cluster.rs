@@ -312,8 +312,7 @@ async fn phase_one_reads_and_checkpoints_through_s3() {
     );
 
     // The checkpoint and the generated corpus are objects in the S3 server.
-    let root =
-        outloud_coordinator::storage::Location::open_with("s3://outloud/runs", s3.env()).unwrap();
+    let root = outloud_core::storage::Location::open_with("s3://outloud/runs", s3.env()).unwrap();
     let names: Vec<String> = root
         .list()
         .await

@@ -7,6 +7,8 @@ mod support;
 
 use std::time::Duration;
 
+use outloud_core::results::{ScoreMode, TaskResults};
+
 use support::*;
 
 /// A 1x1 PNG, for a user-supplied caption folder.
@@ -71,38 +73,47 @@ phases:
             "questions.eval"
         ]
     );
-    let captions = job.phases[2].scores();
-    assert_eq!(captions["images_skipped"], 2.0, "{captions:?}");
+    let captions = job.phases[2].results();
+    assert_eq!(captions.counts.images_skipped, 2, "{captions:?}");
+    let probe = captions
+        .probe("caption_accuracy")
+        .expect("the caption probe ran");
     assert!(
-        captions["caption_accuracy"] > captions["caption_chance"] + 0.05,
+        probe.value > probe.chance.unwrap() + 0.05 && probe.items > 0,
         "{captions:?}"
     );
 
     // Every phase's effect shows in its eval step.
     let (after_language, after_captions, after_questions) = (
-        job.phases[1].scores(),
-        job.phases[3].scores(),
-        job.phases[5].scores(),
+        job.phases[1].results(),
+        job.phases[3].results(),
+        job.phases[5].results(),
     );
     eprintln!(
         "after language: {after_language:?}\nafter captions: {after_captions:?}\nafter questions: {after_questions:?}"
     );
-    let beats = |scores: &std::collections::BTreeMap<String, f64>, name: &str, margin: f64| {
-        let (accuracy, chance) = (
-            scores[name],
-            scores[&outloud_coordinator::report::score_names::chance(name)],
-        );
+    let beats = |results: &TaskResults, name: &str, margin: f64| {
+        let score = results.benchmark(name).expect("the benchmark was scored");
         assert!(
-            accuracy > chance + margin,
-            "{name}: {accuracy} vs chance {chance}"
+            score.accuracy > score.chance + margin,
+            "{name}: {} vs chance {}",
+            score.accuracy,
+            score.chance
         );
     };
     beats(&after_language, "world_grammar", 0.2);
     // Without a vision path, questions about pictures are not scored at all.
-    assert!(!after_language.contains_key("world_vqa"));
+    assert!(after_language.benchmark("world_vqa").is_none());
+    assert_eq!(
+        after_captions
+            .benchmark("world_picture_choice")
+            .unwrap()
+            .mode,
+        Some(ScoreMode::WithPictures)
+    );
     beats(&after_captions, "world_picture_choice", 0.1);
     beats(&after_questions, "world_vqa", 0.1);
-    assert!(after_questions.contains_key("world_winoground"));
+    assert!(after_questions.benchmark("world_winoground").is_some());
 
     // Words are counted per phase and the planned ones stay within the budget.
     for phase in job.phases.iter().filter(|p| !p.evaluation) {

@@ -86,7 +86,7 @@ phases:
     let results: Value = serde_json::from_slice(&std::fs::read(&results_path).unwrap()).unwrap();
     let expected = slice_files();
     let mut seen = 0;
-    let scores = job.phases[1].scores();
+    let reported = job.phases[1].results();
     for benchmark in results["benchmarks"].as_array().unwrap() {
         let name = benchmark["name"].as_str().unwrap();
         let mut accuracies = Vec::new();
@@ -119,23 +119,39 @@ phases:
                 (file["accuracy"].as_f64().unwrap() - accuracy).abs() < 1e-12,
                 "{name}/{stem}"
             );
-            assert!((scores[&format!("{name}/{stem}")] - accuracy).abs() < 1e-12);
+            let file_score = reported
+                .files(name)
+                .find(|f| f.file.as_deref() == Some(stem))
+                .unwrap();
+            assert!((file_score.accuracy - accuracy).abs() < 1e-12);
+            assert_eq!(
+                (file_score.items, file_score.correct),
+                (*items as u64, right as u64)
+            );
             accuracies.push(accuracy);
             seen += 1;
         }
         let macro_average = accuracies.iter().sum::<f64>() / accuracies.len() as f64;
         assert!(
-            (scores[name] - macro_average).abs() < 1e-12,
+            (reported.benchmark(name).unwrap().accuracy - macro_average).abs() < 1e-12,
             "{name}: macro average"
         );
     }
     assert_eq!(seen, expected.len(), "every file of the slices is scored");
-    for name in ["blimp", "blimp_supplement", "ewok", "winoground"] {
-        assert!(scores.contains_key(name), "{name} missing: {scores:?}");
-    }
+    let accuracy = |name: &str| match reported.benchmark(name) {
+        Some(score) => score.accuracy,
+        None => panic!("{name} missing: {reported:?}"),
+    };
     eprintln!(
         "accuracies: blimp {:.3} supplement {:.3} ewok {:.3} winoground {:.3}",
-        scores["blimp"], scores["blimp_supplement"], scores["ewok"], scores["winoground"]
+        accuracy("blimp"),
+        accuracy("blimp_supplement"),
+        accuracy("ewok"),
+        accuracy("winoground")
+    );
+    assert_eq!(
+        reported.counts.items_scored,
+        expected.values().map(|n| *n as u64).sum::<u64>()
     );
 
     // The same 50 pairs scored by PyTorch from the exported checkpoint and tokenizer.
@@ -262,8 +278,7 @@ async fn benchmarks_are_read_from_s3_and_a_missing_one_is_refused_with_its_line(
     s3.create_bucket("outloud");
     let env = s3.env();
     // Two BLiMP paradigms and an EWoK domain, uploaded as a user would.
-    let bucket =
-        outloud_coordinator::storage::Location::open_with("s3://outloud", env.clone()).unwrap();
+    let bucket = outloud_core::storage::Location::open_with("s3://outloud", env.clone()).unwrap();
     let eval = shared_data().join("eval");
     let uploads = [
         "blimp_filtered/passive_1.jsonl",
@@ -320,10 +335,11 @@ phases:
     let id = submit(&connection, yaml, dir.path()).await;
     let job = wait_until(&connection, &id, Duration::from_secs(300), finished).await;
     assert_succeeded(&job);
-    let scores = job.phases[1].scores();
-    let items = |f: &str| lines(&eval.join(f)) as f64;
-    assert_eq!(scores["blimp:items"], items(uploads[0]) + items(uploads[1]));
-    assert_eq!(scores["ewok:items"], items(uploads[2]));
+    let reported = job.phases[1].results();
+    let items = |f: &str| lines(&eval.join(f)) as u64;
+    let scored = |name: &str| reported.benchmark(name).map(|b| b.items);
+    assert_eq!(scored("blimp"), Some(items(uploads[0]) + items(uploads[1])));
+    assert_eq!(scored("ewok"), Some(items(uploads[2])));
     let results = bucket.join(&format!("runs/jobs/{id}/language.eval/results.json"));
     let results: Value = serde_json::from_slice(&results.get().await.unwrap()).unwrap();
     assert_eq!(results["benchmarks"].as_array().unwrap().len(), 2);

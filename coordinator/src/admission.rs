@@ -1,8 +1,8 @@
 //! Admission: everything checked before a job is accepted. The spec must parse and make
 //! sense ([`spec::parse`]), and every data source it reads must exist in storage.
 
-use crate::spec::{self, JobSpec, Locator, SpecErrors};
-use crate::storage::{Location, StorageError};
+use outloud_core::spec::{self, JobSpec, Locator, SpecErrors};
+use outloud_core::storage::{Location, StorageError};
 
 /// Parses, checks and resolves a spec against `working_dir`; then looks for its data.
 pub async fn admit(

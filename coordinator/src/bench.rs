@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use outloud_proto::v1 as pb;
 use serde::Serialize;
 
-use crate::client::Connection;
 use crate::server::{self, ServerConfig};
+use outloud_core::client::Connection;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Scenario {
@@ -66,7 +66,7 @@ async fn simulated_worker(connection: Connection, until: Instant) -> anyhow::Res
             lease: task.lease,
             metrics: None,
             output: String::new(),
-            scores: Default::default(),
+            results: None,
         };
         client.complete_task(request).await?;
         latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);

@@ -2,47 +2,23 @@
 //! BabyLM 2024 multimodal baselines; as text, JSON, or a self-contained HTML page with
 //! a plot of every benchmark across the phases.
 //!
-//! It reads the scores eval tasks report (named as [`score_names`] says), so it needs
-//! only the coordinator; per-item scores stay in the results JSON in the job's storage.
+//! It reads the typed results eval tasks report, so it needs only the coordinator;
+//! per-item scores stay in the results JSON in the job's storage.
 
-use std::collections::BTreeMap;
-
+use outloud_core::results::{TaskResults, percent};
 use serde::Serialize;
 
 use crate::scheduler::{Job, RunState};
-use crate::spec::BASELINES;
 
-/// How an eval step's scores are named: the contract between the worker that reports
-/// them and the report and tables that read them.
-pub mod score_names {
-    /// A benchmark's accuracy (macro average over its files).
-    pub fn accuracy(benchmark: &str) -> String {
-        benchmark.to_string()
-    }
-    /// One file's (paradigm's) accuracy.
-    pub fn file(benchmark: &str, file: &str) -> String {
-        format!("{benchmark}/{file}")
-    }
-    pub fn chance(benchmark: &str) -> String {
-        format!("{benchmark}:chance")
-    }
-    pub fn items(benchmark: &str) -> String {
-        format!("{benchmark}:items")
-    }
-    /// Whether `name` is a benchmark's accuracy (not a file's, chance or count).
-    pub fn is_accuracy(name: &str) -> bool {
-        !name.contains('/') && !name.contains(':')
-    }
-    /// The file a name belongs to, when it is `benchmark`'s per-file accuracy.
-    pub fn file_of<'a>(benchmark: &str, name: &'a str) -> Option<&'a str> {
-        name.strip_prefix(benchmark)?.strip_prefix('/')
-    }
-}
-
-/// Accuracies are fractions; the report shows percentages (`-`: not scored).
-pub fn percent(value: Option<f64>) -> String {
-    value.map_or("-".into(), |v| format!("{:.1}", 100.0 * v))
-}
+/// Published scores (accuracy, %) of the BabyLM 2024 multimodal-track baselines.
+pub const BASELINES: [(&str, f64, f64); 5] = [
+    // (benchmark, GIT, Flamingo)
+    ("blimp", 65.2, 70.9),
+    ("blimp_supplement", 62.7, 65.0),
+    ("ewok", 52.4, 52.7),
+    ("winoground", 55.5, 51.6),
+    ("vqa", 54.1, 52.3),
+];
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FileRow {
@@ -74,57 +50,56 @@ pub struct Report {
 
 impl Report {
     pub fn of(job: &Job) -> Self {
-        let evals: Vec<(String, BTreeMap<String, f64>)> = job
+        let evals: Vec<(String, TaskResults)> = job
             .phases
             .iter()
             .filter(|p| p.evaluation)
             .map(|p| {
                 let trained = &job.spec.phases[p.spec_phase as usize].name;
-                (trained.clone(), p.scores())
+                (trained.clone(), p.results())
             })
             .collect();
         let mut names: Vec<String> = evals
             .iter()
-            .flat_map(|(_, scores)| scores.keys())
-            .filter(|k| score_names::is_accuracy(k))
-            .cloned()
+            .flat_map(|(_, results)| results.overall())
+            .map(|b| b.benchmark.clone())
             .collect();
         names.sort_by_key(|n| {
-            (
-                BASELINES
-                    .iter()
-                    .position(|b| b.0 == n)
-                    .unwrap_or(usize::MAX),
-                n.clone(),
-            )
+            let published = BASELINES.iter().position(|b| b.0 == n);
+            (published.unwrap_or(usize::MAX), n.clone())
         });
         names.dedup();
-        let across = |key: &str| -> Vec<Option<f64>> {
-            evals.iter().map(|(_, s)| s.get(key).copied()).collect()
+        // Accuracy after each evaluated phase.
+        let across = |score: &dyn Fn(&TaskResults) -> Option<f64>| -> Vec<Option<f64>> {
+            evals.iter().map(|(_, results)| score(results)).collect()
         };
-        let first = |key: &str| evals.iter().find_map(|(_, s)| s.get(key).copied());
         let benchmarks = names
             .iter()
             .map(|name| {
+                let first = evals.iter().find_map(|(_, r)| r.benchmark(name));
                 let mut files: Vec<String> = evals
                     .iter()
-                    .flat_map(|(_, s)| s.keys())
-                    .filter_map(|k| score_names::file_of(name, k).map(str::to_string))
+                    .flat_map(|(_, r)| r.files(name))
+                    .filter_map(|f| f.file.clone())
                     .collect();
                 files.sort();
                 files.dedup();
                 let baseline = BASELINES.iter().find(|b| b.0 == name);
                 BenchmarkRow {
                     name: name.clone(),
-                    items: first(&score_names::items(name)).map(|n| n as u64),
-                    chance: first(&score_names::chance(name)),
-                    accuracy: across(&score_names::accuracy(name)),
+                    items: first.map(|b| b.items),
+                    chance: first.map(|b| b.chance),
+                    accuracy: across(&|r| r.benchmark(name).map(|b| b.accuracy)),
                     git: baseline.map(|b| b.1),
                     flamingo: baseline.map(|b| b.2),
                     files: files
                         .into_iter()
                         .map(|file| FileRow {
-                            accuracy: across(&score_names::file(name, &file)),
+                            accuracy: across(&|r| {
+                                let mut files = r.files(name);
+                                let found = files.find(|f| f.file.as_deref() == Some(&file));
+                                found.map(|f| f.accuracy)
+                            }),
                             name: file,
                         })
                         .collect(),
@@ -292,6 +267,7 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::scheduler::{Metrics, Scheduler, SchedulerConfig, WorkerInfo};
+    use outloud_core::results::{BenchmarkScore, ScoreMode};
 
     #[test]
     fn benchmarks_by_phase_with_baselines_and_paradigms() {
@@ -303,25 +279,33 @@ mod tests {
             lease_timeout_ms: 1000,
         });
         let w = s.register(WorkerInfo::for_tests("h"), 0);
-        let job = s.submit(crate::spec::parse(yaml, "r.yaml").unwrap(), 0);
-        let scores = |blimp: f64| -> BTreeMap<String, f64> {
-            [
-                ("blimp", blimp),
-                ("blimp/passive_1", blimp),
-                ("blimp:items", 840.0),
-                ("blimp:chance", 0.5),
-                ("world_vqa", 0.25),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
+        let job = s
+            .submit(outloud_core::spec::parse(yaml, "r.yaml").unwrap(), 0)
+            .unwrap();
+        let score = |benchmark: &str, file: Option<&str>, accuracy: f64| BenchmarkScore {
+            benchmark: benchmark.into(),
+            file: file.map(str::to_string),
+            mode: Some(ScoreMode::TextOnly),
+            items: 840,
+            correct: (accuracy * 840.0) as u64,
+            accuracy,
+            chance: 0.5,
+            unusable: 0,
+        };
+        let scores = |blimp: f64| TaskResults {
+            benchmarks: vec![
+                score("blimp", None, blimp),
+                score("blimp", Some("passive_1"), blimp),
+                score("world_vqa", None, 0.25),
+            ],
+            ..TaskResults::default()
         };
         let mut blimp = [0.6, 0.7].into_iter();
         while let Some(a) = s.lease(&w, 1).unwrap() {
-            let given = if a.evaluation {
+            let given = if matches!(a.spec.work, outloud_core::task_spec::Work::Evaluate(_)) {
                 scores(blimp.next().unwrap())
             } else {
-                BTreeMap::new()
+                TaskResults::default()
             };
             s.complete(&w, &a.lease, Metrics::default(), "out".into(), given, 2)
                 .unwrap();

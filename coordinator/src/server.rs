@@ -17,10 +17,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::admission::admit;
-use crate::auth::RequireToken;
 use crate::scheduler::{Millis, Scheduler, SchedulerConfig, SchedulerError};
 use crate::store::{Batch, Committer, Store};
 use crate::wire;
+use outloud_core::auth::RequireToken;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -80,6 +80,7 @@ fn status_of(error: SchedulerError) -> Status {
         SchedulerError::StaleLease { .. } | SchedulerError::JobFinished(_) => {
             Status::failed_precondition(error.to_string())
         }
+        SchedulerError::Unplannable(_) => Status::invalid_argument(error.to_string()),
     }
 }
 
@@ -214,7 +215,7 @@ impl Workers for WorkerService {
             .await?
             .map_err(status_of)?;
         Ok(Response::new(pb::HeartbeatResponse {
-            revoked: revoked.iter().map(wire::lease_to).collect(),
+            revoked: revoked.iter().map(outloud_core::wire::lease_to).collect(),
         }))
     }
 
@@ -229,10 +230,10 @@ impl Workers for WorkerService {
             .await?
             .map_err(status_of)?;
         if let Some(a) = &assignment {
-            tracing::info!(job = %a.job_id, phase = %a.phase, task = %a.lease.task, epoch = a.lease.epoch, worker = %worker, "task leased");
+            tracing::info!(job = %a.job_id, step = %a.step, task = %a.lease.task, epoch = a.lease.epoch, worker = %worker, "task leased");
         }
         Ok(Response::new(pb::LeaseTaskResponse {
-            task: assignment.as_ref().map(wire::assignment_to),
+            task: assignment.as_ref().map(outloud_core::wire::assignment_to),
         }))
     }
 
@@ -242,7 +243,7 @@ impl Workers for WorkerService {
     ) -> Result<Response<pb::ReportProgressResponse>, Status> {
         let r = request.into_inner();
         let lease = wire::lease_from(r.lease)?;
-        let metrics = wire::metrics_from(r.metrics);
+        let metrics = outloud_core::wire::metrics_from(r.metrics);
         self.0
             .mutate(|s, now| {
                 s.report_progress(
@@ -265,7 +266,7 @@ impl Workers for WorkerService {
     ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
         let r = request.into_inner();
         let lease = wire::lease_from(r.lease)?;
-        let metrics = wire::metrics_from(r.metrics);
+        let metrics = outloud_core::wire::metrics_from(r.metrics);
         self.0
             .mutate(|s, now| {
                 s.complete(
@@ -273,7 +274,7 @@ impl Workers for WorkerService {
                     &lease,
                     metrics,
                     r.output,
-                    r.scores.into_iter().collect(),
+                    outloud_core::wire::results_from(r.results),
                     now,
                 )
             })
@@ -310,7 +311,11 @@ impl Jobs for JobService {
         let spec = admit(&r.spec_yaml, &r.source_name, &r.working_dir)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let job_id = self.0.mutate(|s, now| s.submit(spec, now)).await?;
+        let job_id = self
+            .0
+            .mutate(|s, now| s.submit(spec, now))
+            .await?
+            .map_err(status_of)?;
         tracing::info!(job = %job_id, "job submitted");
         Ok(Response::new(pb::SubmitJobResponse { job_id }))
     }

@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::report::score_names;
+use outloud_core::results::TaskResults;
+
 use crate::scheduler::{Job, Metrics, Phase, RunState, Worker};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,7 +55,7 @@ pub fn job_json(job: &Job) -> serde_json::Value {
     for (phase, json) in job.phases.iter().zip(phases) {
         json["metrics"] = serde_json::to_value(phase.metrics()).expect("metrics serialize");
         json["first_loss"] = serde_json::to_value(phase.first_loss()).expect("numbers serialize");
-        json["scores"] = serde_json::to_value(phase.scores()).expect("numbers serialize");
+        json["results"] = serde_json::to_value(phase.results()).expect("results serialize");
         json["planned_words"] =
             serde_json::to_value(planned_words(job, phase)).expect("numbers serialize");
     }
@@ -73,6 +74,11 @@ pub fn job_table(job: &Job) -> String {
     );
     for phase in &job.phases {
         let m = phase.metrics();
+        let progress = if phase.evaluation {
+            format!("{}/{}", m.items, m.total_items)
+        } else {
+            format!("{}/{}", m.step, m.total_steps)
+        };
         let planned = planned_words(job, phase).map_or("-".into(), |w| w.to_string());
         // Eval steps count items scored, not optimizer steps; they have no loss.
         let loss = |l: Option<f64>| match l {
@@ -83,7 +89,7 @@ pub fn job_table(job: &Job) -> String {
             "{:<22} {:<10} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
             phase.name,
             phase.state.to_string(),
-            format!("{}/{}", m.step, m.total_steps),
+            progress,
             loss(phase.first_loss()),
             loss(Some(m.loss)),
             m.tokens,
@@ -91,14 +97,9 @@ pub fn job_table(job: &Job) -> String {
         );
     }
     for phase in &job.phases {
-        let mut scores = phase.scores();
-        if phase.evaluation {
-            // Benchmarks only; `outloud report` has the paradigms.
-            scores.retain(|name, _| score_names::is_accuracy(name));
-        }
-        if !scores.is_empty() {
-            let shown: Vec<String> = scores.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
-            out += &format!("{} scores: {}\n", phase.name, shown.join(", "));
+        let shown = results_line(&phase.results());
+        if !shown.is_empty() {
+            out += &format!("{} scores: {shown}\n", phase.name);
         }
     }
     let planned: u64 = job.spec.phases.iter().filter_map(|p| p.words).sum();
@@ -107,6 +108,25 @@ pub fn job_table(job: &Job) -> String {
         job.spec.word_budget
     );
     out
+}
+
+/// Benchmarks' accuracy (`outloud report` has the paradigms), probes with their chance
+/// levels, and skipped pictures, on one line.
+pub fn results_line(results: &TaskResults) -> String {
+    let mut shown: Vec<String> = results
+        .overall()
+        .map(|b| format!("{} {:.3}", b.benchmark, b.accuracy))
+        .collect();
+    for probe in &results.probes {
+        let chance = probe
+            .chance
+            .map_or(String::new(), |c| format!(" (chance {c:.3})"));
+        shown.push(format!("{} {:.3}{chance}", probe.name, probe.value));
+    }
+    if results.counts.images_skipped > 0 || !results.probes.is_empty() {
+        shown.push(format!("images skipped {}", results.counts.images_skipped));
+    }
+    shown.join(", ")
 }
 
 /// Words a training phase plans to consume (eval steps consume none).

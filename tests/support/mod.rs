@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use outloud_coordinator::client::Connection;
 use outloud_coordinator::scheduler::{Job, RunState};
+use outloud_core::client::Connection;
 use outloud_proto::v1 as pb;
 
 /// Training tests share two cores: run them one at a time.

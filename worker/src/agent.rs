@@ -11,17 +11,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outloud_coordinator::client::{Connection, Workers};
-use outloud_coordinator::scheduler::{Assignment, Metrics};
-use outloud_coordinator::wire;
+use outloud_core::client::{Connection, Workers};
+use outloud_core::task::{Assignment, Metrics};
+use outloud_core::wire;
 use outloud_proto::v1 as pb;
 use tch::Device;
 use tokio::sync::{mpsc, watch};
 use tonic::Code;
 use tracing::Instrument;
 
+use crate::context::{Progress, TaskContext, TaskOutput};
 use crate::error::WorkerError;
-use crate::task::{self, Progress, TaskContext, TaskOutput};
+use crate::task;
 
 const IDLE_POLL: Duration = Duration::from_millis(200);
 const RETRY: Duration = Duration::from_millis(500);
@@ -179,18 +180,20 @@ async fn heartbeat_loop(
 
 impl Agent {
     async fn run_task(&mut self, task: pb::TaskAssignment) {
-        let assignment = match wire::assignment_from(task.clone()) {
+        let lease = task.lease.clone().unwrap_or_default();
+        let assignment = match wire::assignment_from(task) {
             Ok(a) => a,
             Err(e) => {
-                let lease = task.lease.unwrap_or_default();
-                self.fail(lease, &WorkerError::Config(e)).await;
+                // Another worker (of the coordinator's version) may read it: retryable.
+                tracing::error!(error = %e, task = %lease.task_id, "assignment refused");
+                self.fail(lease, &WorkerError::Refused(e)).await;
                 return;
             }
         };
         let span = tracing::info_span!(
             "task",
             job = %assignment.job_id,
-            phase = %assignment.phase,
+            phase = %assignment.step,
             task = %assignment.lease.task,
             worker = %self.worker_id,
             rank = assignment.lease.task.shard,
@@ -288,7 +291,7 @@ impl Agent {
             lease: Some(lease),
             metrics: Some(wire::metrics_to(&metrics)),
             output: output.output,
-            scores: output.scores.into_iter().collect(),
+            results: Some(wire::results_to(&output.results)),
         };
         let answer = self.deliver(|mut client, request| async move { client.complete_task(request).await.map(|_| ()) }, request).await;
         match answer {

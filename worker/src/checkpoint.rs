@@ -3,19 +3,22 @@
 //!
 //! The manifest is written last and lists every file's SHA-256, so a checkpoint is
 //! either complete and verified or refused: a half-written or corrupted one is detected
-//! on load, never silently used.
+//! on load, never silently used. Its types are the model's own ([`GptConfig`],
+//! [`VisionPath`]), never the job spec's; [`FORMAT`] versions them.
 
 use std::collections::BTreeMap;
 
-use outloud_coordinator::storage::{Location, StorageError};
+use outloud_core::storage::{Location, StorageError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
 use crate::error::WorkerError;
 use crate::model::GptConfig;
-use outloud_coordinator::spec::VisionSpec;
+use crate::vlm::VisionPath;
 
+/// The manifest's version: bump it when a field changes meaning, so a reader of the
+/// previous version refuses the checkpoint instead of misreading it.
 pub const FORMAT: &str = "outloud-checkpoint/1";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -33,7 +36,7 @@ pub struct Manifest {
     pub model: GptConfig,
     /// The vision path, for checkpoints of phases that see pictures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vision: Option<VisionSpec>,
+    pub vision: Option<VisionPath>,
     pub loss: f64,
     pub tokens: u64,
     pub words: u64,

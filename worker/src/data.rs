@@ -3,8 +3,9 @@
 //! sources (`generated_text`, `picture_book`) are written into the job's storage first
 //! (once, deterministically), then read back like any other files.
 
-use outloud_coordinator::spec::{DataKind, DataSource, JobSpec};
-use outloud_coordinator::storage::Location;
+use outloud_core::spec::DataKind;
+use outloud_core::storage::Location;
+use outloud_core::task_spec::DataInput;
 
 use crate::corpus;
 use crate::error::WorkerError;
@@ -17,15 +18,15 @@ pub struct Corpus {
 }
 
 /// Where a generated source lives in the job's storage.
-fn generated_location(spec: &JobSpec, source: &DataSource) -> Result<Location, WorkerError> {
+fn generated_location(storage: &str, source: &DataInput) -> Result<Location, WorkerError> {
     let words = source.words.unwrap_or(0);
     let name = format!("data/{}-seed{}-{}w.txt", source.name, source.seed, words);
-    Ok(Location::open(&spec.storage)?.join(&name))
+    Ok(Location::open(storage)?.join(&name))
 }
 
 /// Writes a generated source into storage unless it is already there.
-pub async fn materialize(spec: &JobSpec, source: &DataSource) -> Result<Location, WorkerError> {
-    let location = generated_location(spec, source)?;
+pub async fn materialize(storage: &str, source: &DataInput) -> Result<Location, WorkerError> {
+    let location = generated_location(storage, source)?;
     if !location.is_object().await? {
         let (seed, words) = (source.seed, source.words.unwrap_or(0));
         let text = tokio::task::spawn_blocking(move || corpus::generate(seed, words))
@@ -41,11 +42,11 @@ pub async fn materialize(spec: &JobSpec, source: &DataSource) -> Result<Location
 const WORLD_LAYOUT: u32 = 3;
 
 /// How much picture-book world a source asks for.
-fn world_size(spec: &JobSpec, source: &DataSource) -> WorldSize {
+fn world_size(source: &DataInput) -> WorldSize {
     let pictures = source.pictures.unwrap_or(0) as usize;
     WorldSize {
         seed: source.seed,
-        image_size: spec.model.vision.map(|v| v.image_size).unwrap_or(32),
+        image_size: source.image_size,
         train_pictures: pictures,
         test_pictures: (pictures / 5).max(20),
         unlabeled_pictures: (pictures / 2).max(20),
@@ -54,13 +55,13 @@ fn world_size(spec: &JobSpec, source: &DataSource) -> WorldSize {
 }
 
 /// The folder holding a picture-book world, written first unless already complete.
-async fn materialize_world(spec: &JobSpec, source: &DataSource) -> Result<Location, WorkerError> {
-    let size = world_size(spec, source);
+async fn materialize_world(storage: &str, source: &DataInput) -> Result<Location, WorkerError> {
+    let size = world_size(source);
     let name = format!(
         "data/{}-seed{}-{}p-{}px-v{WORLD_LAYOUT}",
         source.name, size.seed, size.train_pictures, size.image_size
     );
-    let folder = Location::open(&spec.storage)?.join(&name);
+    let folder = Location::open(storage)?.join(&name);
     // The marker is written last: a world without it is incomplete and written again.
     let marker = folder.join("world.json");
     if !marker.is_object().await? {
@@ -77,12 +78,12 @@ async fn materialize_world(spec: &JobSpec, source: &DataSource) -> Result<Locati
 }
 
 /// Where a data source's files are: its path, or the generated data in storage.
-pub async fn source_root(spec: &JobSpec, source: &DataSource) -> Result<Location, WorkerError> {
+pub async fn source_root(storage: &str, source: &DataInput) -> Result<Location, WorkerError> {
     match source.kind {
-        DataKind::GeneratedText => materialize(spec, source).await,
-        DataKind::PictureBook => materialize_world(spec, source).await,
+        DataKind::GeneratedText => materialize(storage, source).await,
+        DataKind::PictureBook => materialize_world(storage, source).await,
         kind => {
-            let url = source.path.as_deref().ok_or_else(|| {
+            let url = source.url.as_deref().ok_or_else(|| {
                 WorkerError::Config(format!("`{}` ({}) has no path", source.name, kind.name()))
             })?;
             Ok(Location::open(url)?)
@@ -90,20 +91,11 @@ pub async fn source_root(spec: &JobSpec, source: &DataSource) -> Result<Location
     }
 }
 
-/// The named data source of the spec.
-pub fn source<'a>(spec: &'a JobSpec, name: &str) -> Result<&'a DataSource, WorkerError> {
-    spec.data
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| WorkerError::Config(format!("no data source `{name}`")))
-}
-
 /// Reads every source the phase names, in the spec's order.
-pub async fn read_corpus(spec: &JobSpec, names: &[String]) -> Result<Corpus, WorkerError> {
+pub async fn read_corpus(storage: &str, sources: &[DataInput]) -> Result<Corpus, WorkerError> {
     let mut documents = Vec::new();
-    for name in names {
-        let source = source(spec, name)?;
-        let root = source_root(spec, source).await?;
+    for source in sources {
+        let root = source_root(storage, source).await?;
         let locations = match source.kind {
             DataKind::PictureBook => root.join("text/world.txt").objects().await?,
             _ => root.objects().await?,
@@ -118,6 +110,7 @@ pub async fn read_corpus(spec: &JobSpec, names: &[String]) -> Result<Corpus, Wor
         .map(|d| d.split_whitespace().count() as u64)
         .sum();
     if words == 0 {
+        let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
         return Err(WorkerError::Data(format!(
             "data sources {names:?} hold no text"
         )));

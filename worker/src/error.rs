@@ -1,7 +1,7 @@
 //! The worker's one error type. Each variant says whether retrying elsewhere can help:
 //! the coordinator re-leases retryable failures and fails the job on the others.
 
-use outloud_coordinator::storage::StorageError;
+use outloud_core::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -23,6 +23,9 @@ pub enum WorkerError {
     /// The lease was revoked or the worker is shutting down.
     #[error("stopped: {0}")]
     Stopped(String),
+    /// The assignment is of a protocol version this worker cannot read.
+    #[error("assignment refused: {0}")]
+    Refused(String),
 }
 
 impl WorkerError {
@@ -30,7 +33,7 @@ impl WorkerError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Storage(_) | Self::Io(_) | Self::Stopped(_) | Self::Torch(_)
+            Self::Storage(_) | Self::Io(_) | Self::Stopped(_) | Self::Torch(_) | Self::Refused(_)
         )
     }
 }

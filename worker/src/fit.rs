@@ -6,124 +6,20 @@
 //! sees exactly the batches the lost run would have seen. Training also stops once the
 //! phase has consumed its planned `words`.
 
-use std::collections::BTreeMap;
-
-use outloud_coordinator::scheduler::Metrics;
-use outloud_coordinator::spec::{PhaseSpec, VisionSpec};
-use outloud_coordinator::storage::Location;
+use outloud_core::results::TaskResults;
+use outloud_core::storage::Location;
+use outloud_core::task::Metrics;
 use tch::{Tensor, nn};
 
-use crate::checkpoint::{self, Loaded, Manifest, ToSave};
+use crate::checkpoint::{self, Manifest, ToSave};
+use crate::context::{TaskContext, TaskOutput};
 use crate::error::WorkerError;
 use crate::model::GptConfig;
 use crate::optim::{AdamW, learning_rate};
-use crate::task::{TaskContext, TaskOutput};
+use crate::vlm::VisionPath;
 
 pub const WEIGHT_DECAY: f64 = 0.1;
 const MAX_GRAD_NORM: f64 = 1.0;
-
-/// Where the phase keeps its checkpoints: `<storage>/jobs/<job>/<phase>/`.
-pub fn phase_root(ctx: &TaskContext) -> Result<Location, WorkerError> {
-    let a = &ctx.assignment;
-    Ok(Location::open(&a.spec.storage)?.join(&format!("jobs/{}/{}", a.job_id, a.phase)))
-}
-
-/// The phase's spec.
-pub fn phase(ctx: &TaskContext) -> &PhaseSpec {
-    &ctx.assignment.spec.phases[ctx.assignment.spec_phase as usize]
-}
-
-/// Where training resumes: the newest checkpoint of this task that verifies, else
-/// nothing. The coordinator names the newest one reported; if it is corrupt or
-/// incomplete it is refused (never loaded) and older ones are tried, newest first.
-pub async fn resume_point(ctx: &TaskContext) -> Option<Loaded> {
-    let newest = ctx.assignment.resume_checkpoint.as_deref()?;
-    let mut candidates = vec![newest.to_string()];
-    if let Ok(root) = phase_root(ctx) {
-        candidates.extend(older_checkpoints(&root.join("checkpoints"), newest).await);
-    }
-    for url in candidates {
-        let Ok(location) = Location::open(&url) else {
-            continue;
-        };
-        match checkpoint::load(&location).await {
-            Ok(loaded) => return Some(loaded),
-            Err(e) => tracing::warn!(error = %e, "checkpoint refused; trying an older one"),
-        }
-    }
-    tracing::warn!("no checkpoint verifies; starting over");
-    None
-}
-
-/// Checkpoint folders under `folder` named before `newest` (names sort by step), newest first.
-async fn older_checkpoints(folder: &Location, newest: &str) -> Vec<String> {
-    let Ok(objects) = folder.list().await else {
-        return Vec::new();
-    };
-    let mut found: Vec<String> = objects
-        .iter()
-        .filter_map(|o| {
-            o.url()
-                .strip_suffix(&format!("/{}", checkpoint::MANIFEST_FILE))
-        })
-        .filter(|dir| *dir < newest)
-        .map(str::to_string)
-        .collect();
-    found.sort_unstable_by(|a, b| b.cmp(a));
-    found
-}
-
-/// Overwrites every variable of `vs` whose name `wanted` accepts with the saved tensor of
-/// the same name; answers how many were loaded.
-pub fn load_weights(
-    vs: &nn::VarStore,
-    saved: &[(String, Tensor)],
-    wanted: impl Fn(&str) -> bool,
-) -> Result<usize, WorkerError> {
-    let saved: std::collections::HashMap<&str, &Tensor> =
-        saved.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    tch::no_grad(|| {
-        let mut loaded = 0;
-        for (name, mut var) in vs.variables().into_iter().filter(|(n, _)| wanted(n)) {
-            let source = saved
-                .get(name.as_str())
-                .ok_or_else(|| WorkerError::Config(format!("checkpoint lacks weight `{name}`")))?;
-            if source.size() != var.size() {
-                return Err(WorkerError::Config(format!(
-                    "weight `{name}` is {:?} in the checkpoint, {:?} in the model",
-                    source.size(),
-                    var.size()
-                )));
-            }
-            var.copy_(source);
-            loaded += 1;
-        }
-        Ok(loaded)
-    })
-}
-
-/// Restores weights, optimizer moments and counters from a checkpoint of this phase.
-pub fn resume(
-    vs: &nn::VarStore,
-    optimizer: &mut AdamW,
-    loaded: &Loaded,
-) -> Result<Metrics, WorkerError> {
-    load_weights(vs, &loaded.weights, |_| true)?;
-    if let Some(state) = &loaded.optimizer {
-        optimizer
-            .load_state(state, loaded.manifest.step as i64)
-            .map_err(WorkerError::Config)?;
-    }
-    tracing::info!(step = loaded.manifest.step, "resumed from checkpoint");
-    let m = &loaded.manifest;
-    Ok(Metrics {
-        step: m.step,
-        total_steps: m.total_steps,
-        loss: m.loss,
-        tokens: m.tokens,
-        words: m.words,
-    })
-}
 
 /// bf16 weights and activations on CUDA (fast Tensor Cores), f32 on CPU. Call before
 /// the optimizer is made, so its moments take the same type.
@@ -145,7 +41,7 @@ pub struct Fit<'a> {
     pub root: Location,
     pub tokenizer_json: Vec<u8>,
     pub model: GptConfig,
-    pub vision: Option<VisionSpec>,
+    pub vision: Option<VisionPath>,
 }
 
 impl Fit<'_> {
@@ -153,7 +49,7 @@ impl Fit<'_> {
         Manifest {
             format: checkpoint::FORMAT.into(),
             job: self.ctx.assignment.job_id.clone(),
-            phase: self.ctx.assignment.phase.clone(),
+            phase: self.ctx.assignment.step.clone(),
             step: metrics.step,
             total_steps: metrics.total_steps,
             model: self.model,
@@ -194,7 +90,7 @@ impl Fit<'_> {
         resumed: bool,
         mut step_loss: impl FnMut(u64) -> Result<(Tensor, Consumed), WorkerError>,
     ) -> Result<TaskOutput, WorkerError> {
-        let phase = phase(self.ctx);
+        let phase = self.ctx.train()?;
         let mut metrics = Metrics {
             total_steps: phase.steps,
             ..start
@@ -243,7 +139,7 @@ impl Fit<'_> {
         Ok(TaskOutput {
             output: location.url().to_string(),
             metrics,
-            scores: BTreeMap::new(),
+            results: TaskResults::default(),
         })
     }
 }

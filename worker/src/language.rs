@@ -3,16 +3,17 @@
 //! The text of the phase's sources becomes one token stream; each step trains on
 //! `batch_size` random windows of it (the loop itself is [`crate::fit`]).
 
-use outloud_coordinator::scheduler::Metrics;
+use outloud_core::task::Metrics;
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::context::{TaskContext, TaskOutput};
 use crate::data::read_corpus;
 use crate::error::WorkerError;
 use crate::fit::{self, Consumed, Fit, WEIGHT_DECAY};
-use crate::model::Gpt;
+use crate::inputs;
+use crate::model::{Gpt, GptConfig};
 use crate::optim::AdamW;
 use crate::rng::Rng;
-use crate::task::{TaskContext, TaskOutput};
 use crate::tokenizer::Tokenizer;
 
 /// The (inputs, targets) batch of `step`: `batch` random windows of the token stream.
@@ -37,11 +38,12 @@ fn batch(
 }
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
-    let spec = &ctx.assignment.spec;
-    let phase = fit::phase(ctx);
-    let shape = spec.model.shape().map_err(WorkerError::Config)?;
-    let corpus = ctx.runtime.block_on(read_corpus(spec, &phase.data))?;
-    let resumed = ctx.runtime.block_on(fit::resume_point(ctx));
+    let phase = ctx.train()?;
+    let shape = GptConfig::from(phase.model);
+    let corpus = ctx
+        .runtime
+        .block_on(read_corpus(ctx.storage(), &phase.data))?;
+    let resumed = ctx.runtime.block_on(inputs::resume_point(ctx));
     let tokenizer = match &resumed {
         Some(loaded) => Tokenizer::from_json(&loaded.tokenizer)?,
         None => Tokenizer::train(&corpus.documents, shape.vocab_size)?,
@@ -70,12 +72,12 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     fit::set_precision(&mut vs);
     let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
     let start = match &resumed {
-        Some(loaded) => fit::resume(&vs, &mut optimizer, loaded)?,
+        Some(loaded) => inputs::restore(&vs, &mut optimizer, loaded)?,
         None => Metrics::default(),
     };
     let fit = Fit {
         ctx,
-        root: fit::phase_root(ctx)?,
+        root: ctx.step_root()?,
         tokenizer_json: tokenizer.to_json()?,
         model: shape,
         vision: None,

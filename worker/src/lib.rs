@@ -3,11 +3,15 @@
 //!
 //! Layout:
 //! - [`agent`]: the control loop (register, lease, heartbeat, report, complete).
-//! - [`task`]: the context a task runs in, and the dispatch by phase kind.
+//! - [`task`]: the dispatch by what a task's resolved spec says to do.
+//! - [`context`]: the context a task runs in (assignment, device, stop flag, progress).
+//! - [`inputs`]: checkpoints a task reads (resume, hand-over, the one an eval scores).
 //! - [`fit`]: the training loop every phase shares (steps, checkpoints, resume).
 //! - [`language`]: phase 1, language bootstrapping.
 //! - [`multimodal`]: phases 2 and 4, captioning and question answering.
-//! - [`probes`]: held-out caption and VQA accuracy, with chance levels.
+//! - [`prompts`]: how captions and questions are taught and asked.
+//! - [`visual`]: what the encoder reads for a picture (pixels, or precomputed features).
+//! - [`probes`]: held-out caption accuracy after phase 2, with its chance level.
 //! - [`eval`]: zero-shot benchmarks (BLiMP, EWoK, Winoground, VQA, ...) after phases.
 //! - [`model`]: the GPT, bottom-up, readable in one sitting.
 //! - [`vision`]: the ViT, precomputed-feature input, and the projector.
@@ -25,21 +29,25 @@
 
 pub mod agent;
 pub mod checkpoint;
+pub mod context;
 pub mod corpus;
 pub mod data;
 pub mod error;
 pub mod eval;
 pub mod fit;
 pub mod generate;
+pub mod inputs;
 pub mod language;
 pub mod loaders;
 pub mod model;
 pub mod multimodal;
 pub mod optim;
 pub mod probes;
+pub mod prompts;
 pub mod rng;
 pub mod task;
 pub mod tokenizer;
 pub mod vision;
+pub mod visual;
 pub mod vlm;
 pub mod world;

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use outloud_coordinator::storage::Location;
+use outloud_core::storage::Location;
 use serde::Deserialize;
 use tch::{Kind, Tensor};
 

@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use outloud_coordinator::report::percent;
-use outloud_coordinator::storage::{Location, absolute_url};
+use outloud_core::results::percent;
+use outloud_core::storage::{Location, absolute_url};
+use outloud_core::{auth, telemetry};
 use outloud_worker::agent::{self, AgentConfig};
 use outloud_worker::checkpoint;
 use outloud_worker::eval::{self, EvalModel, benchmarks};
-use outloud_worker::multimodal::VisualInputs;
+use outloud_worker::visual::VisualInputs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,13 +78,13 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tch::set_num_threads(args.threads as i32);
     if let Some(command) = args.command {
-        outloud_coordinator::telemetry::init("warn");
+        telemetry::init("warn");
         return evaluate(command, device(&args.device)?);
     }
-    outloud_coordinator::telemetry::init("info");
+    telemetry::init("info");
     let config = AgentConfig {
         coordinator: args.coordinator,
-        token: outloud_coordinator::auth::load_token(args.token_file.as_deref())?,
+        token: auth::load_token(args.token_file.as_deref())?,
         threads: args.threads,
         device: device(&args.device)?,
     };
@@ -94,7 +95,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            outloud_coordinator::cli::shutdown_signal().await;
+            telemetry::shutdown_signal().await;
             let _ = stop.send(true);
         });
         agent::run(config, shutdown).await

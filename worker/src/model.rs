@@ -11,12 +11,35 @@
 //! padded batches pass an explicit mask of which positions may be attended. The blocks
 //! also serve the vision encoder ([`crate::vision`]), which attends everywhere.
 
-use outloud_coordinator::spec::ModelShape;
+use outloud_core::spec::ModelShape;
+use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-/// The model's hyper-parameters, saved in every checkpoint manifest.
-pub type GptConfig = ModelShape;
+/// The model's hyper-parameters, saved in every checkpoint manifest. The model's own
+/// type: a task's resolved model shape converts into it, so the checkpoint format does
+/// not change when the spec format does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GptConfig {
+    pub vocab_size: u32,
+    /// Positions the model sees at once (visual tokens included).
+    pub context: u32,
+    pub d_model: u32,
+    pub n_layers: u32,
+    pub n_heads: u32,
+}
+
+impl From<ModelShape> for GptConfig {
+    fn from(shape: ModelShape) -> Self {
+        Self {
+            vocab_size: shape.vocab_size,
+            context: shape.context,
+            d_model: shape.d_model,
+            n_layers: shape.n_layers,
+            n_heads: shape.n_heads,
+        }
+    }
+}
 
 /// One layer's past keys and values, each (B, nh, S, hs).
 pub type LayerCache = Option<(Tensor, Tensor)>;

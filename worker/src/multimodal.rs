@@ -1,120 +1,29 @@
 //! Phases 2 and 4: the model learns from pictures. Phase 2 (`vision_language`) learns to
-//! caption images, phase 4 (`tasks`) to answer questions about them. Both read
-//! `[visual tokens] <|endoftext|> prompt answer <|endoftext|>` and learn only the answer
-//! (the caption, for phase 2): image and prompt positions are not taught.
+//! caption images, phase 4 (`tasks`) to answer questions about them, each taught only
+//! the answer ([`crate::prompts`]).
 //!
 //! Phase 2 starts from phase 1's final checkpoint: the language model's weights load as
-//! saved, the vision path starts fresh. Phase 4 starts from phase 2's, vision included.
+//! saved, the vision path starts fresh. Phase 4 starts from phase 2's, vision included
+//! ([`crate::inputs`]).
 
-use std::collections::BTreeMap;
-
-use outloud_coordinator::scheduler::Metrics;
-use outloud_coordinator::spec::{DataKind, PhaseKind, VisionEncoder, VisionSpec};
-use outloud_coordinator::storage::Location;
+use outloud_core::spec::DataKind;
+use outloud_core::task::Metrics;
+use outloud_core::task_spec::TrainKind;
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::checkpoint::{self, Loaded};
+use crate::context::{TaskContext, TaskOutput};
 use crate::data;
 use crate::error::WorkerError;
 use crate::fit::{self, Consumed, Fit, WEIGHT_DECAY};
+use crate::inputs::{self, Start};
 use crate::loaders;
 use crate::optim::AdamW;
 use crate::probes;
+use crate::prompts::{Example, caption_example, question_example};
 use crate::rng::Rng;
-use crate::task::{TaskContext, TaskOutput};
 use crate::tokenizer::Tokenizer;
-use crate::vision::VitConfig;
-use crate::vlm::{IGNORE, VisionConfig, Vlm};
-
-/// One training sequence: a picture, its tokens, and where the taught part starts.
-pub struct Example {
-    pub pixels: Tensor,
-    pub ids: Vec<i64>,
-    pub taught_from: usize,
-    /// Words in the taught text: what the word budget counts.
-    pub words: u64,
-}
-
-/// `<|endoftext|> caption <|endoftext|>`, the caption taught.
-pub fn caption_example(
-    tokenizer: &Tokenizer,
-    pixels: Tensor,
-    caption: &str,
-) -> Result<Example, WorkerError> {
-    let bos = tokenizer.end_of_text() as i64;
-    let mut ids = vec![bos];
-    ids.extend(tokenizer.encode(caption)?.into_iter().map(i64::from));
-    ids.push(bos);
-    Ok(Example {
-        pixels,
-        ids,
-        taught_from: 1,
-        words: caption.split_whitespace().count() as u64,
-    })
-}
-
-/// How a question is asked: the BabyLM VQA prompt, so phase 4 trains on the format
-/// the evaluation scores.
-pub fn question_text(question: &str) -> String {
-    format!("Question: {question} Answer:")
-}
-
-/// The prompt a question is asked with.
-pub fn question_prompt(tokenizer: &Tokenizer, question: &str) -> Result<Vec<i64>, WorkerError> {
-    let mut ids = vec![tokenizer.end_of_text() as i64];
-    ids.extend(
-        tokenizer
-            .encode(&question_text(question))?
-            .into_iter()
-            .map(i64::from),
-    );
-    Ok(ids)
-}
-
-/// An answer's tokens as they follow the prompt, ending the text.
-pub fn answer_tokens(tokenizer: &Tokenizer, answer: &str) -> Result<Vec<i64>, WorkerError> {
-    let mut ids: Vec<i64> = tokenizer
-        .encode(&format!(" {answer}"))?
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    ids.push(tokenizer.end_of_text() as i64);
-    Ok(ids)
-}
-
-/// `<|endoftext|> question: ... answer: <answer> <|endoftext|>`, the answer taught.
-pub fn question_example(
-    tokenizer: &Tokenizer,
-    pixels: Tensor,
-    question: &str,
-    answer: &str,
-) -> Result<Example, WorkerError> {
-    let mut ids = question_prompt(tokenizer, question)?;
-    let taught_from = ids.len();
-    ids.extend(answer_tokens(tokenizer, answer)?);
-    Ok(Example {
-        pixels,
-        ids,
-        taught_from,
-        words: answer.split_whitespace().count() as u64,
-    })
-}
-
-/// The vision configuration the model is built with.
-pub fn vision_config(vision: &VisionSpec) -> VisionConfig {
-    match vision.encoder {
-        VisionEncoder::Vit => VisionConfig::Vit(VitConfig {
-            image_size: vision.image_size,
-            patch_size: vision.patch_size,
-            d_model: vision.d_model,
-            n_layers: vision.n_layers,
-            n_heads: vision.n_heads,
-        }),
-        VisionEncoder::Features => VisionConfig::Features {
-            width: vision.features_width.unwrap_or(0) as i64,
-        },
-    }
-}
+use crate::visual::VisualInputs;
+use crate::vlm::{EncoderKind, IGNORE, VisionPath, Vlm};
 
 /// The batch of `step`: pictures (B, 3, S, S), ids and targets (B, T), right-padded,
 /// and the words it teaches.
@@ -156,97 +65,6 @@ fn batch(
     (pixels, ids, targets, chosen.iter().map(|e| e.words).sum())
 }
 
-/// What the encoder reads for a picture: its pixels (ViT), or its precomputed
-/// features, found by the picture's file name (with or without its extension).
-pub struct VisualInputs {
-    features: Option<BTreeMap<String, Tensor>>,
-}
-
-impl VisualInputs {
-    pub fn load(ctx: &TaskContext, vision: &VisionSpec) -> Result<Self, WorkerError> {
-        if vision.encoder != VisionEncoder::Features {
-            return Ok(Self::pixels());
-        }
-        let spec = &ctx.assignment.spec;
-        let mut features = BTreeMap::new();
-        for name in &fit::phase(ctx).data {
-            let source = data::source(spec, name)?;
-            if source.kind == DataKind::ImageFeatures {
-                let location = ctx.runtime.block_on(data::source_root(spec, source))?;
-                features.extend(ctx.runtime.block_on(loaders::features(&location))?);
-            }
-        }
-        Ok(Self::with_features(features))
-    }
-
-    /// Pictures are read as pixels.
-    pub fn pixels() -> Self {
-        Self { features: None }
-    }
-
-    pub fn with_features(features: BTreeMap<String, Tensor>) -> Self {
-        Self {
-            features: Some(features),
-        }
-    }
-
-    /// The encoder's input for the picture `key`; `None` when its features are missing.
-    pub fn for_picture(&self, key: &str, pixels: Tensor) -> Option<Tensor> {
-        let Some(features) = &self.features else {
-            return Some(pixels);
-        };
-        let name = loaders::file_name(key);
-        let stem = name.split('.').next().unwrap_or(name);
-        let found = features
-            .get(name)
-            .or_else(|| features.get(stem))
-            .map(Tensor::shallow_clone);
-        if found.is_none() {
-            tracing::warn!(
-                image = key,
-                "no precomputed features for this picture; skipped"
-            );
-        }
-        found
-    }
-}
-
-/// Where the phase starts.
-enum Start {
-    /// Its own checkpoint: a lease that resumes.
-    Resume(Loaded),
-    /// The previous phase's final checkpoint.
-    HandOver(Loaded),
-}
-
-impl Start {
-    fn find(ctx: &TaskContext) -> Result<Self, WorkerError> {
-        if let Some(loaded) = ctx.runtime.block_on(fit::resume_point(ctx)) {
-            return Ok(Start::Resume(loaded));
-        }
-        let url = ctx
-            .assignment
-            .previous_checkpoint
-            .as_deref()
-            .ok_or_else(|| {
-                WorkerError::Config(format!(
-                    "phase `{}` starts from the previous phase's checkpoint, and there is none",
-                    ctx.assignment.phase
-                ))
-            })?;
-        Ok(Start::HandOver(
-            ctx.runtime
-                .block_on(checkpoint::load(&Location::open(url)?))?,
-        ))
-    }
-
-    fn checkpoint(&self) -> &Loaded {
-        match self {
-            Start::Resume(loaded) | Start::HandOver(loaded) => loaded,
-        }
-    }
-}
-
 /// Reads the phase's training examples; answers them and how many images were skipped.
 fn examples(
     ctx: &TaskContext,
@@ -254,18 +72,18 @@ fn examples(
     image_size: u32,
     inputs: &VisualInputs,
 ) -> Result<(Vec<Example>, u64), WorkerError> {
-    let spec = &ctx.assignment.spec;
-    let phase = fit::phase(ctx);
+    let train = ctx.train()?;
     let mut out = Vec::new();
     let mut skipped = 0;
-    for name in &phase.data {
-        let source = data::source(spec, name)?;
+    for source in &train.data {
         if source.kind == DataKind::ImageFeatures {
             continue; // read by VisualInputs
         }
-        let root = ctx.runtime.block_on(data::source_root(spec, source))?;
+        let root = ctx
+            .runtime
+            .block_on(data::source_root(ctx.storage(), source))?;
         let book = source.kind == DataKind::PictureBook;
-        if phase.kind == PhaseKind::VisionLanguage {
+        if train.kind == TrainKind::VisionLanguage {
             let location = if book {
                 root.join("captions/train.jsonl")
             } else {
@@ -306,33 +124,32 @@ fn examples(
     }
     if out.is_empty() {
         return Err(WorkerError::Data(format!(
-            "phase `{}` found no usable examples",
-            phase.name
+            "step `{}` found no usable examples",
+            ctx.assignment.step
         )));
     }
     Ok((out, skipped))
 }
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
-    let spec = &ctx.assignment.spec;
-    let phase = fit::phase(ctx);
-    let shape = spec.model.shape().map_err(WorkerError::Config)?;
-    let vision = spec
-        .model
+    let phase = ctx.train()?;
+    let shape = phase.model.into();
+    let vision: VisionPath = phase
         .vision
-        .ok_or_else(|| WorkerError::Config("this phase needs `model.vision`".into()))?;
+        .ok_or_else(|| WorkerError::Config("this phase needs `model.vision`".into()))?
+        .into();
     let start_from = Start::find(ctx)?;
     let tokenizer = Tokenizer::from_json(&start_from.checkpoint().tokenizer)?;
 
     tch::manual_seed(phase.seed as i64);
     let mut vs = nn::VarStore::new(ctx.device);
-    let model = Vlm::new(&vs.root(), shape, vision_config(&vision));
+    let model = Vlm::new(&vs.root(), shape, vision.config());
     fit::set_precision(&mut vs);
     let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
     let (start, resumed) = match &start_from {
-        Start::Resume(loaded) => (fit::resume(&vs, &mut optimizer, loaded)?, true),
+        Start::Resume(loaded) => (inputs::restore(&vs, &mut optimizer, loaded)?, true),
         Start::HandOver(previous) => {
-            hand_over(&vs, previous)?;
+            inputs::hand_over(&vs, previous)?;
             (Metrics::default(), false)
         }
     };
@@ -343,12 +160,14 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
             }
         }
     }
-    let inputs = VisualInputs::load(ctx, &vision)?;
+    let inputs = ctx
+        .runtime
+        .block_on(VisualInputs::load(ctx.storage(), &phase.data, &vision))?;
     let (examples, skipped) = examples(ctx, &tokenizer, vision.image_size, &inputs)?;
     let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0) as u32;
     let visual_tokens = match vision.encoder {
-        VisionEncoder::Vit => vision.tokens(),
-        VisionEncoder::Features => examples[0].pixels.size()[0] as u32,
+        EncoderKind::Vit => vision.vit_tokens(),
+        EncoderKind::Features => examples[0].pixels.size()[0] as u32,
     };
     if longest + visual_tokens > shape.context {
         return Err(WorkerError::Config(format!(
@@ -359,7 +178,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     tracing::info!(examples = examples.len(), skipped, "examples ready");
     let fit = Fit {
         ctx,
-        root: fit::phase_root(ctx)?,
+        root: ctx.step_root()?,
         tokenizer_json: tokenizer.to_json()?,
         model: shape,
         vision: Some(vision),
@@ -380,10 +199,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
             Consumed { tokens, words },
         ))
     })?;
-    output
-        .scores
-        .insert("images_skipped".into(), skipped as f64);
-    output.scores.extend(probes::after_phase(
+    output.results.counts.images_skipped = skipped;
+    output.results.probes.extend(probes::after_phase(
         ctx,
         &model,
         &tokenizer,
@@ -393,22 +210,12 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     Ok(output)
 }
 
-/// Loads the previous phase's weights: all of them after a phase that saw pictures,
-/// else the language model's only (the vision path starts fresh).
-fn hand_over(vs: &nn::VarStore, previous: &Loaded) -> Result<(), WorkerError> {
-    let with_vision = previous.manifest.vision.is_some();
-    let wanted = |name: &str| {
-        with_vision || !(name.starts_with("vision.") || name.starts_with("projector."))
-    };
-    let loaded = fit::load_weights(vs, &previous.weights, wanted)?;
-    tracing::info!(loaded, from_phase = %previous.manifest.phase, "weights handed over");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::{self, Loaded};
     use crate::model::Gpt;
+    use outloud_core::spec::{VisionEncoder, VisionSpec};
 
     #[test]
     fn the_hand_over_loads_exactly_the_saved_language_model() {
@@ -438,8 +245,8 @@ mod tests {
             features_width: None,
             frozen: false,
         };
-        let _ = Vlm::new(&after.root(), lm, vision_config(&vision));
-        hand_over(&after, &previous).unwrap();
+        let _ = Vlm::new(&after.root(), lm, VisionPath::from(vision).config());
+        inputs::hand_over(&after, &previous).unwrap();
         let loaded = after.variables();
         for (name, tensor) in before.variables() {
             assert!(
@@ -480,55 +287,5 @@ mod tests {
             "red"
         );
         assert_eq!(words, 1);
-    }
-}
-
-#[cfg(test)]
-mod features {
-    use super::*;
-    use crate::model::GptConfig;
-
-    #[test]
-    fn precomputed_features_stand_in_for_pixels_by_file_name() {
-        let row = |v: f64| Tensor::full([4, 6], v, (Kind::Float, Device::Cpu));
-        let inputs = VisualInputs::with_features(BTreeMap::from([
-            ("a.png".to_string(), row(1.0)),
-            ("b".to_string(), row(2.0)),
-        ]));
-        let pixels = Tensor::zeros([3, 8, 8], (Kind::Float, Device::Cpu));
-        let a = inputs
-            .for_picture("images/a.png", pixels.shallow_clone())
-            .unwrap();
-        assert_eq!(a.size(), vec![4, 6]);
-        let b = inputs
-            .for_picture("shards/b.jpg", pixels.shallow_clone())
-            .unwrap();
-        assert_eq!(b.double_value(&[0, 0]), 2.0);
-        assert!(
-            inputs.for_picture("c.png", pixels).is_none(),
-            "missing features are skipped"
-        );
-
-        // A model over features trains like one over pixels.
-        let vs = nn::VarStore::new(Device::Cpu);
-        let lm = GptConfig {
-            vocab_size: 300,
-            context: 32,
-            d_model: 32,
-            n_layers: 1,
-            n_heads: 4,
-        };
-        let model = Vlm::new(&vs.root(), lm, VisionConfig::Features { width: 6 });
-        let ids = Tensor::from_slice(&[1i64, 2, 3, 4]).view([1, 4]);
-        let loss = model.loss(&a.unsqueeze(0), &ids, &ids);
-        loss.backward();
-        assert!(
-            vs.variables()["projector.fc1.weight"]
-                .grad()
-                .abs()
-                .sum(Kind::Float)
-                .double_value(&[])
-                > 0.0
-        );
     }
 }

@@ -8,18 +8,19 @@
 
 use std::collections::BTreeMap;
 
-use outloud_coordinator::spec::{DataKind, PhaseKind};
+use outloud_core::results::ProbeScore;
+use outloud_core::spec::DataKind;
+use outloud_core::task_spec::TrainKind;
 use serde::Deserialize;
 use tch::{Device, Tensor};
 
+use crate::context::TaskContext;
 use crate::data;
 use crate::error::WorkerError;
-use crate::fit;
 use crate::generate::{Sampling, generate};
 use crate::loaders::{self, file_name};
-use crate::multimodal::VisualInputs;
-use crate::task::TaskContext;
 use crate::tokenizer::Tokenizer;
+use crate::visual::VisualInputs;
 use crate::vlm::Vlm;
 use crate::world::language::caption_score;
 use crate::world::scene::Scene;
@@ -40,19 +41,15 @@ pub fn after_phase(
     tokenizer: &Tokenizer,
     image_size: u32,
     inputs: &VisualInputs,
-) -> Result<BTreeMap<String, f64>, WorkerError> {
-    let spec = &ctx.assignment.spec;
-    let phase = fit::phase(ctx);
-    let mut scores = BTreeMap::new();
-    let book = phase
-        .data
-        .iter()
-        .filter_map(|n| data::source(spec, n).ok())
-        .find(|s| s.kind == DataKind::PictureBook);
-    let Some(book) = book.filter(|_| phase.kind == PhaseKind::VisionLanguage) else {
-        return Ok(scores);
+) -> Result<Vec<ProbeScore>, WorkerError> {
+    let phase = ctx.train()?;
+    let book = phase.data.iter().find(|s| s.kind == DataKind::PictureBook);
+    let Some(book) = book.filter(|_| phase.kind == TrainKind::VisionLanguage) else {
+        return Ok(Vec::new());
     };
-    let root = ctx.runtime.block_on(data::source_root(spec, book))?;
+    let root = ctx
+        .runtime
+        .block_on(data::source_root(ctx.storage(), book))?;
     let (pairs, _) = ctx.runtime.block_on(loaders::captioned(
         &root.join("captions/test.jsonl"),
         image_size,
@@ -74,9 +71,12 @@ pub fn after_phase(
         .collect();
     let (accuracy, chance, examples) = caption_accuracy(model, tokenizer, &pictures, ctx.device)?;
     tracing::info!(accuracy, chance, sample = %examples.first().cloned().unwrap_or_default(), "caption probe");
-    scores.insert("caption_accuracy".into(), accuracy);
-    scores.insert("caption_chance".into(), chance);
-    Ok(scores)
+    Ok(vec![ProbeScore {
+        name: "caption_accuracy".into(),
+        value: accuracy,
+        chance: Some(chance),
+        items: pictures.len() as u64,
+    }])
 }
 
 /// Mean caption score of generated captions, the chance level, and a few captions.

@@ -6,6 +6,8 @@
 //! `vision.` and `projector.`. Losses count only the tokens a phase teaches (caption,
 //! answer): every other target is [`IGNORE`].
 
+use outloud_core::spec::{VisionEncoder, VisionSpec};
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
 use crate::model::{Attend, Gpt, GptConfig};
@@ -13,6 +15,77 @@ use crate::vision::{Encoder, Projector, Vit, VitConfig};
 
 /// A target that does not count (image positions, prompts, padding).
 pub const IGNORE: i64 = -100;
+
+/// The vision path a model was built with, as its checkpoint manifest records it: the
+/// model's own type (a task's `VisionSpec` converts into it), so the checkpoint format
+/// does not change when the spec format does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisionPath {
+    pub encoder: EncoderKind,
+    /// Pictures are resized to this many pixels per side.
+    pub image_size: u32,
+    pub patch_size: u32,
+    pub d_model: u32,
+    pub n_layers: u32,
+    pub n_heads: u32,
+    /// Width of precomputed features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features_width: Option<u32>,
+    /// The encoder's weights were kept fixed.
+    #[serde(default)]
+    pub frozen: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderKind {
+    /// A ViT over pixels.
+    Vit,
+    /// Precomputed features.
+    Features,
+}
+
+impl From<VisionSpec> for VisionPath {
+    fn from(v: VisionSpec) -> Self {
+        Self {
+            encoder: match v.encoder {
+                VisionEncoder::Vit => EncoderKind::Vit,
+                VisionEncoder::Features => EncoderKind::Features,
+            },
+            image_size: v.image_size,
+            patch_size: v.patch_size,
+            d_model: v.d_model,
+            n_layers: v.n_layers,
+            n_heads: v.n_heads,
+            features_width: v.features_width,
+            frozen: v.frozen,
+        }
+    }
+}
+
+impl VisionPath {
+    /// The encoder configuration the model is built with.
+    pub fn config(&self) -> VisionConfig {
+        match self.encoder {
+            EncoderKind::Vit => VisionConfig::Vit(VitConfig {
+                image_size: self.image_size,
+                patch_size: self.patch_size,
+                d_model: self.d_model,
+                n_layers: self.n_layers,
+                n_heads: self.n_heads,
+            }),
+            EncoderKind::Features => VisionConfig::Features {
+                width: self.features_width.unwrap_or(0) as i64,
+            },
+        }
+    }
+
+    /// Visual tokens per picture for a ViT.
+    pub fn vit_tokens(&self) -> u32 {
+        let side = self.image_size / self.patch_size.max(1);
+        side * side
+    }
+}
 
 /// Which encoder turns pictures into visual tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

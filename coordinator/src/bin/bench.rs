@@ -49,7 +49,7 @@ fn today() -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    outloud_coordinator::telemetry::init("warn");
+    outloud_core::telemetry::init("warn");
     let runtime = tokio::runtime::Runtime::new()?;
     let duration = Duration::from_secs_f64(args.seconds);
     let mut rounds = Vec::new();

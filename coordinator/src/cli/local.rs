@@ -10,11 +10,11 @@ use anyhow::Context;
 use outloud_proto::v1 as pb;
 use tokio::process::{Child, Command};
 
-use crate::client::Connection;
 use crate::report::Report;
 use crate::scheduler::{RunState, TaskState};
 use crate::server::{self, ServerConfig};
 use crate::view;
+use outloud_core::client::Connection;
 
 pub struct LocalCluster {
     pub file: PathBuf,
@@ -85,7 +85,7 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
             .stderr(log)
             .kill_on_drop(true);
         if let Some(token) = &cluster.token {
-            command.env(crate::auth::TOKEN_ENV, token);
+            command.env(outloud_core::auth::TOKEN_ENV, token);
         }
         workers.push(
             command
@@ -100,7 +100,7 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
         eprintln!("job {job_id} submitted with {} workers", cluster.workers);
         tokio::select! {
             job = super::watch(&connection, &job_id) => job.map(Some),
-            _ = super::shutdown_signal() => {
+            _ = outloud_core::telemetry::shutdown_signal() => {
                 eprintln!("interrupted: cancelling {job_id}");
                 let request = pb::CancelJobRequest { job_id: job_id.clone() };
                 let _ = connection.jobs().cancel_job(request).await;
@@ -138,8 +138,8 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
             println!(
                 "{}: {} items scored in {took:.1} s ({:.0}/s)",
                 phase.name,
-                m.step,
-                m.step as f64 / took.max(1e-3)
+                m.items,
+                m.items as f64 / took.max(1e-3)
             );
         } else if let Some(first) = phase.first_loss() {
             println!(

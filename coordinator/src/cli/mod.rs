@@ -13,11 +13,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use outloud_proto::v1 as pb;
 
-use crate::client::Connection;
 use crate::report::Report;
 use crate::scheduler::{Job, RunState, Worker};
 use crate::view::{self, JobSummary};
-use crate::{admission, auth, server};
+use crate::{admission, server};
+use outloud_core::client::Connection;
+use outloud_core::{auth, telemetry};
 
 pub use watch::watch;
 
@@ -145,7 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 lease_timeout: Duration::from_millis(lease_timeout_ms),
                 token,
             };
-            server::run(listener, metrics, config, shutdown_signal()).await?;
+            server::run(listener, metrics, config, telemetry::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { file } => {
@@ -307,15 +308,5 @@ fn exit_code_of(job: &Job) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

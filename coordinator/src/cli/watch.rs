@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::client::Connection;
 use crate::scheduler::{Job, Phase, RunState};
+use outloud_core::client::Connection;
 
 const POLL: Duration = Duration::from_millis(300);
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
@@ -52,9 +52,9 @@ impl View {
                         states.insert(phase.name.clone(), phase.state) != Some(phase.state);
                     if changed || (phase.state == RunState::Running && last.elapsed() > PLAIN_EVERY)
                     {
-                        let progress = match (m.total_steps, phase.evaluation) {
-                            (0, _) => String::new(),
-                            (_, true) => format!(" items {}/{}", m.step, m.total_steps),
+                        let progress = match (phase.evaluation, m.total_steps, m.total_items) {
+                            (true, _, 0) | (false, 0, _) => String::new(),
+                            (true, _, _) => format!(" items {}/{}", m.items, m.total_items),
                             _ => format!(" step {}/{}{}", m.step, m.total_steps, loss(phase)),
                         };
                         eprintln!("{} {}: {}{progress}", job.id, phase.name, phase.state);
@@ -79,8 +79,13 @@ impl Bars {
                 bar
             });
             let m = phase.metrics();
-            bar.set_length(m.total_steps.max(1));
-            bar.set_position(m.step);
+            let (done, total) = if phase.evaluation {
+                (m.items, m.total_items)
+            } else {
+                (m.step, m.total_steps)
+            };
+            bar.set_length(total.max(1));
+            bar.set_position(done);
             bar.set_message(format!("{}{}", phase.state, loss(phase)));
             if phase.state.is_finished() && !bar.is_finished() {
                 bar.finish();

@@ -7,19 +7,22 @@
 //! tests drive it directly in a loop and the store never has to diff anything.
 //!
 //! Here: submitting, registering, leasing and reporting. [`model`]: the domain types;
-//! `outcomes`: how task outcomes move phases and jobs along; `changes`: what a call changed.
+//! `outcomes`: how task outcomes move phases and jobs along; `changes`: what a call changed;
+//! `tallies`: event counts for metrics.
 
 mod changes;
 pub mod model;
 mod outcomes;
+mod tallies;
 
 use std::collections::{BTreeMap, VecDeque};
 
+use outloud_core::results::TaskResults;
+use outloud_core::spec::JobSpec;
+
 pub use changes::{Changes, Counters};
 pub use model::*;
-
-use crate::metrics::Tallies;
-use crate::spec::JobSpec;
+pub use tallies::Tallies;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerConfig {
@@ -135,18 +138,14 @@ impl Scheduler {
     }
 
     /// Accepts a checked, resolved spec; its first phase is ready at once.
-    pub fn submit(&mut self, spec: JobSpec, now: Millis) -> String {
-        self.counters.next_job += 1;
-        self.changes.counters_changed = true;
+    pub fn submit(&mut self, spec: JobSpec, now: Millis) -> Result<String, SchedulerError> {
+        let next_job = self.counters.next_job + 1;
         // The time suffix keeps ids unique across coordinators that share a storage root
         // (each `outloud local` run starts a fresh state directory).
-        let id = format!(
-            "{}-{}-{:06x}",
-            spec.name,
-            self.counters.next_job,
-            now & 0xff_ffff
-        );
-        let phases = expand(&id, &spec);
+        let id = format!("{}-{next_job}-{:06x}", spec.name, now & 0xff_ffff);
+        let phases = expand(&id, &spec).map_err(SchedulerError::Unplannable)?;
+        self.counters.next_job = next_job;
+        self.changes.counters_changed = true;
         let job = Job {
             id: id.clone(),
             spec,
@@ -161,7 +160,7 @@ impl Scheduler {
         self.changes.jobs.insert(id.clone());
         self.record(&id, now, EventKind::Submitted);
         self.start_phase(&id, 0, now);
-        id
+        Ok(id)
     }
 
     fn start_phase(&mut self, job_id: &str, phase: usize, now: Millis) {
@@ -253,17 +252,15 @@ impl Scheduler {
                 epoch: task.epoch,
             };
             let resume_checkpoint = task.checkpoint.clone();
-            let shards = job.phases[id.phase as usize].tasks.len() as u32;
+            let phase = &job.phases[id.phase as usize];
             let assignment = Assignment {
                 lease: lease.clone(),
                 job_id: job.id.clone(),
-                phase: job.phases[id.phase as usize].name.clone(),
-                shards,
-                spec_phase: job.phases[id.phase as usize].spec_phase,
-                evaluation: job.phases[id.phase as usize].evaluation,
-                spec: job.spec.clone(),
+                step: phase.name.clone(),
+                shards: phase.tasks.len() as u32,
+                spec: phase.work.clone(),
                 resume_checkpoint: resume_checkpoint.clone(),
-                previous_checkpoint: job.input_checkpoint(id.phase as usize),
+                input_checkpoint: job.input_checkpoint(id.phase as usize),
             };
             if job.state == RunState::Pending {
                 job.state = RunState::Running;
@@ -364,12 +361,12 @@ impl Scheduler {
         lease: &LeaseRef,
         metrics: Metrics,
         output: String,
-        scores: BTreeMap<String, f64>,
+        results: TaskResults,
         now: Millis,
     ) -> Result<(), SchedulerError> {
         let task = self.held_task(worker_id, lease, now)?;
         task.metrics = metrics;
-        task.scores = scores;
+        task.results = results;
         task.first_loss.get_or_insert(metrics.loss);
         task.state = TaskState::Succeeded { output };
         self.release(worker_id, &lease.task);

@@ -15,13 +15,13 @@
 //!           └──lease lost / retryable──┘
 //! ```
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
+use outloud_core::results::TaskResults;
+use outloud_core::spec::JobSpec;
+pub use outloud_core::task::{Assignment, LeaseRef, Metrics, TaskId};
+use outloud_core::task_spec::TaskSpec;
 use serde::{Deserialize, Serialize};
-
-use crate::spec::JobSpec;
 
 /// Milliseconds since the Unix epoch. The scheduler never reads a clock: callers pass it.
 pub type Millis = u64;
@@ -55,60 +55,6 @@ impl fmt::Display for RunState {
     }
 }
 
-/// `<job id>/<phase index>/<shard>`: every task of every job, unambiguously.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub struct TaskId {
-    pub job: String,
-    pub phase: u32,
-    pub shard: u32,
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.job, self.phase, self.shard)
-    }
-}
-
-impl FromStr for TaskId {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        let mut parts = text.rsplitn(3, '/');
-        let bad = || format!("`{text}` is not a task id (job/phase/shard)");
-        let shard = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-        let phase = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-        let job = parts.next().filter(|j| !j.is_empty()).ok_or_else(bad)?;
-        Ok(Self {
-            job: job.into(),
-            phase,
-            shard,
-        })
-    }
-}
-
-impl From<TaskId> for String {
-    fn from(id: TaskId) -> String {
-        id.to_string()
-    }
-}
-
-impl TryFrom<String> for TaskId {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
-        text.parse()
-    }
-}
-
-/// What a worker last said about its training.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Metrics {
-    pub step: u64,
-    pub total_steps: u64,
-    pub loss: f64,
-    pub tokens: u64,
-    pub words: u64,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TaskState {
@@ -133,9 +79,9 @@ pub struct Task {
     pub metrics: Metrics,
     /// The loss of the first report, kept to show how far training came.
     pub first_loss: Option<f64>,
-    /// Evaluation results reported with the task's completion.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub scores: BTreeMap<String, f64>,
+    /// Results reported with the task's completion (benchmark scores, probes, counts).
+    #[serde(default, skip_serializing_if = "TaskResults::is_empty")]
+    pub results: TaskResults,
 }
 
 impl Task {
@@ -148,7 +94,7 @@ impl Task {
             checkpoint: None,
             metrics: Metrics::default(),
             first_loss: None,
-            scores: BTreeMap::new(),
+            results: TaskResults::default(),
         }
     }
 
@@ -181,6 +127,8 @@ pub struct Phase {
     /// An eval step: scores the final checkpoint of training phase `spec_phase`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub evaluation: bool,
+    /// What each of its tasks is given, resolved when the job was admitted.
+    pub work: TaskSpec,
 }
 
 /// The name of the eval step after phase `phase` ('.' never appears in phase names).
@@ -188,18 +136,21 @@ pub fn eval_step_name(phase: &str) -> String {
     format!("{phase}.eval")
 }
 
-/// A job's phases: each spec phase, followed by its eval step when it has one.
-pub fn expand(job_id: &str, spec: &JobSpec) -> Vec<Phase> {
+/// A job's phases: each spec phase, followed by its eval step when it has one, each with
+/// its resolved task spec. Fails only for a spec that was not checked.
+pub fn expand(job_id: &str, spec: &JobSpec) -> Result<Vec<Phase>, String> {
     let mut phases = Vec::new();
     for (index, phase) in spec.phases.iter().enumerate() {
         let at = |phases: &Vec<Phase>| phases.len() as u32;
-        let training = Phase::new(job_id, at(&phases), phase.name.clone(), phase.shards);
+        let work = TaskSpec::train(spec, index)?;
+        let training = Phase::new(job_id, at(&phases), phase.name.clone(), phase.shards, work);
         phases.push(Phase {
             spec_phase: index as u32,
             ..training
         });
         if spec.evaluates_after(index) {
-            let step = Phase::new(job_id, at(&phases), eval_step_name(&phase.name), 1);
+            let work = TaskSpec::evaluate(spec)?;
+            let step = Phase::new(job_id, at(&phases), eval_step_name(&phase.name), 1, work);
             phases.push(Phase {
                 spec_phase: index as u32,
                 evaluation: true,
@@ -207,12 +158,12 @@ pub fn expand(job_id: &str, spec: &JobSpec) -> Vec<Phase> {
             });
         }
     }
-    phases
+    Ok(phases)
 }
 
 impl Phase {
-    /// Phase `index` of job `job`, with `shards` fresh pending tasks.
-    pub fn new(job: &str, index: u32, name: String, shards: u32) -> Self {
+    /// Phase `index` of job `job`, with `shards` fresh pending tasks that do `work`.
+    pub fn new(job: &str, index: u32, name: String, shards: u32, work: TaskSpec) -> Self {
         let tasks = (0..shards)
             .map(|shard| {
                 Task::new(TaskId {
@@ -228,6 +179,7 @@ impl Phase {
             tasks,
             spec_phase: index,
             evaluation: false,
+            work,
         }
     }
 
@@ -242,6 +194,8 @@ impl Phase {
             total.total_steps = total.total_steps.max(task.metrics.total_steps);
             total.tokens += task.metrics.tokens;
             total.words += task.metrics.words;
+            total.items += task.metrics.items;
+            total.total_items += task.metrics.total_items;
             total.loss += task.metrics.loss / self.tasks.len() as f64;
         }
         if self.tasks.is_empty() {
@@ -254,16 +208,13 @@ impl Phase {
         self.tasks.iter().find_map(|t| t.first_loss)
     }
 
-    /// The tasks' scores; with several tasks, the mean of each.
-    pub fn scores(&self) -> BTreeMap<String, f64> {
-        let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
-        for (name, value) in self.tasks.iter().flat_map(|t| &t.scores) {
-            let entry = sums.entry(name.clone()).or_default();
-            *entry = (entry.0 + value, entry.1 + 1);
+    /// What its tasks reported, together.
+    pub fn results(&self) -> TaskResults {
+        let mut all = TaskResults::default();
+        for task in &self.tasks {
+            all.absorb(&task.results);
         }
-        sums.into_iter()
-            .map(|(k, (sum, n))| (k, sum / f64::from(n)))
-            .collect()
+        all
     }
 }
 
@@ -435,30 +386,6 @@ pub enum EventKind {
     JobCancelled,
 }
 
-/// A worker's right to work on a task, as handed out and as named in reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseRef {
-    pub task: TaskId,
-    pub epoch: u64,
-}
-
-/// What a worker gets when it leases a task.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Assignment {
-    pub lease: LeaseRef,
-    pub job_id: String,
-    pub phase: String,
-    pub shards: u32,
-    /// The spec phase the task trains, or evaluates.
-    pub spec_phase: u32,
-    /// An eval step's task.
-    pub evaluation: bool,
-    pub spec: JobSpec,
-    pub resume_checkpoint: Option<String>,
-    /// The checkpoint the task starts from (training) or scores (evaluation).
-    pub previous_checkpoint: Option<String>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchedulerError {
     #[error("unknown worker `{0}`: register first")]
@@ -475,6 +402,9 @@ pub enum SchedulerError {
     },
     #[error("job `{0}` has already finished")]
     JobFinished(String),
+    /// Admission checks specs first; this is a spec that skipped them.
+    #[error("the spec cannot be planned: {0}")]
+    Unplannable(String),
 }
 
 /// Why a worker gave a task up.
@@ -486,20 +416,4 @@ pub enum Failure {
     Retryable,
     /// The worker is shutting down: leased again without counting an attempt.
     HandedBack,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn task_ids_round_trip_even_with_slashes_in_the_job() {
-        let id = TaskId {
-            job: "a/b".into(),
-            phase: 2,
-            shard: 7,
-        };
-        assert_eq!(id.to_string().parse::<TaskId>().unwrap(), id);
-        assert!("nojob".parse::<TaskId>().is_err());
-    }
 }

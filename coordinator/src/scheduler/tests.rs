@@ -1,7 +1,8 @@
 //! The state machine driven directly, without a network or a clock.
 
 use super::*;
-use crate::spec;
+use outloud_core::spec;
+use outloud_core::task_spec::Work;
 
 const TIMEOUT: u64 = 1_000;
 
@@ -23,6 +24,10 @@ fn worker(s: &mut Scheduler, name: &str) -> String {
     s.register(WorkerInfo::for_tests(name), 0)
 }
 
+fn evaluates(a: &Assignment) -> bool {
+    matches!(a.spec.work, Work::Evaluate(_))
+}
+
 fn done(s: &mut Scheduler, w: &str, a: &Assignment, now: Millis) {
     s.complete(
         w,
@@ -39,7 +44,7 @@ fn done(s: &mut Scheduler, w: &str, a: &Assignment, now: Millis) {
 fn phases_run_in_order_and_the_job_succeeds() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");
-    let job = s.submit(spec(&[("one", 2), ("two", 1)]), 0);
+    let job = s.submit(spec(&[("one", 2), ("two", 1)]), 0).unwrap();
     let a = s.lease(&w, 1).unwrap().unwrap();
     let b = s.lease(&w, 1).unwrap().unwrap();
     assert_eq!((a.lease.task.phase, b.lease.task.phase), (0, 0));
@@ -49,9 +54,9 @@ fn phases_run_in_order_and_the_job_succeeds() {
     assert!(s.lease(&w, 3).unwrap().is_none());
     done(&mut s, &w, &b, 4);
     let c = s.lease(&w, 5).unwrap().unwrap();
-    assert_eq!(c.phase, "two");
+    assert_eq!(c.step, "two");
     assert_eq!(
-        c.previous_checkpoint.as_deref(),
+        c.input_checkpoint.as_deref(),
         Some(&*format!("out/{job}/0/0"))
     );
     assert_eq!(s.job(&job).unwrap().state, RunState::Running);
@@ -66,7 +71,7 @@ fn phases_run_in_order_and_the_job_succeeds() {
 fn a_silent_worker_loses_its_lease_and_its_late_reports_are_refused() {
     let mut s = scheduler();
     let (w1, w2) = (worker(&mut s, "a"), worker(&mut s, "b"));
-    let job = s.submit(spec(&[("one", 1)]), 0);
+    let job = s.submit(spec(&[("one", 1)]), 0).unwrap();
     let first = s.lease(&w1, 0).unwrap().unwrap();
     let checkpoint = Some("ckpt/step-10".to_string());
     let metrics = Metrics {
@@ -108,7 +113,7 @@ fn a_silent_worker_loses_its_lease_and_its_late_reports_are_refused() {
 fn heartbeats_keep_a_lease_alive() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");
-    s.submit(spec(&[("one", 1)]), 0);
+    s.submit(spec(&[("one", 1)]), 0).unwrap();
     let a = s.lease(&w, 0).unwrap().unwrap();
     for now in (500..10_000).step_by(500) {
         assert!(
@@ -124,7 +129,7 @@ fn heartbeats_keep_a_lease_alive() {
 fn a_task_out_of_attempts_fails_the_job() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");
-    let job = s.submit(spec(&[("one", 2)]), 0);
+    let job = s.submit(spec(&[("one", 2)]), 0).unwrap();
     let a = s.lease(&w, 0).unwrap().unwrap();
     s.fail(&w, &a.lease, "oom".into(), Failure::Retryable, 1)
         .unwrap();
@@ -155,7 +160,7 @@ fn a_task_out_of_attempts_fails_the_job() {
 fn a_fatal_failure_fails_the_job_at_once() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");
-    let job = s.submit(spec(&[("one", 1)]), 0);
+    let job = s.submit(spec(&[("one", 1)]), 0).unwrap();
     let a = s.lease(&w, 0).unwrap().unwrap();
     s.fail(&w, &a.lease, "bad data".into(), Failure::Fatal, 1)
         .unwrap();
@@ -166,7 +171,7 @@ fn a_fatal_failure_fails_the_job_at_once() {
 fn cancel_revokes_leases_and_drops_ready_tasks() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");
-    let job = s.submit(spec(&[("one", 3)]), 0);
+    let job = s.submit(spec(&[("one", 3)]), 0).unwrap();
     let a = s.lease(&w, 0).unwrap().unwrap();
     s.cancel(&job, 1).unwrap();
     assert_eq!(s.job(&job).unwrap().state, RunState::Cancelled);
@@ -185,7 +190,7 @@ fn cancel_revokes_leases_and_drops_ready_tasks() {
 fn restore_continues_where_the_last_process_stopped() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");
-    let job = s.submit(spec(&[("one", 2), ("two", 1)]), 0);
+    let job = s.submit(spec(&[("one", 2), ("two", 1)]), 0).unwrap();
     let a = s.lease(&w, 0).unwrap().unwrap();
     done(&mut s, &w, &a, 1);
     let b = s.lease(&w, 2).unwrap().unwrap();
@@ -196,10 +201,10 @@ fn restore_continues_where_the_last_process_stopped() {
     assert!(s.expire(50_500).is_empty());
     done(&mut s, &w, &b, 50_600);
     let c = s.lease(&w, 50_700).unwrap().unwrap();
-    assert_eq!(c.phase, "two");
+    assert_eq!(c.step, "two");
     done(&mut s, &w, &c, 50_800);
     assert_eq!(s.job(&job).unwrap().state, RunState::Succeeded);
-    let next = s.submit(spec(&[("one", 1)]), 50_900);
+    let next = s.submit(spec(&[("one", 1)]), 50_900).unwrap();
     assert_ne!(next, job, "ids are not reused after a restart");
 }
 
@@ -207,7 +212,7 @@ fn restore_continues_where_the_last_process_stopped() {
 fn changes_name_exactly_what_moved() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");
-    let job = s.submit(spec(&[("one", 1)]), 0);
+    let job = s.submit(spec(&[("one", 1)]), 0).unwrap();
     s.take_changes();
     s.heartbeat(&w, &[], 1).unwrap();
     assert!(s.take_changes().is_empty(), "heartbeats are not written");
@@ -225,7 +230,7 @@ fn changes_name_exactly_what_moved() {
 fn many_workers_drain_many_tasks_exactly_once() {
     let mut s = scheduler();
     let workers: Vec<String> = (0..10).map(|i| worker(&mut s, &format!("w{i}"))).collect();
-    let job = s.submit(spec(&[("one", 500)]), 0);
+    let job = s.submit(spec(&[("one", 500)]), 0).unwrap();
     let mut seen = std::collections::HashSet::new();
     let mut now = 1;
     'outer: loop {
@@ -248,7 +253,7 @@ fn many_workers_drain_many_tasks_exactly_once() {
 fn tasks_handed_back_by_stopping_workers_do_not_use_up_attempts() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");
-    let job = s.submit(spec(&[("one", 1)]), 0);
+    let job = s.submit(spec(&[("one", 1)]), 0).unwrap();
     // max_attempts is 2; five rolling restarts later the task still runs.
     for now in 0..5 {
         let a = s.lease(&w, now).unwrap().unwrap();
@@ -286,7 +291,7 @@ phases:
 fn eval_steps_follow_their_phase_beside_the_next_one() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");
-    let job = s.submit(evaluated_spec(), 0);
+    let job = s.submit(evaluated_spec(), 0).unwrap();
     let names: Vec<&str> = s
         .job(&job)
         .unwrap()
@@ -303,32 +308,27 @@ fn eval_steps_follow_their_phase_beside_the_next_one() {
         s.lease(&w, 3).unwrap().unwrap(),
         s.lease(&w, 3).unwrap().unwrap(),
     ];
-    ready.sort_by_key(|a| a.phase.clone());
+    ready.sort_by_key(|a| a.step.clone());
     let (eval, two) = (&ready[0], &ready[1]);
-    assert_eq!(
-        (eval.phase.as_str(), eval.evaluation, eval.spec_phase),
-        ("one.eval", true, 0)
-    );
-    assert_eq!(
-        (two.phase.as_str(), two.evaluation, two.spec_phase),
-        ("two", false, 1)
-    );
+    assert_eq!((eval.step.as_str(), evaluates(eval)), ("one.eval", true));
+    assert_eq!((two.step.as_str(), evaluates(two)), ("two", false));
+    assert_eq!(two.spec.train_spec().unwrap().steps, 1);
     let one_output = format!("out/{job}/0/0");
-    assert_eq!(eval.previous_checkpoint.as_deref(), Some(&*one_output));
-    assert_eq!(two.previous_checkpoint.as_deref(), Some(&*one_output));
+    assert_eq!(eval.input_checkpoint.as_deref(), Some(&*one_output));
+    assert_eq!(two.input_checkpoint.as_deref(), Some(&*one_output));
     // Phase three waits for two, never for an eval step.
     done(&mut s, &w, two, 4);
     let three = s.lease(&w, 5).unwrap().unwrap();
-    assert_eq!(three.phase, "three");
+    assert_eq!(three.step, "three");
     assert_eq!(
-        three.previous_checkpoint.as_deref(),
+        three.input_checkpoint.as_deref(),
         Some(&*format!("out/{job}/2/0"))
     );
     done(&mut s, &w, &three, 6);
     let last_eval = s.lease(&w, 7).unwrap().unwrap();
-    assert_eq!(last_eval.phase, "three.eval");
+    assert_eq!(last_eval.step, "three.eval");
     assert_eq!(
-        last_eval.previous_checkpoint.as_deref(),
+        last_eval.input_checkpoint.as_deref(),
         Some(&*format!("out/{job}/3/0"))
     );
     done(&mut s, &w, &last_eval, 8);
@@ -342,13 +342,13 @@ fn eval_steps_follow_their_phase_beside_the_next_one() {
 fn a_failing_eval_step_is_recorded_and_training_goes_on() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");
-    let job = s.submit(evaluated_spec(), 0);
+    let job = s.submit(evaluated_spec(), 0).unwrap();
     let one = s.lease(&w, 1).unwrap().unwrap();
     done(&mut s, &w, &one, 2);
     let mut later = Vec::new();
     let eval = loop {
         let a = s.lease(&w, 3).unwrap().unwrap();
-        if a.evaluation {
+        if evaluates(&a) {
             break a;
         }
         later.push(a);

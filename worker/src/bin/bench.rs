@@ -13,7 +13,7 @@ use std::time::Instant;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use outloud_coordinator::storage::Location;
+use outloud_core::storage::Location;
 use outloud_worker::checkpoint::{self, Manifest, ToSave};
 use outloud_worker::eval::benchmarks::discover;
 use outloud_worker::eval::{EvalModel, Pictures, score_benchmark};

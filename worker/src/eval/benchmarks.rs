@@ -21,8 +21,8 @@
 
 use std::collections::BTreeMap;
 
-use outloud_coordinator::spec::benchmark_name;
-use outloud_coordinator::storage::Location;
+use outloud_core::results::benchmark_name;
+use outloud_core::storage::Location;
 use serde_json::Value;
 
 use super::devbench;
@@ -323,7 +323,7 @@ fn parse_item(
                 .iter()
                 .find_map(|f| field(record, f).ok())
                 .ok_or("no answer (`target_ans`, `multiple_choice_answer` or `answer`)")?;
-            let prompt = crate::multimodal::question_text(question);
+            let prompt = crate::prompts::question_text(question);
             std::iter::once(answer.to_string())
                 .chain(strings(record, "distractors")?)
                 .map(|choice| Candidate::text(&prompt, &choice).seeing(Some(&image)))

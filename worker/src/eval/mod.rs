@@ -19,20 +19,20 @@ pub mod score;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use outloud_coordinator::scheduler::Metrics;
-use outloud_coordinator::spec::{DataKind, VisionEncoder, VisionSpec};
-use outloud_coordinator::storage::Location;
+use outloud_core::storage::Location;
+use outloud_core::task::Metrics;
+use outloud_core::task_spec::{BenchmarkFiles, EvaluateSpec, Work};
 use tch::{Device, Tensor, nn};
 
-use crate::checkpoint::{self, Loaded};
+use crate::checkpoint::Loaded;
+use crate::context::{TaskContext, TaskOutput};
 use crate::error::WorkerError;
 use crate::loaders::{self, Skipped};
 use crate::model::Gpt;
-use crate::multimodal::{VisualInputs, vision_config};
-use crate::task::{TaskContext, TaskOutput};
 use crate::tokenizer::Tokenizer;
-use crate::vlm::Vlm;
-use crate::{data, fit};
+use crate::visual::VisualInputs;
+use crate::vlm::{VisionPath, Vlm};
+use crate::{data, inputs};
 use benchmarks::{Benchmark, BenchmarkFile, Ignored};
 use results::{BenchmarkResult, EvalResults, FileResult};
 use score::{Scorer, Text};
@@ -53,7 +53,7 @@ pub struct EvalModel {
 #[allow(clippy::large_enum_variant)]
 enum Model {
     Text(Gpt),
-    Seeing(Vlm, VisionSpec),
+    Seeing(Vlm, VisionPath),
 }
 
 impl EvalModel {
@@ -61,12 +61,10 @@ impl EvalModel {
         let vs = nn::VarStore::new(device);
         let config = loaded.manifest.model;
         let model = match loaded.manifest.vision {
-            Some(vision) => {
-                Model::Seeing(Vlm::new(&vs.root(), config, vision_config(&vision)), vision)
-            }
+            Some(vision) => Model::Seeing(Vlm::new(&vs.root(), config, vision.config()), vision),
             None => Model::Text(Gpt::new(&vs.root(), config)),
         };
-        fit::load_weights(&vs, &loaded.weights, |_| true)?;
+        inputs::load_weights(&vs, &loaded.weights, |_| true)?;
         Ok(Self {
             tokenizer: Tokenizer::from_json(&loaded.tokenizer)?,
             model,
@@ -81,7 +79,7 @@ impl EvalModel {
         }
     }
 
-    pub fn vision(&self) -> Option<&VisionSpec> {
+    pub fn vision(&self) -> Option<&VisionPath> {
         match &self.model {
             Model::Text(_) => None,
             Model::Seeing(_, vision) => Some(vision),
@@ -254,24 +252,18 @@ fn prepare<'a>(file: &'a BenchmarkFile, pictures: &Pictures, seeing: bool) -> Pr
     prepared
 }
 
-/// Every benchmark of the spec's `evaluation`, found and read.
-async fn find_benchmarks(ctx: &TaskContext) -> Result<(Vec<Benchmark>, Ignored), WorkerError> {
-    let spec = &ctx.assignment.spec;
-    let evaluation = spec
-        .evaluation
-        .as_ref()
-        .ok_or_else(|| WorkerError::Config("an eval step needs `evaluation`".into()))?;
+/// Every benchmark the step names, found and read.
+async fn find_benchmarks(
+    storage: &str,
+    evaluation: &EvaluateSpec,
+) -> Result<(Vec<Benchmark>, Ignored), WorkerError> {
     let (mut found, mut ignored) = (Vec::new(), Vec::new());
     for source in &evaluation.benchmarks {
-        let root = match (&source.path, &source.data) {
-            (Some(path), _) => Location::open(path)?,
-            (None, Some(name)) => {
-                let book = data::source(spec, name)?;
-                data::source_root(spec, book)
-                    .await?
-                    .join(crate::world::EVAL_FOLDER)
-            }
-            (None, None) => continue,
+        let root = match &source.files {
+            BenchmarkFiles::Url(url) => Location::open(url)?,
+            BenchmarkFiles::World(world) => data::source_root(storage, world)
+                .await?
+                .join(crate::world::EVAL_FOLDER),
         };
         let images = source.images.as_deref().map(Location::open).transpose()?;
         let (benchmarks, skipped) =
@@ -280,27 +272,6 @@ async fn find_benchmarks(ctx: &TaskContext) -> Result<(Vec<Benchmark>, Ignored),
         ignored.extend(skipped);
     }
     Ok((found, ignored))
-}
-
-/// Precomputed features of every `image_features` source, for feature encoders.
-async fn visual_inputs(
-    ctx: &TaskContext,
-    vision: Option<&VisionSpec>,
-) -> Result<VisualInputs, WorkerError> {
-    if vision.is_none_or(|v| v.encoder != VisionEncoder::Features) {
-        return Ok(VisualInputs::pixels());
-    }
-    let spec = &ctx.assignment.spec;
-    let mut features = BTreeMap::new();
-    for source in spec
-        .data
-        .iter()
-        .filter(|d| d.kind == DataKind::ImageFeatures)
-    {
-        let location = data::source_root(spec, source).await?;
-        features.extend(loaders::features(&location).await?);
-    }
-    Ok(VisualInputs::with_features(features))
 }
 
 /// Scores every benchmark with `model`, `batch_size` sequences per forward pass;
@@ -325,26 +296,26 @@ pub fn evaluate(
 }
 
 /// The eval step: scores the evaluated phase's final checkpoint, writes the results
-/// beside the job's phases and answers their summary as the task's scores.
+/// beside the job's phases and answers their summary as the task's results.
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let started = Instant::now();
-    let url = ctx
-        .assignment
-        .previous_checkpoint
-        .clone()
-        .ok_or_else(|| WorkerError::Config("the evaluated phase left no checkpoint".into()))?;
-    let loaded = ctx
-        .runtime
-        .block_on(checkpoint::load(&Location::open(&url)?))?;
+    let Work::Evaluate(evaluation) = &ctx.assignment.spec.work else {
+        return Err(WorkerError::Config("not an eval step".into()));
+    };
+    let loaded = inputs::input_checkpoint(ctx, "the evaluated phase's final checkpoint")?;
     let model = EvalModel::from_checkpoint(&loaded, ctx.device)?;
-    let batch_size = ctx
-        .assignment
-        .spec
-        .evaluation
-        .as_ref()
-        .map_or(1, |e| e.batch_size) as usize;
-    let (benchmarks, ignored) = ctx.runtime.block_on(find_benchmarks(ctx))?;
-    let inputs = ctx.runtime.block_on(visual_inputs(ctx, model.vision()))?;
+    let batch_size = evaluation.batch_size as usize;
+    let (benchmarks, ignored) = ctx
+        .runtime
+        .block_on(find_benchmarks(ctx.storage(), evaluation))?;
+    let visual = match model.vision() {
+        Some(vision) => ctx.runtime.block_on(VisualInputs::load(
+            ctx.storage(),
+            &evaluation.features,
+            vision,
+        ))?,
+        None => VisualInputs::pixels(),
+    };
     let total: usize = benchmarks
         .iter()
         .filter(|b| model.cannot_score(b).is_none())
@@ -352,18 +323,18 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         .map(|f| f.items.len())
         .sum();
     let mut metrics = Metrics {
-        total_steps: total as u64,
+        total_items: total as u64,
         ..Metrics::default()
     };
     let scored = evaluate(
         &model,
         &benchmarks,
-        &inputs,
+        &visual,
         batch_size,
         &ctx.runtime,
         |result| {
             ctx.check_stop()?;
-            metrics.step += result.items as u64;
+            metrics.items += result.items as u64;
             ctx.report(metrics, None, None);
             Ok(())
         },
@@ -371,19 +342,19 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let results = EvalResults {
         job: ctx.assignment.job_id.clone(),
         phase: loaded.manifest.phase.clone(),
-        checkpoint: url,
+        checkpoint: ctx.assignment.input_checkpoint.clone().unwrap_or_default(),
         step: loaded.manifest.step,
         seconds: started.elapsed().as_secs_f64(),
         benchmarks: scored,
         ignored,
     };
-    let place = fit::phase_root(ctx)?.join("results.json");
+    let place = ctx.step_root()?.join("results.json");
     let json = serde_json::to_vec_pretty(&results).map_err(|e| WorkerError::Data(e.to_string()))?;
     ctx.runtime.block_on(place.put(json))?;
     Ok(TaskOutput {
         output: place.url().to_string(),
         metrics,
-        scores: results.summary(),
+        results: results.summary(),
     })
 }
 

@@ -5,9 +5,7 @@
 //! scores highest (the first of equal scores wins, as `argmax` picks); a benchmark's
 //! accuracy is the macro average over its files.
 
-use std::collections::BTreeMap;
-
-use outloud_coordinator::report::score_names;
+use outloud_core::results::{BenchmarkScore, ScoreMode, TaskResults};
 use serde::{Deserialize, Serialize};
 
 use super::benchmarks::Format;
@@ -129,22 +127,45 @@ pub struct EvalResults {
 }
 
 impl EvalResults {
-    /// The task's scores, named as the report reads them ([`score_names`]).
-    pub fn summary(&self) -> BTreeMap<String, f64> {
-        let mut scores = BTreeMap::new();
+    /// The task's results: each benchmark's macro accuracy, then each of its files'.
+    pub fn summary(&self) -> TaskResults {
+        let mut results = TaskResults::default();
         for benchmark in &self.benchmarks {
             let (Some(accuracy), Some(chance)) = (benchmark.accuracy, benchmark.chance) else {
                 continue;
             };
-            let name = &benchmark.name;
-            scores.insert(score_names::accuracy(name), accuracy);
-            scores.insert(score_names::chance(name), chance);
-            scores.insert(score_names::items(name), benchmark.items as f64);
+            let mode = Some(if benchmark.with_pictures {
+                ScoreMode::WithPictures
+            } else {
+                ScoreMode::TextOnly
+            });
+            let unusable = benchmark.files.iter().map(|f| f.unusable as u64).sum();
+            results.benchmarks.push(BenchmarkScore {
+                benchmark: benchmark.name.clone(),
+                file: None,
+                mode,
+                items: benchmark.items as u64,
+                correct: benchmark.files.iter().map(|f| f.correct as u64).sum(),
+                accuracy,
+                chance,
+                unusable,
+            });
+            results.counts.items_scored += benchmark.items as u64;
+            results.counts.items_unusable += unusable;
             for file in benchmark.files.iter().filter(|f| f.items > 0) {
-                scores.insert(score_names::file(name, &file.name), file.accuracy);
+                results.benchmarks.push(BenchmarkScore {
+                    benchmark: benchmark.name.clone(),
+                    file: Some(file.name.clone()),
+                    mode,
+                    items: file.items as u64,
+                    correct: file.correct as u64,
+                    accuracy: file.accuracy,
+                    chance: file.chance,
+                    unusable: file.unusable as u64,
+                });
             }
         }
-        scores
+        results
     }
 }
 
@@ -178,8 +199,19 @@ mod tests {
             ignored: Vec::new(),
         };
         let summary = results.summary();
-        assert_eq!(summary["blimp/b"], 1.0);
-        assert_eq!(summary["blimp:items"], 4.0);
-        assert!(!summary.contains_key("vqa"));
+        let b = summary
+            .files("blimp")
+            .find(|f| f.file.as_deref() == Some("b"));
+        assert_eq!(
+            b.map(|f| (f.accuracy, f.correct, f.items)),
+            Some((1.0, 1, 1))
+        );
+        let blimp = summary.benchmark("blimp").unwrap();
+        assert_eq!((blimp.items, blimp.correct), (4, 3));
+        assert_eq!(blimp.mode, Some(ScoreMode::TextOnly));
+        assert!(
+            summary.benchmark("vqa").is_none(),
+            "a skipped benchmark has no score"
+        );
     }
 }

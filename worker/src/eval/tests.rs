@@ -9,7 +9,7 @@ use super::benchmarks::{self, Format};
 use super::score::{self, Request, Scorer, Text};
 use crate::model::{Gpt, test_config};
 use crate::tokenizer::Tokenizer;
-use outloud_coordinator::storage::Location;
+use outloud_core::storage::Location;
 
 fn shared_eval() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/eval")
@@ -63,7 +63,7 @@ async fn every_file_of_the_babylm_slices_is_found_and_every_item_read() {
             .unwrap()
             .map(|e| e.unwrap().path())
             .find(|p| {
-                outloud_coordinator::spec::benchmark_name(p.file_name().unwrap().to_str().unwrap())
+                outloud_core::results::benchmark_name(p.file_name().unwrap().to_str().unwrap())
                     == benchmark.name
             })
             .unwrap();

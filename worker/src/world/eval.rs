@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::scene::Scene;
 use super::{Picture, World, jsonl, question_rows};
 use crate::error::WorkerError;
-use outloud_coordinator::storage::Location;
+use outloud_core::storage::Location;
 
 /// The folder, under a world's root, that holds its benchmarks.
 pub const EVAL_FOLDER: &str = "eval";

@@ -24,7 +24,7 @@ pub mod scene;
 
 use std::io::Cursor;
 
-use outloud_coordinator::storage::Location;
+use outloud_core::storage::Location;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

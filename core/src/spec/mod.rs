@@ -15,7 +15,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::storage;
-pub use eval::{BASELINES, BenchmarkSource, EvaluationSpec, benchmark_name};
+pub use eval::{BenchmarkSource, EvaluationSpec};
 pub use locate::Locator;
 pub use model::{ModelShape, ModelSpec, VisionEncoder, VisionSpec};
 

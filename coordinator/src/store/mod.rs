@@ -4,18 +4,31 @@
 //! workers and the id counters, each in its own table, so one lease rewrites one task
 //! and appends one event instead of the whole job.
 //!
+//! The `meta` table records the schema version ([`migrate::SCHEMA_VERSION`]). A state
+//! directory of an older version is migrated when it is opened, in one transaction; one
+//! of a newer version is refused with what to do.
+//!
 //! Writes go through a [`Committer`]: calls hand it the records they changed and wait;
 //! one thread commits everything that queued up meanwhile in a single fsync'd
 //! transaction (group commit), so many workers share the cost of one disk flush.
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+mod migrate;
+
+use std::collections::BTreeMap;
+
+use outloud_core::spec::JobSpec;
+use outloud_core::task_spec::TaskSpec;
+
 use crate::scheduler::{Changes, Counters, Job, Phase, RunState, Scheduler, Task, Worker};
-use crate::spec::JobSpec;
+pub use migrate::SCHEMA_VERSION;
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
@@ -23,6 +36,7 @@ const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events
 const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("workers");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const COUNTERS_KEY: &str = "counters";
+const SCHEMA_KEY: &str = "schema";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +50,19 @@ pub enum StoreError {
     },
     #[error("state store writer has stopped")]
     WriterGone,
+    #[error(
+        "{dir} holds state of schema version {found}, written by a newer Outloud; this build \
+         reads versions up to {SCHEMA_VERSION}: run the newer build, or start this one with \
+         another --state-dir"
+    )]
+    NewerSchema { dir: String, found: u64 },
+    #[error("migrating {dir} from schema version {from}: record {key}: {reason}")]
+    Migration {
+        dir: String,
+        from: u64,
+        key: String,
+        reason: String,
+    },
 }
 
 fn db_error(e: impl std::fmt::Display) -> StoreError {
@@ -62,6 +89,7 @@ struct PhaseRecord {
     shards: u32,
     spec_phase: u32,
     evaluation: bool,
+    work: TaskSpec,
 }
 
 /// One record to write.
@@ -135,6 +163,7 @@ impl JobRecord {
                     shards: p.tasks.len() as u32,
                     spec_phase: p.spec_phase,
                     evaluation: p.evaluation,
+                    work: p.work.clone(),
                 })
                 .collect(),
         }
@@ -150,7 +179,7 @@ impl JobRecord {
                 state: record.state,
                 spec_phase: record.spec_phase,
                 evaluation: record.evaluation,
-                ..Phase::new(&id, p as u32, record.name, record.shards)
+                ..Phase::new(&id, p as u32, record.name, record.shards, record.work)
             })
             .collect();
         Job {
@@ -188,13 +217,52 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(db_error)?;
         let db = Database::create(state_dir.join("outloud.redb")).map_err(db_error)?;
+        refuse_newer(&db, state_dir)?;
         let txn = db.begin_write().map_err(db_error)?;
         for table in [JOBS, TASKS, WORKERS, META] {
             txn.open_table(table).map_err(db_error)?;
         }
         txn.open_table(EVENTS).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
-        Ok(Self { db })
+        let store = Self { db };
+        store.upgrade(state_dir)?;
+        Ok(store)
+    }
+
+    /// Brings the state to [`SCHEMA_VERSION`]: a new directory is stamped, an older one
+    /// migrated in one transaction (all or nothing), a newer one refused.
+    fn upgrade(&self, state_dir: &Path) -> Result<(), StoreError> {
+        let dir = state_dir.display().to_string();
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_error)?;
+            let recorded = meta
+                .get(SCHEMA_KEY)
+                .map_err(db_error)?
+                .map(|v| decode::<u64>(SCHEMA_KEY, v.value()))
+                .transpose()?;
+            // (A newer version was refused before anything was written.)
+            let empty = txn
+                .open_table(JOBS)
+                .map_err(db_error)?
+                .is_empty()
+                .map_err(db_error)?;
+            match recorded {
+                Some(version) if version == SCHEMA_VERSION => return Ok(()),
+                Some(found) if found > SCHEMA_VERSION => {
+                    return Err(StoreError::NewerSchema { dir, found });
+                }
+                None if empty => {}
+                // No record: schema 0, the only version before versions were recorded.
+                _ => {
+                    migrate_from_v0(&txn, &dir)?;
+                    tracing::info!(state_dir = %dir, to = SCHEMA_VERSION, "state migrated from schema version 0");
+                }
+            }
+            meta.insert(SCHEMA_KEY, json(&SCHEMA_VERSION).as_slice())
+                .map_err(db_error)?;
+        }
+        txn.commit().map_err(db_error)
     }
 
     pub fn load(&self) -> Result<Snapshot, StoreError> {
@@ -289,6 +357,80 @@ impl Store {
     }
 }
 
+/// The schema version recorded in `db`, if any, read without writing anything.
+fn recorded_schema(db: &Database) -> Result<Option<u64>, StoreError> {
+    let txn = db.begin_read().map_err(db_error)?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(db_error(e)),
+    };
+    let recorded = meta.get(SCHEMA_KEY).map_err(db_error)?;
+    recorded
+        .map(|v| decode::<u64>(SCHEMA_KEY, v.value()))
+        .transpose()
+}
+
+/// Refuses, before anything is written, state that a newer build wrote.
+fn refuse_newer(db: &Database, state_dir: &Path) -> Result<(), StoreError> {
+    match recorded_schema(db)? {
+        Some(found) if found > SCHEMA_VERSION => Err(StoreError::NewerSchema {
+            dir: state_dir.display().to_string(),
+            found,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Rewrites every job and task record of schema 0 (see [`migrate`]).
+fn migrate_from_v0(txn: &redb::WriteTransaction, dir: &str) -> Result<(), StoreError> {
+    let failed = |key: &str, reason: String| StoreError::Migration {
+        dir: dir.into(),
+        from: 0,
+        key: key.into(),
+        reason,
+    };
+    // Which phases of each job are eval steps: their tasks' results migrate differently.
+    let mut evaluation: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+    rewrite(
+        &mut txn.open_table(JOBS).map_err(db_error)?,
+        |key, value| {
+            let (record, evals) = migrate::job_from_v0(value).map_err(|e| failed(key, e))?;
+            evaluation.insert(key.to_string(), evals);
+            Ok(record)
+        },
+    )?;
+    rewrite(
+        &mut txn.open_table(TASKS).map_err(db_error)?,
+        |key, value| {
+            let id: crate::scheduler::TaskId = key.parse().map_err(|e| failed(key, e))?;
+            let phases = evaluation.get(&id.job);
+            let is_eval = phases.and_then(|p| p.get(id.phase as usize)).copied();
+            migrate::task_from_v0(value, is_eval.unwrap_or(false)).map_err(|e| failed(key, e))
+        },
+    )
+}
+
+/// Replaces every record of `table` with what `new` makes of it.
+fn rewrite(
+    table: &mut redb::Table<&str, &[u8]>,
+    mut new: impl FnMut(&str, &[u8]) -> Result<Vec<u8>, StoreError>,
+) -> Result<(), StoreError> {
+    let mut rewritten = Vec::new();
+    for row in table.iter().map_err(db_error)? {
+        let (key, value) = row.map_err(db_error)?;
+        let key = key.value().to_string();
+        let record = new(&key, value.value())?;
+        rewritten.push((key, record));
+    }
+    for (key, record) in rewritten {
+        table
+            .insert(key.as_str(), record.as_slice())
+            .map_err(db_error)?;
+    }
+    Ok(())
+}
+
 type Pending = (Batch, oneshot::Sender<Result<(), String>>);
 
 /// Group commit: one thread writes whatever batches queued up, in order.
@@ -354,12 +496,12 @@ mod tests {
         };
         let mut s = Scheduler::new(config);
         let committer = Committer::start(Store::open(dir.path()).unwrap());
-        let spec = crate::spec::parse(
+        let spec = outloud_core::spec::parse(
             "name: t\nstorage: /x\nphases: [{name: a, kind: noop, shards: 3}]\n",
             "t.yaml",
         )
         .unwrap();
-        let job = s.submit(spec, 1);
+        let job = s.submit(spec, 1).unwrap();
         let w = s.register(WorkerInfo::for_tests("h"), 1);
         let a = s.lease(&w, 2).unwrap().unwrap();
         let metrics = Metrics {

@@ -1,5 +1,6 @@
 //! Tracing set-up shared by every Outloud binary: human-readable lines on stderr,
-//! filtered by `RUST_LOG` (default `info`), spans carrying job, phase, task, worker, rank.
+//! filtered by `RUST_LOG` (default `info`), spans carrying job, phase, task, worker, rank;
+//! and the signals that ask a binary to stop.
 
 use std::io::IsTerminal;
 
@@ -16,4 +17,14 @@ pub fn init(default_filter: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+}
+
+/// Completes on Ctrl-C or SIGTERM (what Kubernetes sends before it kills a pod).
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

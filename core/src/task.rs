@@ -1,0 +1,114 @@
+//! A task as both sides name it: its id, the lease a worker holds on it, the metrics it
+//! reports, and the assignment a worker receives.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::task_spec::TaskSpec;
+
+/// The version of the assignment a coordinator sends. A worker refuses an assignment of
+/// any other version with a message that says which side to upgrade, instead of failing
+/// somewhere inside the task. Bump it when a worker of the previous version would
+/// misread an assignment.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// `<job id>/<phase index>/<shard>`: every task of every job, unambiguously.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct TaskId {
+    pub job: String,
+    pub phase: u32,
+    pub shard: u32,
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.job, self.phase, self.shard)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut parts = text.rsplitn(3, '/');
+        let bad = || format!("`{text}` is not a task id (job/phase/shard)");
+        let shard = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let phase = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let job = parts.next().filter(|j| !j.is_empty()).ok_or_else(bad)?;
+        Ok(Self {
+            job: job.into(),
+            phase,
+            shard,
+        })
+    }
+}
+
+impl From<TaskId> for String {
+    fn from(id: TaskId) -> String {
+        id.to_string()
+    }
+}
+
+impl TryFrom<String> for TaskId {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+/// A worker's right to work on a task, as handed out and as named in reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRef {
+    pub task: TaskId,
+    pub epoch: u64,
+}
+
+/// What a worker last said about its task: optimizer steps for training, items for
+/// evaluation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub step: u64,
+    pub total_steps: u64,
+    pub loss: f64,
+    pub tokens: u64,
+    pub words: u64,
+    /// Benchmark items scored so far (eval steps).
+    #[serde(default)]
+    pub items: u64,
+    /// Benchmark items the step will score.
+    #[serde(default)]
+    pub total_items: u64,
+}
+
+/// What a worker gets when it leases a task: the lease, and exactly what the task needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub lease: LeaseRef,
+    pub job_id: String,
+    /// The step's name; its outputs go under `jobs/<job>/<step>/` in the job's storage.
+    pub step: String,
+    pub shards: u32,
+    pub spec: TaskSpec,
+    /// The newest checkpoint this task reported: a new lease resumes from it.
+    pub resume_checkpoint: Option<String>,
+    /// The checkpoint the task starts from (training) or scores (evaluation).
+    pub input_checkpoint: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_round_trip_even_with_slashes_in_the_job() {
+        let id = TaskId {
+            job: "a/b".into(),
+            phase: 2,
+            shard: 7,
+        };
+        assert_eq!(id.to_string().parse::<TaskId>().unwrap(), id);
+        assert!("nojob".parse::<TaskId>().is_err());
+    }
+}

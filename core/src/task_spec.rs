@@ -1,0 +1,261 @@
+//! The resolved task spec: what one task needs and nothing else.
+//!
+//! The coordinator resolves it once, when a job is admitted: the model preset becomes a
+//! concrete shape, data source names become the sources themselves (with absolute
+//! URLs), and benchmark sources that name a picture-book world carry that world. A
+//! worker reads only this; it never sees, or re-resolves, the job spec.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{DataKind, DataSource, JobSpec, ModelShape, PhaseKind, VisionSpec};
+
+/// Picture side of a generated world when the model has no vision path to say it.
+const DEFAULT_WORLD_IMAGE_SIZE: u32 = 32;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The job's storage root (absolute URL): outputs go under `jobs/<job>/<step>/`,
+    /// generated data under `data/`.
+    pub storage: String,
+    pub work: Work,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    Train(TrainSpec),
+    Evaluate(EvaluateSpec),
+    /// Does no work: exercises the control plane.
+    Noop,
+}
+
+/// Which phase of the curriculum a training task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainKind {
+    /// Phase 1: text alone.
+    Language,
+    /// Phase 2: captioning pictures.
+    VisionLanguage,
+    /// Phase 4: answering questions about pictures.
+    Tasks,
+}
+
+impl TrainKind {
+    pub fn sees_pictures(self) -> bool {
+        !matches!(self, TrainKind::Language)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSpec {
+    pub kind: TrainKind,
+    pub model: ModelShape,
+    /// The vision path, for phases that see pictures.
+    pub vision: Option<VisionSpec>,
+    /// The sources the phase reads, in the spec's order.
+    pub data: Vec<DataInput>,
+    pub steps: u64,
+    /// Words the phase may consume before it stops.
+    pub words: Option<u64>,
+    pub batch_size: u32,
+    pub learning_rate: f64,
+    pub warmup_steps: u64,
+    pub checkpoint_every: u64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluateSpec {
+    pub benchmarks: Vec<BenchmarkInput>,
+    /// Sequences scored per forward pass.
+    pub batch_size: u32,
+    /// Precomputed picture features, for checkpoints whose encoder reads features.
+    pub features: Vec<DataInput>,
+}
+
+/// Where one benchmark source's files are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchmarkInput {
+    pub files: BenchmarkFiles,
+    /// Pictures for image-conditioned benchmarks, when not beside their files.
+    pub images: Option<String>,
+    /// Items per file at most.
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchmarkFiles {
+    /// A folder laid out like BabyLM's `evaluation_data`, one benchmark or one file.
+    Url(String),
+    /// A picture-book world's held-out sets.
+    World(DataInput),
+}
+
+/// One data source, with everything needed to find or generate it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInput {
+    pub name: String,
+    pub kind: DataKind,
+    /// Where a user's source lives (absolute URL); generated sources have none.
+    pub url: Option<String>,
+    /// Generator seed (`generated_text`, `picture_book`).
+    pub seed: u64,
+    /// Words to generate (`generated_text`).
+    pub words: Option<u64>,
+    /// Captioned training pictures to generate (`picture_book`).
+    pub pictures: Option<u64>,
+    /// Picture side in pixels of a generated world.
+    pub image_size: u32,
+}
+
+impl DataInput {
+    fn of(source: &DataSource, spec: &JobSpec) -> Self {
+        Self {
+            name: source.name.clone(),
+            kind: source.kind,
+            url: source.path.clone(),
+            seed: source.seed,
+            words: source.words,
+            pictures: source.pictures,
+            image_size: spec
+                .model
+                .vision
+                .map_or(DEFAULT_WORLD_IMAGE_SIZE, |v| v.image_size),
+        }
+    }
+}
+
+impl TaskSpec {
+    /// What a task of the spec's phase `index` needs. The spec must have been checked
+    /// ([`crate::spec::parse`]) and resolved ([`JobSpec::resolve`]).
+    pub fn train(spec: &JobSpec, index: usize) -> Result<Self, String> {
+        let phase = spec
+            .phases
+            .get(index)
+            .ok_or_else(|| format!("the spec has no phase {index}"))?;
+        let kind = match phase.kind {
+            PhaseKind::Noop => return Ok(spec.task(Work::Noop)),
+            PhaseKind::Language => TrainKind::Language,
+            PhaseKind::VisionLanguage => TrainKind::VisionLanguage,
+            PhaseKind::Tasks => TrainKind::Tasks,
+            PhaseKind::SelfSynthesis => {
+                return Err(format!(
+                    "phase `{}`: no worker runs self_synthesis yet",
+                    phase.name
+                ));
+            }
+        };
+        let data = phase
+            .data
+            .iter()
+            .map(|name| spec.data_input(name))
+            .collect::<Result<_, _>>()?;
+        Ok(spec.task(Work::Train(TrainSpec {
+            kind,
+            model: spec.model.shape()?,
+            vision: spec.model.vision.filter(|_| kind.sees_pictures()),
+            data,
+            steps: phase.steps,
+            words: phase.words,
+            batch_size: phase.batch_size,
+            learning_rate: phase.learning_rate,
+            warmup_steps: phase.warmup_steps,
+            checkpoint_every: phase.checkpoint_every,
+            seed: phase.seed,
+        })))
+    }
+
+    /// What the eval step after a phase needs: the spec's benchmarks.
+    pub fn evaluate(spec: &JobSpec) -> Result<Self, String> {
+        let evaluation = spec
+            .evaluation
+            .as_ref()
+            .ok_or("the spec has no `evaluation`")?;
+        let mut benchmarks = Vec::new();
+        for source in &evaluation.benchmarks {
+            let files = match (&source.path, &source.data) {
+                (Some(url), _) => BenchmarkFiles::Url(url.clone()),
+                (None, Some(name)) => BenchmarkFiles::World(spec.data_input(name)?),
+                (None, None) => return Err("a benchmark source names no files".into()),
+            };
+            benchmarks.push(BenchmarkInput {
+                files,
+                images: source.images.clone(),
+                limit: source.limit,
+            });
+        }
+        let features = spec
+            .data
+            .iter()
+            .filter(|d| d.kind == DataKind::ImageFeatures)
+            .map(|d| DataInput::of(d, spec))
+            .collect();
+        Ok(spec.task(Work::Evaluate(EvaluateSpec {
+            benchmarks,
+            batch_size: evaluation.batch_size,
+            features,
+        })))
+    }
+
+    pub fn train_spec(&self) -> Option<&TrainSpec> {
+        match &self.work {
+            Work::Train(train) => Some(train),
+            _ => None,
+        }
+    }
+}
+
+impl JobSpec {
+    fn task(&self, work: Work) -> TaskSpec {
+        TaskSpec {
+            storage: self.storage.clone(),
+            work,
+        }
+    }
+
+    fn data_input(&self, name: &str) -> Result<DataInput, String> {
+        self.data
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| DataInput::of(d, self))
+            .ok_or_else(|| format!("no data source named `{name}`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_gets_its_phase_resolved_and_nothing_else() {
+        let yaml = "name: t\nstorage: /s\n\
+            data: [{name: a, kind: generated_text, words: 10}, {name: b, kind: picture_book, pictures: 5},\
+                   {name: f, kind: image_features, path: /f.safetensors}]\n\
+            model: {preset: tiny, d_model: 32, vision: {image_size: 16, patch_size: 8}}\n\
+            evaluation: {benchmarks: [{data: b}, {path: /e, limit: 3}]}\n\
+            phases: [{name: l, kind: language, data: [a], steps: 5}, {name: v, kind: vision_language, data: [b], steps: 5}]\n";
+        let spec = crate::spec::parse(yaml, "t.yaml").unwrap();
+        let language = TaskSpec::train(&spec, 0).unwrap();
+        let train = language.train_spec().unwrap();
+        assert_eq!(train.kind, TrainKind::Language);
+        assert_eq!(
+            train.model.d_model, 32,
+            "the preset is resolved, overrides applied"
+        );
+        assert!(train.vision.is_none(), "phase 1 does not see pictures");
+        assert_eq!(train.data.len(), 1);
+        assert_eq!(train.data[0].name, "a");
+        let vision = TaskSpec::train(&spec, 1).unwrap();
+        let world = &vision.train_spec().unwrap().data[0];
+        assert_eq!((world.kind, world.image_size), (DataKind::PictureBook, 16));
+        let Work::Evaluate(eval) = TaskSpec::evaluate(&spec).unwrap().work else {
+            panic!("an eval step evaluates")
+        };
+        assert!(matches!(&eval.benchmarks[0].files, BenchmarkFiles::World(d) if d.name == "b"));
+        assert!(matches!(&eval.benchmarks[1].files, BenchmarkFiles::Url(u) if u == "/e"));
+        assert_eq!(eval.benchmarks[1].limit, Some(3));
+        assert_eq!(eval.features.len(), 1);
+    }
+}

@@ -1,0 +1,472 @@
+//! Conversions between the generated gRPC types and the shared domain types, at the edge:
+//! the scheduler and the worker's tasks never see a prost type.
+//!
+//! Decoding says what is wrong with a message instead of guessing: an assignment of
+//! another protocol version, a missing field, or an enum value this build does not know.
+
+use outloud_proto::v1 as pb;
+
+use crate::results::{BenchmarkScore, Counts, ProbeScore, ScoreMode, TaskResults};
+use crate::spec::{DataKind, ModelShape, VisionEncoder, VisionSpec};
+use crate::task::{Assignment, LeaseRef, Metrics, PROTOCOL_VERSION, TaskId};
+use crate::task_spec::{
+    BenchmarkFiles, BenchmarkInput, DataInput, EvaluateSpec, TaskSpec, TrainKind, TrainSpec, Work,
+};
+
+pub fn lease_from(lease: Option<pb::LeaseRef>) -> Result<LeaseRef, String> {
+    let lease = lease.ok_or("missing lease")?;
+    let task: TaskId = lease.task_id.parse()?;
+    Ok(LeaseRef {
+        task,
+        epoch: lease.epoch,
+    })
+}
+
+pub fn lease_to(lease: &LeaseRef) -> pb::LeaseRef {
+    pb::LeaseRef {
+        task_id: lease.task.to_string(),
+        epoch: lease.epoch,
+    }
+}
+
+pub fn metrics_from(metrics: Option<pb::Metrics>) -> Metrics {
+    let m = metrics.unwrap_or_default();
+    Metrics {
+        step: m.step,
+        total_steps: m.total_steps,
+        loss: m.loss,
+        tokens: m.tokens,
+        words: m.words,
+        items: m.items,
+        total_items: m.total_items,
+    }
+}
+
+pub fn metrics_to(m: &Metrics) -> pb::Metrics {
+    pb::Metrics {
+        step: m.step,
+        total_steps: m.total_steps,
+        loss: m.loss,
+        tokens: m.tokens,
+        words: m.words,
+        items: m.items,
+        total_items: m.total_items,
+    }
+}
+
+pub fn assignment_to(a: &Assignment) -> pb::TaskAssignment {
+    pb::TaskAssignment {
+        lease: Some(lease_to(&a.lease)),
+        job_id: a.job_id.clone(),
+        step: a.step.clone(),
+        shard: a.lease.task.shard,
+        shards: a.shards,
+        resume_checkpoint: a.resume_checkpoint.clone(),
+        input_checkpoint: a.input_checkpoint.clone(),
+        protocol_version: PROTOCOL_VERSION,
+        spec: Some(task_spec_to(&a.spec)),
+    }
+}
+
+/// Reads an assignment, refusing one this build cannot understand.
+pub fn assignment_from(task: pb::TaskAssignment) -> Result<Assignment, String> {
+    if task.protocol_version != PROTOCOL_VERSION {
+        let upgrade = if task.protocol_version > PROTOCOL_VERSION {
+            "upgrade this worker to the coordinator's version"
+        } else {
+            "upgrade the coordinator, or run a worker of its version"
+        };
+        return Err(format!(
+            "the coordinator sent an assignment of protocol version {}; this worker reads \
+             version {PROTOCOL_VERSION} only: {upgrade}",
+            task.protocol_version
+        ));
+    }
+    Ok(Assignment {
+        lease: lease_from(task.lease)?,
+        job_id: task.job_id,
+        step: task.step,
+        shards: task.shards,
+        spec: task_spec_from(task.spec.ok_or("the assignment has no task spec")?)?,
+        resume_checkpoint: task.resume_checkpoint,
+        input_checkpoint: task.input_checkpoint,
+    })
+}
+
+pub fn task_spec_to(spec: &TaskSpec) -> pb::TaskSpec {
+    use pb::task_spec::Work as W;
+    let work = match &spec.work {
+        Work::Train(t) => W::Train(train_to(t)),
+        Work::Evaluate(e) => W::Evaluate(pb::EvaluateSpec {
+            benchmarks: e.benchmarks.iter().map(benchmark_input_to).collect(),
+            batch_size: e.batch_size,
+            features: e.features.iter().map(data_to).collect(),
+        }),
+        Work::Noop => W::Noop(pb::NoopSpec {}),
+    };
+    pb::TaskSpec {
+        storage: spec.storage.clone(),
+        work: Some(work),
+    }
+}
+
+pub fn task_spec_from(spec: pb::TaskSpec) -> Result<TaskSpec, String> {
+    use pb::task_spec::Work as W;
+    let work = match spec.work.ok_or("the task spec says no work")? {
+        W::Train(t) => Work::Train(train_from(t)?),
+        W::Evaluate(e) => Work::Evaluate(EvaluateSpec {
+            benchmarks: e
+                .benchmarks
+                .into_iter()
+                .map(benchmark_input_from)
+                .collect::<Result<_, _>>()?,
+            batch_size: e.batch_size,
+            features: e
+                .features
+                .into_iter()
+                .map(data_from)
+                .collect::<Result<_, _>>()?,
+        }),
+        W::Noop(_) => Work::Noop,
+    };
+    Ok(TaskSpec {
+        storage: spec.storage,
+        work,
+    })
+}
+
+/// Each domain enum paired with its wire values: one table serves both directions.
+const TRAIN_KINDS: [(TrainKind, pb::TrainKind); 3] = [
+    (TrainKind::Language, pb::TrainKind::Language),
+    (TrainKind::VisionLanguage, pb::TrainKind::VisionLanguage),
+    (TrainKind::Tasks, pb::TrainKind::Tasks),
+];
+const ENCODERS: [(VisionEncoder, pb::VisionEncoder); 2] = [
+    (VisionEncoder::Vit, pb::VisionEncoder::Vit),
+    (VisionEncoder::Features, pb::VisionEncoder::Features),
+];
+const DATA_KINDS: [(DataKind, pb::DataKind); 7] = [
+    (DataKind::Text, pb::DataKind::Text),
+    (DataKind::GeneratedText, pb::DataKind::GeneratedText),
+    (DataKind::PictureBook, pb::DataKind::PictureBook),
+    (DataKind::ImageCaptions, pb::DataKind::ImageCaptions),
+    (DataKind::Questions, pb::DataKind::Questions),
+    (DataKind::UnlabeledImages, pb::DataKind::UnlabeledImages),
+    (DataKind::ImageFeatures, pb::DataKind::ImageFeatures),
+];
+
+/// The wire value of `value` (every domain value has one).
+fn to_wire<D: PartialEq + Copy, W: Into<i32> + Copy>(table: &[(D, W)], value: D) -> i32 {
+    table
+        .iter()
+        .find(|(d, _)| *d == value)
+        .map_or(0, |(_, w)| (*w).into())
+}
+
+/// The domain value of wire value `value`; `what` names it in the error.
+fn from_wire<D: Copy, W: Into<i32> + Copy>(
+    table: &[(D, W)],
+    value: i32,
+    what: &str,
+) -> Result<D, String> {
+    table
+        .iter()
+        .find(|(_, w)| (*w).into() == value)
+        .map(|(d, _)| *d)
+        .ok_or_else(|| format!("unknown {what} {value}"))
+}
+
+fn train_to(t: &TrainSpec) -> pb::TrainSpec {
+    pb::TrainSpec {
+        kind: to_wire(&TRAIN_KINDS, t.kind),
+        model: Some(pb::ModelShape {
+            vocab_size: t.model.vocab_size,
+            context: t.model.context,
+            d_model: t.model.d_model,
+            n_layers: t.model.n_layers,
+            n_heads: t.model.n_heads,
+        }),
+        vision: t.vision.as_ref().map(vision_to),
+        data: t.data.iter().map(data_to).collect(),
+        steps: t.steps,
+        words: t.words,
+        batch_size: t.batch_size,
+        learning_rate: t.learning_rate,
+        warmup_steps: t.warmup_steps,
+        checkpoint_every: t.checkpoint_every,
+        seed: t.seed,
+    }
+}
+
+fn train_from(t: pb::TrainSpec) -> Result<TrainSpec, String> {
+    let kind = from_wire(&TRAIN_KINDS, t.kind, "training kind")?;
+    let m = t.model.ok_or("the training spec has no model shape")?;
+    Ok(TrainSpec {
+        kind,
+        model: ModelShape {
+            vocab_size: m.vocab_size,
+            context: m.context,
+            d_model: m.d_model,
+            n_layers: m.n_layers,
+            n_heads: m.n_heads,
+        },
+        vision: t.vision.map(vision_from).transpose()?,
+        data: t
+            .data
+            .into_iter()
+            .map(data_from)
+            .collect::<Result<_, _>>()?,
+        steps: t.steps,
+        words: t.words,
+        batch_size: t.batch_size,
+        learning_rate: t.learning_rate,
+        warmup_steps: t.warmup_steps,
+        checkpoint_every: t.checkpoint_every,
+        seed: t.seed,
+    })
+}
+
+fn vision_to(v: &VisionSpec) -> pb::VisionSpec {
+    pb::VisionSpec {
+        encoder: to_wire(&ENCODERS, v.encoder),
+        image_size: v.image_size,
+        patch_size: v.patch_size,
+        d_model: v.d_model,
+        n_layers: v.n_layers,
+        n_heads: v.n_heads,
+        features_width: v.features_width,
+        frozen: v.frozen,
+    }
+}
+
+fn vision_from(v: pb::VisionSpec) -> Result<VisionSpec, String> {
+    Ok(VisionSpec {
+        encoder: from_wire(&ENCODERS, v.encoder, "vision encoder")?,
+        image_size: v.image_size,
+        patch_size: v.patch_size,
+        d_model: v.d_model,
+        n_layers: v.n_layers,
+        n_heads: v.n_heads,
+        features_width: v.features_width,
+        frozen: v.frozen,
+    })
+}
+
+fn data_to(d: &DataInput) -> pb::DataInput {
+    pb::DataInput {
+        name: d.name.clone(),
+        kind: to_wire(&DATA_KINDS, d.kind),
+        url: d.url.clone(),
+        seed: d.seed,
+        words: d.words,
+        pictures: d.pictures,
+        image_size: d.image_size,
+    }
+}
+
+fn data_from(d: pb::DataInput) -> Result<DataInput, String> {
+    let what = format!("data kind (source `{}`)", d.name);
+    let kind = from_wire(&DATA_KINDS, d.kind, &what)?;
+    Ok(DataInput {
+        name: d.name,
+        kind,
+        url: d.url,
+        seed: d.seed,
+        words: d.words,
+        pictures: d.pictures,
+        image_size: d.image_size,
+    })
+}
+
+fn benchmark_input_to(b: &BenchmarkInput) -> pb::BenchmarkInput {
+    use pb::benchmark_input::Files;
+    let files = match &b.files {
+        BenchmarkFiles::Url(url) => Files::Url(url.clone()),
+        BenchmarkFiles::World(world) => Files::World(data_to(world)),
+    };
+    pb::BenchmarkInput {
+        files: Some(files),
+        images: b.images.clone(),
+        limit: b.limit,
+    }
+}
+
+fn benchmark_input_from(b: pb::BenchmarkInput) -> Result<BenchmarkInput, String> {
+    use pb::benchmark_input::Files;
+    let files = match b.files.ok_or("a benchmark source names no files")? {
+        Files::Url(url) => BenchmarkFiles::Url(url),
+        Files::World(world) => BenchmarkFiles::World(data_from(world)?),
+    };
+    Ok(BenchmarkInput {
+        files,
+        images: b.images,
+        limit: b.limit,
+    })
+}
+
+pub fn results_to(r: &TaskResults) -> pb::TaskResults {
+    pb::TaskResults {
+        benchmarks: r
+            .benchmarks
+            .iter()
+            .map(|b| pb::BenchmarkScore {
+                benchmark: b.benchmark.clone(),
+                file: b.file.clone(),
+                mode: match b.mode {
+                    None => pb::ScoreMode::Unspecified,
+                    Some(ScoreMode::TextOnly) => pb::ScoreMode::TextOnly,
+                    Some(ScoreMode::WithPictures) => pb::ScoreMode::WithPictures,
+                } as i32,
+                items: b.items,
+                correct: b.correct,
+                accuracy: b.accuracy,
+                chance: b.chance,
+                unusable: b.unusable,
+            })
+            .collect(),
+        probes: r
+            .probes
+            .iter()
+            .map(|p| pb::ProbeScore {
+                name: p.name.clone(),
+                value: p.value,
+                chance: p.chance,
+                items: p.items,
+            })
+            .collect(),
+        counts: Some(pb::Counts {
+            items_scored: r.counts.items_scored,
+            items_unusable: r.counts.items_unusable,
+            images_skipped: r.counts.images_skipped,
+        }),
+    }
+}
+
+pub fn results_from(r: Option<pb::TaskResults>) -> TaskResults {
+    let r = r.unwrap_or_default();
+    let counts = r.counts.unwrap_or_default();
+    TaskResults {
+        benchmarks: r
+            .benchmarks
+            .into_iter()
+            .map(|b| BenchmarkScore {
+                mode: match pb::ScoreMode::try_from(b.mode) {
+                    Ok(pb::ScoreMode::TextOnly) => Some(ScoreMode::TextOnly),
+                    Ok(pb::ScoreMode::WithPictures) => Some(ScoreMode::WithPictures),
+                    _ => None,
+                },
+                benchmark: b.benchmark,
+                file: b.file,
+                items: b.items,
+                correct: b.correct,
+                accuracy: b.accuracy,
+                chance: b.chance,
+                unusable: b.unusable,
+            })
+            .collect(),
+        probes: r
+            .probes
+            .into_iter()
+            .map(|p| ProbeScore {
+                name: p.name,
+                value: p.value,
+                chance: p.chance,
+                items: p.items,
+            })
+            .collect(),
+        counts: Counts {
+            items_scored: counts.items_scored,
+            items_unusable: counts.items_unusable,
+            images_skipped: counts.images_skipped,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment() -> Assignment {
+        let yaml = "name: t\nstorage: /s\n\
+            data: [{name: b, kind: picture_book, pictures: 5}]\n\
+            model: {vision: {image_size: 16, patch_size: 8}}\n\
+            evaluation: {benchmarks: [{data: b}, {path: /e, images: /i, limit: 3}]}\n\
+            phases: [{name: v, kind: vision_language, data: [b], steps: 5, words: 9}]\n";
+        let spec = crate::spec::parse(yaml, "t.yaml").unwrap();
+        Assignment {
+            lease: LeaseRef {
+                task: "j/0/0".parse().unwrap(),
+                epoch: 3,
+            },
+            job_id: "j".into(),
+            step: "v".into(),
+            shards: 1,
+            spec: TaskSpec::train(&spec, 0).unwrap(),
+            resume_checkpoint: Some("file:///r".into()),
+            input_checkpoint: None,
+        }
+    }
+
+    #[test]
+    fn assignments_and_task_specs_survive_the_wire() {
+        let a = assignment();
+        assert_eq!(assignment_from(assignment_to(&a)).unwrap(), a);
+        let yaml = "name: t\nstorage: /s\ndata: [{name: b, kind: picture_book, pictures: 5}]\n\
+            evaluation: {benchmarks: [{data: b}, {path: /e, images: /i, limit: 3}]}\n\
+            phases: [{name: l, kind: language, data: [b], steps: 5}, {name: n, kind: noop}]\n";
+        let spec = crate::spec::parse(yaml, "t.yaml").unwrap();
+        for spec in [
+            TaskSpec::evaluate(&spec).unwrap(),
+            TaskSpec::train(&spec, 1).unwrap(),
+        ] {
+            assert_eq!(task_spec_from(task_spec_to(&spec)).unwrap(), spec);
+        }
+    }
+
+    #[test]
+    fn an_assignment_of_another_protocol_version_is_refused_with_what_to_do() {
+        let mut newer = assignment_to(&assignment());
+        newer.protocol_version = PROTOCOL_VERSION + 1;
+        let error = assignment_from(newer).unwrap_err();
+        assert!(
+            error.contains(&format!("protocol version {}", PROTOCOL_VERSION + 1))
+                && error.contains("upgrade this worker"),
+            "{error}"
+        );
+        let mut older = assignment_to(&assignment());
+        older.protocol_version = 0;
+        assert!(
+            assignment_from(older)
+                .unwrap_err()
+                .contains("upgrade the coordinator")
+        );
+    }
+
+    #[test]
+    fn results_survive_the_wire() {
+        let results = TaskResults {
+            benchmarks: vec![BenchmarkScore {
+                benchmark: "blimp".into(),
+                file: Some("anaphor".into()),
+                mode: Some(ScoreMode::TextOnly),
+                items: 10,
+                correct: 7,
+                accuracy: 0.7,
+                chance: 0.5,
+                unusable: 1,
+            }],
+            probes: vec![ProbeScore {
+                name: "caption_accuracy".into(),
+                value: 0.3,
+                chance: Some(0.05),
+                items: 20,
+            }],
+            counts: Counts {
+                items_scored: 10,
+                items_unusable: 1,
+                images_skipped: 2,
+            },
+        };
+        assert_eq!(results_from(Some(results_to(&results))), results);
+    }
+}

@@ -1,0 +1,155 @@
+//! Checkpoints a task reads: its own newest one to resume from, and the input checkpoint
+//! its step names (the previous phase's final one to start from, or the one an eval step
+//! scores); and loading their weights into a model. Training, evaluation and the probes
+//! all read checkpoints through here.
+
+use std::collections::HashMap;
+
+use outloud_core::storage::Location;
+use outloud_core::task::Metrics;
+use tch::{Tensor, nn};
+
+use crate::checkpoint::{self, Loaded};
+use crate::context::TaskContext;
+use crate::error::WorkerError;
+use crate::optim::AdamW;
+
+/// Where training resumes: the newest checkpoint of this task that verifies, else
+/// nothing. The coordinator names the newest one reported; if it is corrupt or
+/// incomplete it is refused (never loaded) and older ones are tried, newest first.
+pub async fn resume_point(ctx: &TaskContext) -> Option<Loaded> {
+    let newest = ctx.assignment.resume_checkpoint.as_deref()?;
+    let mut candidates = vec![newest.to_string()];
+    if let Ok(root) = ctx.step_root() {
+        candidates.extend(older_checkpoints(&root.join("checkpoints"), newest).await);
+    }
+    for url in candidates {
+        let Ok(location) = Location::open(&url) else {
+            continue;
+        };
+        match checkpoint::load(&location).await {
+            Ok(loaded) => return Some(loaded),
+            Err(e) => tracing::warn!(error = %e, "checkpoint refused; trying an older one"),
+        }
+    }
+    tracing::warn!("no checkpoint verifies; starting over");
+    None
+}
+
+/// Checkpoint folders under `folder` named before `newest` (names sort by step), newest first.
+async fn older_checkpoints(folder: &Location, newest: &str) -> Vec<String> {
+    let Ok(objects) = folder.list().await else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = objects
+        .iter()
+        .filter_map(|o| {
+            o.url()
+                .strip_suffix(&format!("/{}", checkpoint::MANIFEST_FILE))
+        })
+        .filter(|dir| *dir < newest)
+        .map(str::to_string)
+        .collect();
+    found.sort_unstable_by(|a, b| b.cmp(a));
+    found
+}
+
+/// The checkpoint the step names as its input, verified; `what` says what it is for.
+pub fn input_checkpoint(ctx: &TaskContext, what: &str) -> Result<Loaded, WorkerError> {
+    let url = ctx.assignment.input_checkpoint.as_deref().ok_or_else(|| {
+        WorkerError::Config(format!(
+            "step `{}` needs {what}, and there is none",
+            ctx.assignment.step
+        ))
+    })?;
+    ctx.runtime
+        .block_on(checkpoint::load(&Location::open(url)?))
+}
+
+/// Overwrites every variable of `vs` whose name `wanted` accepts with the saved tensor of
+/// the same name; answers how many were loaded.
+pub fn load_weights(
+    vs: &nn::VarStore,
+    saved: &[(String, Tensor)],
+    wanted: impl Fn(&str) -> bool,
+) -> Result<usize, WorkerError> {
+    let saved: HashMap<&str, &Tensor> = saved.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    tch::no_grad(|| {
+        let mut loaded = 0;
+        for (name, mut var) in vs.variables().into_iter().filter(|(n, _)| wanted(n)) {
+            let source = saved
+                .get(name.as_str())
+                .ok_or_else(|| WorkerError::Config(format!("checkpoint lacks weight `{name}`")))?;
+            if source.size() != var.size() {
+                return Err(WorkerError::Config(format!(
+                    "weight `{name}` is {:?} in the checkpoint, {:?} in the model",
+                    source.size(),
+                    var.size()
+                )));
+            }
+            var.copy_(source);
+            loaded += 1;
+        }
+        Ok(loaded)
+    })
+}
+
+/// Restores weights, optimizer moments and counters from a checkpoint of this step.
+pub fn restore(
+    vs: &nn::VarStore,
+    optimizer: &mut AdamW,
+    loaded: &Loaded,
+) -> Result<Metrics, WorkerError> {
+    load_weights(vs, &loaded.weights, |_| true)?;
+    if let Some(state) = &loaded.optimizer {
+        optimizer
+            .load_state(state, loaded.manifest.step as i64)
+            .map_err(WorkerError::Config)?;
+    }
+    tracing::info!(step = loaded.manifest.step, "resumed from checkpoint");
+    let m = &loaded.manifest;
+    Ok(Metrics {
+        step: m.step,
+        total_steps: m.total_steps,
+        loss: m.loss,
+        tokens: m.tokens,
+        words: m.words,
+        ..Metrics::default()
+    })
+}
+
+/// Where a phase that continues an earlier one starts.
+pub enum Start {
+    /// Its own checkpoint: a lease that resumes.
+    Resume(Loaded),
+    /// The previous phase's final checkpoint.
+    HandOver(Loaded),
+}
+
+impl Start {
+    pub fn find(ctx: &TaskContext) -> Result<Self, WorkerError> {
+        if let Some(loaded) = ctx.runtime.block_on(resume_point(ctx)) {
+            return Ok(Start::Resume(loaded));
+        }
+        let previous = input_checkpoint(ctx, "the previous phase's final checkpoint")?;
+        Ok(Start::HandOver(previous))
+    }
+
+    pub fn checkpoint(&self) -> &Loaded {
+        match self {
+            Start::Resume(loaded) | Start::HandOver(loaded) => loaded,
+        }
+    }
+}
+
+/// Loads the previous phase's weights: all of them after a phase that saw pictures,
+/// else the language model's only (the vision path starts fresh).
+pub fn hand_over(vs: &nn::VarStore, previous: &Loaded) -> Result<(), WorkerError> {
+    let with_vision = previous.manifest.vision.is_some();
+    let wanted = |name: &str| {
+        with_vision || !(name.starts_with("vision.") || name.starts_with("projector."))
+    };
+    let loaded = load_weights(vs, &previous.weights, wanted)?;
+    tracing::info!(loaded, from_phase = %previous.manifest.phase, "weights handed over");
+    Ok(())
+}
