@@ -13,7 +13,7 @@ use support::*;
 const GENERATED: &str = "  - {name: corpus, kind: generated_text, seed: 11, words: 60000}";
 
 fn task_output(job: &Job) -> String {
-    match &job.phases[0].tasks[0].state {
+    match &job.step("language").unwrap().tasks[0].state {
         TaskState::Succeeded { output } => output.clone(),
         other => panic!("task not succeeded: {other:?}"),
     }
@@ -22,7 +22,7 @@ fn task_output(job: &Job) -> String {
 /// The final loss is clearly below the first, and the final checkpoint is complete.
 fn assert_trained(job: &Job, storage: &Path, margin: f64) {
     assert_succeeded(job);
-    let phase = &job.phases[0];
+    let phase = &job.step("language").unwrap();
     let first = phase.first_loss().expect("a first loss was reported");
     let last = phase.metrics().loss;
     assert!(
@@ -114,7 +114,9 @@ async fn two_workers_train_phase_one_on_generated_text() {
     let status: serde_json::Value =
         serde_json::from_slice(&cli(&["status", &id, "--json", "--coordinator", url], None).stdout)
             .unwrap();
-    let phase = &status["phases"][0];
+    let steps = status["steps"].as_array().unwrap();
+    let phase = steps.iter().find(|s| s["name"] == "language").unwrap();
+    assert_eq!(steps[0]["kind"]["kind"], "prepare");
     assert_eq!(
         (&status["state"], &phase["state"]),
         (&"succeeded".into(), &"succeeded".into())
@@ -144,10 +146,10 @@ async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refuse
     let (cluster, mut first, id) = one_worker_training(1_500, 600).await;
     let before = cluster
         .wait(&id, Duration::from_secs(120), |job| {
-            job.phases[0].tasks[0].checkpoint.is_some()
+            job.step("language").unwrap().tasks[0].checkpoint.is_some()
         })
         .await;
-    let task = &before.phases[0].tasks[0];
+    let task = &before.step("language").unwrap().tasks[0];
     let (victim, old_epoch) = match &task.state {
         TaskState::Leased { worker, .. } => (worker.clone(), task.epoch),
         other => panic!("expected a leased task, got {other:?}"),
@@ -227,7 +229,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_task_back_at_once() {
     let (cluster, mut first, id) = one_worker_training(600_000, 300).await;
     cluster
         .wait(&id, Duration::from_secs(120), |job| {
-            job.phases[0].tasks[0].checkpoint.is_some()
+            job.step("language").unwrap().tasks[0].checkpoint.is_some()
         })
         .await;
     let _second = cluster.worker("second");
@@ -243,9 +245,10 @@ async fn a_worker_stopped_with_sigterm_hands_its_task_back_at_once() {
         |e| matches!(&e.what, EventKind::LeaseLost { reason, .. } if reason.contains("stopped")),
     );
     assert!(handed_back, "{:#?}", events(&job));
-    assert_eq!(job.phases[0].tasks[0].epoch, 2);
+    assert_eq!(job.step("language").unwrap().tasks[0].epoch, 2);
     assert_eq!(
-        job.phases[0].tasks[0].lost_leases, 0,
+        job.step("language").unwrap().tasks[0].lost_leases,
+        0,
         "a hand-back is not a failed attempt"
     );
 }
@@ -260,7 +263,7 @@ async fn a_killed_coordinator_restarts_and_the_job_completes_with_its_history() 
         .await;
     let before = cluster
         .wait(&id, Duration::from_secs(120), |job| {
-            job.phases[0].metrics().step >= 60
+            job.step("language").unwrap().metrics().step >= 60
         })
         .await;
     assert_eq!(before.state, RunState::Running);
@@ -349,7 +352,7 @@ async fn a_corrupt_checkpoint_is_refused_and_the_one_before_it_is_used() {
     let _one_at_a_time = exclusive().await;
     let (cluster, mut first, id) = one_worker_training(1_500, 600).await;
     let has_two = |job: &Job| {
-        job.phases[0].tasks[0]
+        job.step("language").unwrap().tasks[0]
             .checkpoint
             .as_deref()
             .is_some_and(|c| !c.ends_with("step-000040"))
@@ -357,7 +360,11 @@ async fn a_corrupt_checkpoint_is_refused_and_the_one_before_it_is_used() {
     cluster.wait(&id, Duration::from_secs(120), has_two).await;
     first.sigkill();
     // The newest checkpoint the coordinator knows is the one a new lease would resume from.
-    let newest = job(&cluster.connection, &id).await.phases[0].tasks[0]
+    let newest = job(&cluster.connection, &id)
+        .await
+        .step("language")
+        .unwrap()
+        .tasks[0]
         .checkpoint
         .clone()
         .unwrap();

@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use outloud_coordinator::scheduler::StepKind;
 use outloud_core::results::{ScoreMode, TaskResults};
 
 use support::*;
@@ -61,10 +62,11 @@ phases:
     let job = cluster.wait(&id, Duration::from_secs(600), finished).await;
     assert_succeeded(&job);
 
-    let names: Vec<&str> = job.phases.iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<&str> = job.steps.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,
         [
+            "prepare",
             "language",
             "language.eval",
             "captions",
@@ -73,7 +75,7 @@ phases:
             "questions.eval"
         ]
     );
-    let captions = job.phases[2].results();
+    let captions = job.step("captions").unwrap().results();
     assert_eq!(captions.counts.images_skipped, 2, "{captions:?}");
     let probe = captions
         .probe("caption_accuracy")
@@ -85,9 +87,9 @@ phases:
 
     // Every phase's effect shows in its eval step.
     let (after_language, after_captions, after_questions) = (
-        job.phases[1].results(),
-        job.phases[3].results(),
-        job.phases[5].results(),
+        job.step("language.eval").unwrap().results(),
+        job.step("captions.eval").unwrap().results(),
+        job.step("questions.eval").unwrap().results(),
     );
     eprintln!(
         "after language: {after_language:?}\nafter captions: {after_captions:?}\nafter questions: {after_questions:?}"
@@ -116,10 +118,14 @@ phases:
     assert!(after_questions.benchmark("world_winoground").is_some());
 
     // Words are counted per phase and the planned ones stay within the budget.
-    for phase in job.phases.iter().filter(|p| !p.evaluation) {
-        assert!(phase.metrics().words > 0, "{} counted no words", phase.name);
+    let trained = job
+        .steps
+        .iter()
+        .filter(|s| matches!(s.kind, StepKind::Train { .. }));
+    for step in trained {
+        assert!(step.metrics().words > 0, "{} counted no words", step.name);
     }
-    assert!(job.phases[0].metrics().words <= 1_000_000 + 16 * 64);
+    assert!(job.step("language").unwrap().metrics().words <= 1_000_000 + 16 * 64);
     let status = cli(
         &["status", &id, "--coordinator", &cluster.coordinator.url],
         None,

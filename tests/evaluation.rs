@@ -76,8 +76,8 @@ phases:
     let id = cluster.submit(&yaml).await;
     let job = cluster.wait(&id, Duration::from_secs(600), finished).await;
     assert_succeeded(&job);
-    let names: Vec<&str> = job.phases.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["language", "language.eval"]);
+    let names: Vec<&str> = job.steps.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["prepare", "language", "language.eval"]);
 
     // The results in storage: every file found, every item scored, accuracy as defined.
     let results_path = cluster
@@ -86,7 +86,7 @@ phases:
     let results: Value = serde_json::from_slice(&std::fs::read(&results_path).unwrap()).unwrap();
     let expected = slice_files();
     let mut seen = 0;
-    let reported = job.phases[1].results();
+    let reported = job.step("language.eval").unwrap().results();
     for benchmark in results["benchmarks"].as_array().unwrap() {
         let name = benchmark["name"].as_str().unwrap();
         let mut accuracies = Vec::new();
@@ -335,7 +335,7 @@ phases:
     let id = submit(&connection, yaml, dir.path()).await;
     let job = wait_until(&connection, &id, Duration::from_secs(300), finished).await;
     assert_succeeded(&job);
-    let reported = job.phases[1].results();
+    let reported = job.step("language.eval").unwrap().results();
     let items = |f: &str| lines(&eval.join(f)) as u64;
     let scored = |name: &str| reported.benchmark(name).map(|b| b.items);
     assert_eq!(scored("blimp"), Some(items(uploads[0]) + items(uploads[1])));

@@ -37,7 +37,7 @@ async fn prometheus_scrapes_progress_and_counters() {
     )
     .await;
     wait_until(&connection, &id, Duration::from_secs(120), |job| {
-        job.phases[0].metrics().step >= 20
+        job.step("language").unwrap().metrics().step >= 20
     })
     .await;
     let (status, body) = http_get(&metrics_addr, "/metrics").unwrap();
@@ -84,13 +84,13 @@ async fn prometheus_scrapes_progress_and_counters() {
     loop {
         let (_, body) =
             http_get(&format!("127.0.0.1:{prometheus_port}"), query).unwrap_or_default();
-        // 1 language task + 7 no-op tasks.
-        if body.contains("\"outloud\"") && body.contains(",\"8\"]") {
+        // 1 prepare task (the generated corpus), 1 language task, 7 no-op tasks.
+        if body.contains("\"outloud\"") && body.contains(",\"9\"]") {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "prometheus never saw 8 succeeded tasks: {body}"
+            "prometheus never saw 9 succeeded tasks: {body}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

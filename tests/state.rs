@@ -59,11 +59,11 @@ async fn a_state_directory_of_schema_0_is_migrated_and_its_jobs_go_on() {
 
     // Its results are typed now, and its eval steps count items in their own field.
     let legacy = job(&connection, FINISHED).await;
-    let probe = legacy.phases[2].results();
+    let probe = legacy.steps[2].results();
     let caption = probe.probe("caption_accuracy").expect("the caption probe");
     assert!(caption.chance.is_some_and(|c| c > 0.0), "{probe:?}");
-    let eval = &legacy.phases[1];
-    assert!(eval.evaluation);
+    let eval = &legacy.steps[1];
+    assert!(eval.is_evaluation());
     let (m, results) = (eval.metrics(), eval.results());
     assert_eq!((m.items, m.total_items, m.step), (84, 84, 0));
     assert_eq!(results.counts.items_scored, 84);

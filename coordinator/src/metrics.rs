@@ -107,7 +107,7 @@ fn render_phases(out: &mut String, scheduler: &Scheduler) {
     for (name, help, pick) in series {
         family(out, name, "gauge", help);
         for job in scheduler.jobs().filter(|j| !j.state.is_finished()) {
-            for phase in &job.phases {
+            for phase in &job.steps {
                 let value = pick(&phase.metrics());
                 let _ = writeln!(
                     out,

@@ -8,7 +8,7 @@
 use outloud_core::results::{TaskResults, percent};
 use serde::Serialize;
 
-use crate::scheduler::{Job, RunState};
+use crate::scheduler::{Job, RunState, StepKind};
 
 /// Published scores (accuracy, %) of the BabyLM 2024 multimodal-track baselines.
 pub const BASELINES: [(&str, f64, f64); 5] = [
@@ -51,12 +51,13 @@ pub struct Report {
 impl Report {
     pub fn of(job: &Job) -> Self {
         let evals: Vec<(String, TaskResults)> = job
-            .phases
+            .steps
             .iter()
-            .filter(|p| p.evaluation)
-            .map(|p| {
-                let trained = &job.spec.phases[p.spec_phase as usize].name;
-                (trained.clone(), p.results())
+            .filter_map(|step| match step.kind {
+                StepKind::Evaluate { phase } => {
+                    Some((job.spec.phases[phase as usize].name.clone(), step.results()))
+                }
+                _ => None,
             })
             .collect();
         let mut names: Vec<String> = evals
@@ -112,6 +113,39 @@ impl Report {
             phases: evals.into_iter().map(|(name, _)| name).collect(),
             benchmarks,
         }
+    }
+
+    /// Each benchmark's accuracy after phase `a` and after phase `b`, and the difference.
+    pub fn compare(&self, a: &str, b: &str) -> Result<Comparison, String> {
+        let column = |name: &str| {
+            self.phases.iter().position(|p| p == name).ok_or_else(|| {
+                format!(
+                    "no evaluated phase `{name}` in {}; evaluated: {}",
+                    self.job,
+                    self.phases.join(", ")
+                )
+            })
+        };
+        let (ia, ib) = (column(a)?, column(b)?);
+        let rows = self
+            .benchmarks
+            .iter()
+            .map(|row| {
+                let (x, y) = (row.accuracy[ia], row.accuracy[ib]);
+                ComparedRow {
+                    name: row.name.clone(),
+                    a: x,
+                    b: y,
+                    difference: x.zip(y).map(|(x, y)| x - y),
+                }
+            })
+            .collect();
+        Ok(Comparison {
+            job: self.job.clone(),
+            a: a.into(),
+            b: b.into(),
+            benchmarks: rows,
+        })
     }
 
     /// Benchmarks x phases, accuracy in %; `detail` adds a row per file (paradigm).
@@ -256,6 +290,58 @@ impl Report {
     }
 }
 
+/// Two evaluated phases side by side (`outloud report JOB --compare A B`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub job: String,
+    pub a: String,
+    pub b: String,
+    pub benchmarks: Vec<ComparedRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ComparedRow {
+    pub name: String,
+    pub a: Option<f64>,
+    pub b: Option<f64>,
+    /// a - b, as a fraction.
+    pub difference: Option<f64>,
+}
+
+impl Comparison {
+    pub fn table(&self) -> String {
+        let w = |name: &str| name.len().max(8);
+        let mut out = format!(
+            "job {}  {} vs {}  (accuracy, %)\n",
+            self.job, self.a, self.b
+        );
+        out += &format!(
+            "{:<32} {:>wa$} {:>wb$} {:>8}\n",
+            "BENCHMARK",
+            self.a,
+            self.b,
+            "A - B",
+            wa = w(&self.a),
+            wb = w(&self.b)
+        );
+        for row in &self.benchmarks {
+            let difference = row
+                .difference
+                .map_or("-".into(), |d| format!("{:+.1}", 100.0 * d));
+            out += &format!(
+                "{:<32} {:>wa$} {:>wb$} {:>8}\n",
+                row.name,
+                percent(row.a),
+                percent(row.b),
+                difference,
+                wa = w(&self.a),
+                wb = w(&self.b)
+            );
+        }
+        out
+    }
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -277,6 +363,7 @@ mod tests {
             - {name: more, kind: language, data: [t], steps: 1}\n";
         let mut s = Scheduler::new(SchedulerConfig {
             lease_timeout_ms: 1000,
+            instance: 0,
         });
         let w = s.register(WorkerInfo::for_tests("h"), 0);
         let job = s
@@ -328,5 +415,15 @@ mod tests {
         assert!(!report.table(false).contains("passive_1"));
         let html = report.html();
         assert!(html.contains("<svg") && html.contains("<polyline") && !html.contains("<script"));
+        let compared = report.compare("more", "language").unwrap();
+        let blimp = &compared.benchmarks[0];
+        assert!((blimp.difference.unwrap() - 0.1).abs() < 1e-9, "{blimp:?}");
+        assert!(compared.table().contains("+10.0"), "{}", compared.table());
+        assert!(
+            report
+                .compare("more", "nope")
+                .unwrap_err()
+                .contains("evaluated: language, more")
+        );
     }
 }

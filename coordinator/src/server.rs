@@ -37,6 +37,16 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// A number unlikely to repeat between coordinator processes: the process id and the
+/// clock's nanoseconds, mixed.
+fn instance_id() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    (u64::from(std::process::id()) << 20) ^ nanos.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// The shared state behind both services.
 struct Coordinator {
     scheduler: Mutex<Scheduler>,
@@ -76,7 +86,9 @@ fn status_of(error: SchedulerError) -> Status {
     match error {
         SchedulerError::UnknownWorker(_)
         | SchedulerError::UnknownJob(_)
-        | SchedulerError::UnknownTask(_) => Status::not_found(error.to_string()),
+        | SchedulerError::UnknownTask(_)
+        | SchedulerError::UnknownStep(_) => Status::not_found(error.to_string()),
+        SchedulerError::NotRetryable(_) => Status::failed_precondition(error.to_string()),
         SchedulerError::StaleLease { .. } | SchedulerError::JobFinished(_) => {
             Status::failed_precondition(error.to_string())
         }
@@ -101,6 +113,7 @@ pub async fn run(
     let snapshot = store.load()?;
     let scheduler_config = SchedulerConfig {
         lease_timeout_ms: config.lease_timeout.as_millis() as u64,
+        instance: instance_id(),
     };
     let jobs = snapshot.jobs.len();
     let scheduler = Scheduler::restore(
@@ -354,6 +367,20 @@ impl Jobs for JobService {
         Ok(Response::new(pb::ListJobsResponse {
             jobs_json: json(&jobs),
         }))
+    }
+
+    async fn retry_job(
+        &self,
+        request: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::RetryJobResponse>, Status> {
+        let r = request.into_inner();
+        let steps = self
+            .0
+            .mutate(|s, now| s.retry(&r.job_id, r.step.as_deref(), now))
+            .await?
+            .map_err(status_of)?;
+        tracing::info!(job = %r.job_id, steps = ?steps, "steps retried");
+        Ok(Response::new(pb::RetryJobResponse { steps }))
     }
 
     async fn cancel_job(

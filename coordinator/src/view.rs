@@ -5,10 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use outloud_core::results::TaskResults;
 
-use crate::scheduler::{Job, Metrics, Phase, RunState, Worker};
+use crate::scheduler::{Job, Metrics, RunState, Step, StepKind, Worker};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PhaseSummary {
+pub struct StepSummary {
     pub name: String,
     pub state: RunState,
     pub metrics: Metrics,
@@ -22,7 +22,7 @@ pub struct JobSummary {
     pub submitted_at: u64,
     pub finished_at: Option<u64>,
     pub error: Option<String>,
-    pub phases: Vec<PhaseSummary>,
+    pub steps: Vec<StepSummary>,
 }
 
 impl JobSummary {
@@ -33,10 +33,10 @@ impl JobSummary {
             submitted_at: job.submitted_at,
             finished_at: job.finished_at,
             error: job.error.clone(),
-            phases: job
-                .phases
+            steps: job
+                .steps
                 .iter()
-                .map(|p| PhaseSummary {
+                .map(|p| StepSummary {
                     name: p.name.clone(),
                     state: p.state,
                     metrics: p.metrics(),
@@ -51,8 +51,8 @@ impl JobSummary {
 pub fn job_json(job: &Job) -> serde_json::Value {
     // Serializing our own domain types cannot fail.
     let mut value = serde_json::to_value(job).expect("jobs serialize to JSON");
-    let phases = value["phases"].as_array_mut().into_iter().flatten();
-    for (phase, json) in job.phases.iter().zip(phases) {
+    let steps = value["steps"].as_array_mut().into_iter().flatten();
+    for (phase, json) in job.steps.iter().zip(steps) {
         json["metrics"] = serde_json::to_value(phase.metrics()).expect("metrics serialize");
         json["first_loss"] = serde_json::to_value(phase.first_loss()).expect("numbers serialize");
         json["results"] = serde_json::to_value(phase.results()).expect("results serialize");
@@ -69,42 +69,49 @@ pub fn job_table(job: &Job) -> String {
         out += &format!("error: {error}\n");
     }
     out += &format!(
-        "{:<22} {:<10} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
-        "PHASE", "STATE", "STEP", "FIRST LOSS", "LOSS", "TOKENS", "WORDS USED/PLANNED"
+        "{:<22} {:<10} {:>5} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
+        "STEP", "STATE", "TRIES", "PROGRESS", "FIRST LOSS", "LOSS", "TOKENS", "WORDS USED/PLANNED"
     );
-    for phase in &job.phases {
-        let m = phase.metrics();
-        let progress = if phase.evaluation {
-            format!("{}/{}", m.items, m.total_items)
-        } else {
-            format!("{}/{}", m.step, m.total_steps)
+    for step in &job.steps {
+        let m = step.metrics();
+        // Eval steps count items scored, prepare steps shards; neither has a loss.
+        let (progress, trains) = match step.kind {
+            StepKind::Train { .. } => (format!("{}/{}", m.step, m.total_steps), true),
+            StepKind::Evaluate { .. } => (format!("{}/{}", m.items, m.total_items), false),
+            StepKind::Prepare => {
+                let done = step
+                    .tasks
+                    .iter()
+                    .filter(|t| t.run_state() == RunState::Succeeded);
+                (format!("{}/{}", done.count(), step.tasks.len()), false)
+            }
         };
-        let planned = planned_words(job, phase).map_or("-".into(), |w| w.to_string());
-        // Eval steps count items scored, not optimizer steps; they have no loss.
+        let planned = planned_words(job, step).map_or("-".into(), |w| w.to_string());
         let loss = |l: Option<f64>| match l {
-            Some(l) if !phase.evaluation => format!("{l:.3}"),
+            Some(l) if trains => format!("{l:.3}"),
             _ => "-".into(),
         };
         out += &format!(
-            "{:<22} {:<10} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
-            phase.name,
-            phase.state.to_string(),
+            "{:<22} {:<10} {:>5} {:>13} {:>10} {:>10} {:>12} {:>22}\n",
+            step.name,
+            step.state.to_string(),
+            step.attempts,
             progress,
-            loss(phase.first_loss()),
+            loss(step.first_loss()),
             loss(Some(m.loss)),
             m.tokens,
             format!("{}/{planned}", m.words)
         );
     }
-    for phase in &job.phases {
-        let shown = results_line(&phase.results());
+    for step in &job.steps {
+        let shown = results_line(&step.results());
         if !shown.is_empty() {
-            out += &format!("{} scores: {shown}\n", phase.name);
+            out += &format!("{} scores: {shown}\n", step.name);
         }
     }
-    let planned: u64 = job.spec.phases.iter().filter_map(|p| p.words).sum();
+    let planned = job.spec.largest_path_words().map_or(0, |(_, words)| words);
     out += &format!(
-        "word budget: {planned} of {} words planned\n",
+        "word budget: {planned} of {} words planned (the most on one path)\n",
         job.spec.word_budget
     );
     out
@@ -126,20 +133,25 @@ pub fn results_line(results: &TaskResults) -> String {
     if results.counts.images_skipped > 0 || !results.probes.is_empty() {
         shown.push(format!("images skipped {}", results.counts.images_skipped));
     }
+    for source in &results.sources {
+        shown.push(format!("{} {} files", source.name, source.files));
+    }
     shown.join(", ")
 }
 
-/// Words a training phase plans to consume (eval steps consume none).
-fn planned_words(job: &Job, phase: &Phase) -> Option<u64> {
-    let spec = job.spec.phases.get(phase.spec_phase as usize)?;
-    spec.words.filter(|_| !phase.evaluation)
+/// Words a training step plans to consume (other steps consume none).
+fn planned_words(job: &Job, step: &Step) -> Option<u64> {
+    match step.kind {
+        StepKind::Train { phase } => job.spec.phases.get(phase as usize)?.words,
+        _ => None,
+    }
 }
 
 pub fn jobs_table(jobs: &[JobSummary]) -> String {
-    let mut out = format!("{:<28} {:<10} {}\n", "JOB", "STATE", "PHASES");
+    let mut out = format!("{:<28} {:<10} {}\n", "JOB", "STATE", "STEPS");
     for job in jobs {
         let phases: Vec<String> = job
-            .phases
+            .steps
             .iter()
             .map(|p| format!("{}:{}", p.name, p.state))
             .collect();

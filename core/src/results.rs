@@ -13,6 +13,18 @@ pub struct TaskResults {
     pub probes: Vec<ProbeScore>,
     #[serde(default)]
     pub counts: Counts,
+    /// Data sources a prepare step made ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceReport>,
+}
+
+/// One data source as the prepare step left it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceReport {
+    pub name: String,
+    /// Where its files are (generated sources: in the job's storage).
+    pub url: String,
+    pub files: u64,
 }
 
 /// How a benchmark's candidates were scored.
@@ -98,6 +110,7 @@ impl TaskResults {
     pub fn absorb(&mut self, other: &TaskResults) {
         self.benchmarks.extend(other.benchmarks.iter().cloned());
         self.probes.extend(other.probes.iter().cloned());
+        self.sources.extend(other.sources.iter().cloned());
         self.counts.items_scored += other.counts.items_scored;
         self.counts.items_unusable += other.counts.items_unusable;
         self.counts.images_skipped += other.counts.images_skipped;

@@ -14,18 +14,18 @@ use crate::task_spec::TaskSpec;
 /// misread an assignment.
 pub const PROTOCOL_VERSION: u32 = 2;
 
-/// `<job id>/<phase index>/<shard>`: every task of every job, unambiguously.
+/// `<job id>/<step index>/<shard>`: every task of every job, unambiguously.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub struct TaskId {
     pub job: String,
-    pub phase: u32,
+    pub step: u32,
     pub shard: u32,
 }
 
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.job, self.phase, self.shard)
+        write!(f, "{}/{}/{}", self.job, self.step, self.shard)
     }
 }
 
@@ -33,13 +33,13 @@ impl FromStr for TaskId {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {
         let mut parts = text.rsplitn(3, '/');
-        let bad = || format!("`{text}` is not a task id (job/phase/shard)");
+        let bad = || format!("`{text}` is not a task id (job/step/shard)");
         let shard = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-        let phase = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let step = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
         let job = parts.next().filter(|j| !j.is_empty()).ok_or_else(bad)?;
         Ok(Self {
             job: job.into(),
-            phase,
+            step,
             shard,
         })
     }
@@ -105,7 +105,7 @@ mod tests {
     fn task_ids_round_trip_even_with_slashes_in_the_job() {
         let id = TaskId {
             job: "a/b".into(),
-            phase: 2,
+            step: 2,
             shard: 7,
         };
         assert_eq!(id.to_string().parse::<TaskId>().unwrap(), id);

@@ -23,6 +23,9 @@ pub struct TaskSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Work {
+    /// Materialize (generated) or check (real) the data sources; shard `i` takes
+    /// `sources[i]`.
+    Prepare(PrepareSpec),
     Train(TrainSpec),
     Evaluate(EvaluateSpec),
     /// Does no work: exercises the control plane.
@@ -63,6 +66,11 @@ pub struct TrainSpec {
     pub warmup_steps: u64,
     pub checkpoint_every: u64,
     pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrepareSpec {
+    pub sources: Vec<DataInput>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,6 +173,12 @@ impl TaskSpec {
             checkpoint_every: phase.checkpoint_every,
             seed: phase.seed,
         })))
+    }
+
+    /// What the prepare step needs: every data source of the job.
+    pub fn prepare(spec: &JobSpec) -> Self {
+        let sources = spec.data.iter().map(|d| DataInput::of(d, spec)).collect();
+        spec.task(Work::Prepare(PrepareSpec { sources }))
     }
 
     /// What the eval step after a phase needs: the spec's benchmarks.

@@ -6,11 +6,12 @@
 
 use outloud_proto::v1 as pb;
 
-use crate::results::{BenchmarkScore, Counts, ProbeScore, ScoreMode, TaskResults};
+use crate::results::{BenchmarkScore, Counts, ProbeScore, ScoreMode, SourceReport, TaskResults};
 use crate::spec::{DataKind, ModelShape, VisionEncoder, VisionSpec};
 use crate::task::{Assignment, LeaseRef, Metrics, PROTOCOL_VERSION, TaskId};
 use crate::task_spec::{
-    BenchmarkFiles, BenchmarkInput, DataInput, EvaluateSpec, TaskSpec, TrainKind, TrainSpec, Work,
+    BenchmarkFiles, BenchmarkInput, DataInput, EvaluateSpec, PrepareSpec, TaskSpec, TrainKind,
+    TrainSpec, Work,
 };
 
 pub fn lease_from(lease: Option<pb::LeaseRef>) -> Result<LeaseRef, String> {
@@ -96,6 +97,9 @@ pub fn assignment_from(task: pb::TaskAssignment) -> Result<Assignment, String> {
 pub fn task_spec_to(spec: &TaskSpec) -> pb::TaskSpec {
     use pb::task_spec::Work as W;
     let work = match &spec.work {
+        Work::Prepare(p) => W::Prepare(pb::PrepareSpec {
+            sources: p.sources.iter().map(data_to).collect(),
+        }),
         Work::Train(t) => W::Train(train_to(t)),
         Work::Evaluate(e) => W::Evaluate(pb::EvaluateSpec {
             benchmarks: e.benchmarks.iter().map(benchmark_input_to).collect(),
@@ -113,6 +117,13 @@ pub fn task_spec_to(spec: &TaskSpec) -> pb::TaskSpec {
 pub fn task_spec_from(spec: pb::TaskSpec) -> Result<TaskSpec, String> {
     use pb::task_spec::Work as W;
     let work = match spec.work.ok_or("the task spec says no work")? {
+        W::Prepare(p) => Work::Prepare(PrepareSpec {
+            sources: p
+                .sources
+                .into_iter()
+                .map(data_from)
+                .collect::<Result<_, _>>()?,
+        }),
         W::Train(t) => Work::Train(train_from(t)?),
         W::Evaluate(e) => Work::Evaluate(EvaluateSpec {
             benchmarks: e
@@ -339,6 +350,15 @@ pub fn results_to(r: &TaskResults) -> pb::TaskResults {
             items_unusable: r.counts.items_unusable,
             images_skipped: r.counts.images_skipped,
         }),
+        sources: r
+            .sources
+            .iter()
+            .map(|s| pb::SourceReport {
+                name: s.name.clone(),
+                url: s.url.clone(),
+                files: s.files,
+            })
+            .collect(),
     }
 }
 
@@ -379,6 +399,15 @@ pub fn results_from(r: Option<pb::TaskResults>) -> TaskResults {
             items_unusable: counts.items_unusable,
             images_skipped: counts.images_skipped,
         },
+        sources: r
+            .sources
+            .into_iter()
+            .map(|s| SourceReport {
+                name: s.name,
+                url: s.url,
+                files: s.files,
+            })
+            .collect(),
     }
 }
 
@@ -391,7 +420,8 @@ mod tests {
             data: [{name: b, kind: picture_book, pictures: 5}]\n\
             model: {vision: {image_size: 16, patch_size: 8}}\n\
             evaluation: {benchmarks: [{data: b}, {path: /e, images: /i, limit: 3}]}\n\
-            phases: [{name: v, kind: vision_language, data: [b], steps: 5, words: 9}]\n";
+            phases: [{name: l, kind: language, data: [b], steps: 5},\
+                     {name: v, kind: vision_language, data: [b], steps: 5, words: 9}]\n";
         let spec = crate::spec::parse(yaml, "t.yaml").unwrap();
         Assignment {
             lease: LeaseRef {
@@ -401,7 +431,7 @@ mod tests {
             job_id: "j".into(),
             step: "v".into(),
             shards: 1,
-            spec: TaskSpec::train(&spec, 0).unwrap(),
+            spec: TaskSpec::train(&spec, 1).unwrap(),
             resume_checkpoint: Some("file:///r".into()),
             input_checkpoint: None,
         }
@@ -416,6 +446,7 @@ mod tests {
             phases: [{name: l, kind: language, data: [b], steps: 5}, {name: n, kind: noop}]\n";
         let spec = crate::spec::parse(yaml, "t.yaml").unwrap();
         for spec in [
+            TaskSpec::prepare(&spec),
             TaskSpec::evaluate(&spec).unwrap(),
             TaskSpec::train(&spec, 1).unwrap(),
         ] {
@@ -466,6 +497,11 @@ mod tests {
                 items_unusable: 1,
                 images_skipped: 2,
             },
+            sources: vec![SourceReport {
+                name: "book".into(),
+                url: "file:///s/data/book".into(),
+                files: 9,
+            }],
         };
         assert_eq!(results_from(Some(results_to(&results))), results);
     }

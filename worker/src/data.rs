@@ -1,10 +1,11 @@
-//! Where a phase's data lives, and reading its text through the storage layer.
+//! Where a step's data lives, and reading its text through the storage layer.
 //! User data sources are files or folders at their `path`; the project's generated
-//! sources (`generated_text`, `picture_book`) are written into the job's storage first
-//! (once, deterministically), then read back like any other files.
+//! sources (`generated_text`, `picture_book`) are written into the job's storage by the
+//! job's prepare step ([`prepare`]: once, deterministically), then read back like any
+//! other files.
 
 use outloud_core::spec::DataKind;
-use outloud_core::storage::Location;
+use outloud_core::storage::{Location, StorageError};
 use outloud_core::task_spec::DataInput;
 
 use crate::corpus;
@@ -24,8 +25,8 @@ fn generated_location(storage: &str, source: &DataInput) -> Result<Location, Wor
     Ok(Location::open(storage)?.join(&name))
 }
 
-/// Writes a generated source into storage unless it is already there.
-pub async fn materialize(storage: &str, source: &DataInput) -> Result<Location, WorkerError> {
+/// Writes a generated text source into storage unless it is already there.
+async fn materialize_text(storage: &str, source: &DataInput) -> Result<Location, WorkerError> {
     let location = generated_location(storage, source)?;
     if !location.is_object().await? {
         let (seed, words) = (source.seed, source.words.unwrap_or(0));
@@ -54,17 +55,27 @@ fn world_size(source: &DataInput) -> WorldSize {
     }
 }
 
-/// The folder holding a picture-book world, written first unless already complete.
-async fn materialize_world(storage: &str, source: &DataInput) -> Result<Location, WorkerError> {
+/// The folder of a picture-book world, and its marker (written last: a world without it
+/// is incomplete).
+fn world_folder(storage: &str, source: &DataInput) -> Result<(Location, Location), WorkerError> {
     let size = world_size(source);
     let name = format!(
         "data/{}-seed{}-{}p-{}px-v{WORLD_LAYOUT}",
         source.name, size.seed, size.train_pictures, size.image_size
     );
     let folder = Location::open(storage)?.join(&name);
-    // The marker is written last: a world without it is incomplete and written again.
-    let marker = folder.join("world.json");
+    let marker = folder.join(WORLD_MARKER);
+    Ok((folder, marker))
+}
+
+/// The file that says a world is complete.
+pub const WORLD_MARKER: &str = "world.json";
+
+/// Writes a picture-book world unless a complete one is there.
+async fn materialize_world(storage: &str, source: &DataInput) -> Result<Location, WorkerError> {
+    let (folder, marker) = world_folder(storage, source)?;
     if !marker.is_object().await? {
+        let size = world_size(source);
         let world = tokio::task::spawn_blocking(move || World::generate(size))
             .await
             .map_err(|e| WorkerError::Data(e.to_string()))?;
@@ -77,11 +88,62 @@ async fn materialize_world(storage: &str, source: &DataInput) -> Result<Location
     Ok(folder)
 }
 
-/// Where a data source's files are: its path, or the generated data in storage.
+/// What preparing one source found.
+pub struct Prepared {
+    pub root: Location,
+    pub files: u64,
+}
+
+/// The prepare step's work for one source: a generated source is written (once: what is
+/// complete in storage is kept), a user's source is checked to hold files.
+pub async fn prepare(storage: &str, source: &DataInput) -> Result<Prepared, WorkerError> {
+    let root = match source.kind {
+        DataKind::GeneratedText => materialize_text(storage, source).await?,
+        DataKind::PictureBook => materialize_world(storage, source).await?,
+        _ => source_root(storage, source).await?,
+    };
+    // Nothing there fails for good (another try would find nothing either); other
+    // storage errors may pass and are retried.
+    let files = match root.objects().await {
+        Ok(found) => found.len() as u64,
+        Err(StorageError::Missing { .. }) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    if files == 0 {
+        return Err(WorkerError::Data(format!(
+            "data source `{}` at {} holds no files",
+            source.name,
+            root.url()
+        )));
+    }
+    Ok(Prepared { root, files })
+}
+
+/// Where a data source's files are: its path, or its generated data in storage, which
+/// the job's prepare step must have written (no other step generates data).
 pub async fn source_root(storage: &str, source: &DataInput) -> Result<Location, WorkerError> {
+    let unprepared = |url: &str| {
+        WorkerError::Data(format!(
+            "data source `{}` is not prepared (nothing complete at {url}): the job's prepare \
+             step writes generated data",
+            source.name
+        ))
+    };
     match source.kind {
-        DataKind::GeneratedText => materialize(storage, source).await,
-        DataKind::PictureBook => materialize_world(storage, source).await,
+        DataKind::GeneratedText => {
+            let location = generated_location(storage, source)?;
+            if !location.is_object().await? {
+                return Err(unprepared(location.url()));
+            }
+            Ok(location)
+        }
+        DataKind::PictureBook => {
+            let (folder, marker) = world_folder(storage, source)?;
+            if !marker.is_object().await? {
+                return Err(unprepared(folder.url()));
+            }
+            Ok(folder)
+        }
         kind => {
             let url = source.url.as_deref().ok_or_else(|| {
                 WorkerError::Config(format!("`{}` ({}) has no path", source.name, kind.name()))

@@ -5,6 +5,7 @@
 //! - [`agent`]: the control loop (register, lease, heartbeat, report, complete).
 //! - [`task`]: the dispatch by what a task's resolved spec says to do.
 //! - [`context`]: the context a task runs in (assignment, device, stop flag, progress).
+//! - [`prepare`]: the prepare step (generated data written once, user data checked).
 //! - [`inputs`]: checkpoints a task reads (resume, hand-over, the one an eval scores).
 //! - [`fit`]: the training loop every phase shares (steps, checkpoints, resume).
 //! - [`language`]: phase 1, language bootstrapping.
@@ -42,6 +43,7 @@ pub mod loaders;
 pub mod model;
 pub mod multimodal;
 pub mod optim;
+pub mod prepare;
 pub mod probes;
 pub mod prompts;
 pub mod rng;

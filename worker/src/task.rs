@@ -5,10 +5,11 @@ use outloud_core::task_spec::{TrainKind, Work};
 
 use crate::context::{TaskContext, TaskOutput};
 use crate::error::WorkerError;
-use crate::{eval, language, multimodal};
+use crate::{eval, language, multimodal, prepare};
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     match &ctx.assignment.spec.work {
+        Work::Prepare(_) => prepare::run(ctx),
         Work::Evaluate(_) => eval::run(ctx),
         Work::Train(train) => match train.kind {
             TrainKind::Language => language::run(ctx),

@@ -44,7 +44,12 @@ fn worker_binary() -> anyhow::Result<PathBuf> {
 pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
     let state_dir = match cluster.state_dir {
         Some(dir) => dir,
-        None => PathBuf::from(".outloud/local").join(server::now_ms().to_string()),
+        // Two runs started in the same millisecond still get a folder each.
+        None => PathBuf::from(".outloud/local").join(format!(
+            "{}-{}",
+            server::now_ms(),
+            std::process::id()
+        )),
     };
     let log_dir = state_dir.join("logs");
     std::fs::create_dir_all(&log_dir)?;
@@ -127,14 +132,14 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
         "finished in {seconds:.1} s with {} workers",
         cluster.workers
     );
-    for phase in &job.phases {
+    for phase in &job.steps {
         for task in &phase.tasks {
             if let TaskState::Succeeded { output } = &task.state {
                 println!("{} output: {output}", phase.name);
             }
         }
         let (took, m) = (phase_seconds(&job, &phase.name), phase.metrics());
-        if phase.evaluation {
+        if phase.is_evaluation() {
             println!(
                 "{}: {} items scored in {took:.1} s ({:.0}/s)",
                 phase.name,

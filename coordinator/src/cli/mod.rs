@@ -87,6 +87,13 @@ pub enum Command {
     },
     /// Cancel a job.
     Cancel { job: String },
+    /// Run a failed step again, with every step that reads from it (default: every
+    /// failed step); what succeeded is kept.
+    Retry {
+        job: String,
+        #[arg(long)]
+        step: Option<String>,
+    },
     /// Evaluation results: benchmarks x phases beside the BabyLM baselines; also
     /// writes a self-contained HTML report with a plot.
     Report {
@@ -99,6 +106,9 @@ pub enum Command {
         /// Where the HTML report goes (default: `<job>-report.html` here).
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Per-benchmark differences between two phases (e.g. two branches): A - B.
+        #[arg(long, num_args = 2, value_names = ["A", "B"])]
+        compare: Option<Vec<String>>,
     },
     /// Run a job on a cluster started on this machine: a coordinator and N workers.
     Local {
@@ -217,9 +227,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             detail,
             json,
             html,
+            compare,
         } => {
             let job = get_job(&connect().await?, &job).await?;
             let report = Report::of(&job);
+            if let Some([a, b]) = compare.as_deref() {
+                let comparison = report.compare(a, b).map_err(anyhow::Error::msg)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&comparison)?);
+                } else {
+                    print!("{}", comparison.table());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -240,6 +260,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 })
                 .await?;
             println!("{job} cancelled");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry { job, step } => {
+            let answer = connect()
+                .await?
+                .jobs()
+                .retry_job(pb::RetryJobRequest {
+                    job_id: job.clone(),
+                    step,
+                })
+                .await?
+                .into_inner();
+            println!("{job}: running again: {}", answer.steps.join(", "));
             Ok(ExitCode::SUCCESS)
         }
         Command::Local {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::scheduler::{Job, Phase, RunState};
+use crate::scheduler::{Job, RunState, Step};
 use outloud_core::client::Connection;
 
 const POLL: Duration = Duration::from_millis(300);
@@ -46,13 +46,13 @@ impl View {
         match self {
             View::Bars(bars) => bars.show(job),
             View::Plain(states, last) => {
-                for phase in &job.phases {
+                for phase in &job.steps {
                     let m = phase.metrics();
                     let changed =
                         states.insert(phase.name.clone(), phase.state) != Some(phase.state);
                     if changed || (phase.state == RunState::Running && last.elapsed() > PLAIN_EVERY)
                     {
-                        let progress = match (phase.evaluation, m.total_steps, m.total_items) {
+                        let progress = match (phase.is_evaluation(), m.total_steps, m.total_items) {
                             (true, _, 0) | (false, 0, _) => String::new(),
                             (true, _, _) => format!(" items {}/{}", m.items, m.total_items),
                             _ => format!(" step {}/{}{}", m.step, m.total_steps, loss(phase)),
@@ -71,7 +71,7 @@ impl Bars {
         let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} {msg}")
             .expect("the template is valid")
             .progress_chars("=> ");
-        for phase in &job.phases {
+        for phase in &job.steps {
             let bar = self.bars.entry(phase.name.clone()).or_insert_with(|| {
                 let bar = self.multi.add(ProgressBar::new(1));
                 bar.set_style(style.clone());
@@ -79,7 +79,7 @@ impl Bars {
                 bar
             });
             let m = phase.metrics();
-            let (done, total) = if phase.evaluation {
+            let (done, total) = if phase.is_evaluation() {
                 (m.items, m.total_items)
             } else {
                 (m.step, m.total_steps)
@@ -95,9 +95,9 @@ impl Bars {
 }
 
 /// A training phase's last loss, once it has reported; nothing for eval steps.
-fn loss(phase: &Phase) -> String {
+fn loss(phase: &Step) -> String {
     let m = phase.metrics();
-    if m.total_steps > 0 && !phase.evaluation {
+    if m.total_steps > 0 && !phase.is_evaluation() {
         format!(" loss {:.3}", m.loss)
     } else {
         String::new()

@@ -1,18 +1,20 @@
-//! The scheduling state machine: jobs expand into phases (and eval steps) and tasks,
-//! workers lease tasks, leases expire, training phases run in order and each eval step
-//! runs beside the phase after the one it evaluates.
+//! The scheduling state machine: jobs expand into a graph of steps ([`steps`]) made of
+//! tasks, workers lease tasks, leases expire, and a step starts once every step it reads
+//! from has succeeded, so branches and eval steps run beside each other.
 //!
 //! It is pure: no clock (every call takes `now`), no network, no disk. Each call records
 //! what it changed in [`Changes`], which the server makes durable before it answers, so
 //! tests drive it directly in a loop and the store never has to diff anything.
 //!
 //! Here: submitting, registering, leasing and reporting. [`model`]: the domain types;
-//! `outcomes`: how task outcomes move phases and jobs along; `changes`: what a call changed;
+//! `outcomes`: how task outcomes move steps and jobs along, and retries; `changes`: what
+//! a call changed;
 //! `tallies`: event counts for metrics.
 
 mod changes;
 pub mod model;
 mod outcomes;
+pub mod steps;
 mod tallies;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -22,12 +24,18 @@ use outloud_core::spec::JobSpec;
 
 pub use changes::{Changes, Counters};
 pub use model::*;
+pub use steps::{Input, Step, StepKind, eval_step_name, expand};
 pub use tallies::Tallies;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerConfig {
     /// A worker silent for this long loses its leases.
     pub lease_timeout_ms: u64,
+    /// Differs between coordinator processes (the server draws it at start): job ids
+    /// mix it in, so coordinators that share a storage root, such as two `outloud local`
+    /// runs started in the same millisecond, never give two jobs one id (and one output
+    /// folder).
+    pub instance: u64,
 }
 
 pub struct Scheduler {
@@ -76,7 +84,7 @@ impl Scheduler {
             .jobs
             .values()
             .flat_map(|job| {
-                job.phases
+                job.steps
                     .iter()
                     .filter(|p| p.state == RunState::Running || p.state == RunState::Pending)
             })
@@ -92,11 +100,11 @@ impl Scheduler {
         scheduler
     }
 
-    /// A pending task may be leased when its phase may start.
+    /// A pending task may be leased when its step may start.
     fn is_startable(&self, id: &TaskId) -> bool {
         self.jobs
             .get(&id.job)
-            .is_some_and(|job| !job.state.is_finished() && job.is_startable(id.phase as usize))
+            .is_some_and(|job| !job.state.is_finished() && job.is_startable(id.step as usize))
     }
 
     pub fn take_changes(&mut self) -> Changes {
@@ -137,13 +145,14 @@ impl Scheduler {
         }
     }
 
-    /// Accepts a checked, resolved spec; its first phase is ready at once.
+    /// Accepts a checked, resolved spec; the steps that read from no other are ready at once.
     pub fn submit(&mut self, spec: JobSpec, now: Millis) -> Result<String, SchedulerError> {
         let next_job = self.counters.next_job + 1;
         // The time suffix keeps ids unique across coordinators that share a storage root
         // (each `outloud local` run starts a fresh state directory).
-        let id = format!("{}-{next_job}-{:06x}", spec.name, now & 0xff_ffff);
-        let phases = expand(&id, &spec).map_err(SchedulerError::Unplannable)?;
+        let suffix = (now ^ self.config.instance) & 0xff_ffff;
+        let id = format!("{}-{next_job}-{suffix:06x}", spec.name);
+        let steps = expand(&id, &spec).map_err(SchedulerError::Unplannable)?;
         self.counters.next_job = next_job;
         self.changes.counters_changed = true;
         let job = Job {
@@ -153,27 +162,36 @@ impl Scheduler {
             submitted_at: now,
             finished_at: None,
             error: None,
-            phases,
+            steps,
             history: Vec::new(),
         };
         self.jobs.insert(id.clone(), job);
         self.changes.jobs.insert(id.clone());
         self.record(&id, now, EventKind::Submitted);
-        self.start_phase(&id, 0, now);
+        self.start_ready(&id, now);
         Ok(id)
     }
 
-    fn start_phase(&mut self, job_id: &str, phase: usize, now: Millis) {
+    /// Starts every pending step whose inputs have all succeeded.
+    fn start_ready(&mut self, job_id: &str, now: Millis) {
+        let Some(job) = self.jobs.get(job_id) else {
+            return;
+        };
+        let ready: Vec<usize> = (0..job.steps.len())
+            .filter(|&s| job.steps[s].state == RunState::Pending && job.is_startable(s))
+            .collect();
+        for step in ready {
+            self.start_step(job_id, step, now);
+        }
+    }
+
+    fn start_step(&mut self, job_id: &str, step: usize, now: Millis) {
         let Some(job) = self.jobs.get_mut(job_id) else {
             return;
         };
-        let name = job.phases[phase].name.clone();
-        job.phases[phase].state = RunState::Running;
-        let ids: Vec<TaskId> = job.phases[phase]
-            .tasks
-            .iter()
-            .map(|t| t.id.clone())
-            .collect();
+        let name = job.steps[step].name.clone();
+        job.steps[step].state = RunState::Running;
+        let ids: Vec<TaskId> = job.steps[step].tasks.iter().map(|t| t.id.clone()).collect();
         self.changes.jobs.insert(job_id.to_string());
         self.ready.extend(ids);
         self.record(job_id, now, EventKind::PhaseStarted { phase: name });
@@ -252,15 +270,15 @@ impl Scheduler {
                 epoch: task.epoch,
             };
             let resume_checkpoint = task.checkpoint.clone();
-            let phase = &job.phases[id.phase as usize];
+            let step = &job.steps[id.step as usize];
             let assignment = Assignment {
                 lease: lease.clone(),
                 job_id: job.id.clone(),
-                step: phase.name.clone(),
-                shards: phase.tasks.len() as u32,
-                spec: phase.work.clone(),
+                step: step.name.clone(),
+                shards: step.tasks.len() as u32,
+                spec: step.work.clone(),
                 resume_checkpoint: resume_checkpoint.clone(),
-                input_checkpoint: job.input_checkpoint(id.phase as usize),
+                input_checkpoint: job.input_checkpoint(id.step as usize),
             };
             if job.state == RunState::Pending {
                 job.state = RunState::Running;
@@ -426,7 +444,7 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&lease.task.job) else {
             return;
         };
-        let max_attempts = job.max_attempts(lease.task.phase as usize);
+        let max_attempts = job.max_attempts(lease.task.step as usize);
         let Some(task) = job.task_mut(&lease.task) else {
             return;
         };

@@ -1,14 +1,14 @@
-//! The scheduler's domain types: jobs, their phases and tasks, workers, and the
-//! history of events. These are also the documents `outloud status --json` prints.
+//! The scheduler's domain types: jobs, their tasks, workers, and the history of
+//! events. These are also the documents `outloud status --json` prints. A job's steps
+//! and how they depend on each other are in [`super::steps`].
 //!
-//! A job's phases are the spec's training phases in order, each followed by its eval
-//! step when the spec asks for one. Training phases run one after another; an eval
-//! step runs once the phase it evaluates has succeeded, beside the next training phase;
-//! a failed eval step is recorded (its phase `failed`) and training goes on.
+//! A failed eval step is recorded (its state `failed`) and training goes on; a failed
+//! prepare or training step fails the job, and what had not finished is cancelled.
+//! `outloud retry` runs failed steps again (and what reads from them).
 //!
 //! ```text
-//! job:   pending ──first lease──▶ running ──every phase done──▶ succeeded
-//!           │                       │  └──training task out of attempts──▶ failed
+//! job:   pending ──first lease──▶ running ──every step done──▶ succeeded
+//!           │                       │  └──a training step fails──▶ failed ──retry──▶ running
 //!           └───────────cancel──────┴───────────────────────────▶ cancelled
 //! task:  pending ──lease(epoch+1)──▶ leased ──complete──▶ succeeded
 //!           ▲                          │ └──fail(fatal)──▶ failed
@@ -20,8 +20,9 @@ use std::fmt;
 use outloud_core::results::TaskResults;
 use outloud_core::spec::JobSpec;
 pub use outloud_core::task::{Assignment, LeaseRef, Metrics, TaskId};
-use outloud_core::task_spec::TaskSpec;
 use serde::{Deserialize, Serialize};
+
+use super::steps::{Input, Step, StepKind};
 
 /// Milliseconds since the Unix epoch. The scheduler never reads a clock: callers pass it.
 pub type Millis = u64;
@@ -117,108 +118,6 @@ impl Task {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Phase {
-    pub name: String,
-    pub state: RunState,
-    pub tasks: Vec<Task>,
-    /// The spec phase this trains, or evaluates.
-    #[serde(default)]
-    pub spec_phase: u32,
-    /// An eval step: scores the final checkpoint of training phase `spec_phase`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub evaluation: bool,
-    /// What each of its tasks is given, resolved when the job was admitted.
-    pub work: TaskSpec,
-}
-
-/// The name of the eval step after phase `phase` ('.' never appears in phase names).
-pub fn eval_step_name(phase: &str) -> String {
-    format!("{phase}.eval")
-}
-
-/// A job's phases: each spec phase, followed by its eval step when it has one, each with
-/// its resolved task spec. Fails only for a spec that was not checked.
-pub fn expand(job_id: &str, spec: &JobSpec) -> Result<Vec<Phase>, String> {
-    let mut phases = Vec::new();
-    for (index, phase) in spec.phases.iter().enumerate() {
-        let at = |phases: &Vec<Phase>| phases.len() as u32;
-        let work = TaskSpec::train(spec, index)?;
-        let training = Phase::new(job_id, at(&phases), phase.name.clone(), phase.shards, work);
-        phases.push(Phase {
-            spec_phase: index as u32,
-            ..training
-        });
-        if spec.evaluates_after(index) {
-            let work = TaskSpec::evaluate(spec)?;
-            let step = Phase::new(job_id, at(&phases), eval_step_name(&phase.name), 1, work);
-            phases.push(Phase {
-                spec_phase: index as u32,
-                evaluation: true,
-                ..step
-            });
-        }
-    }
-    Ok(phases)
-}
-
-impl Phase {
-    /// Phase `index` of job `job`, with `shards` fresh pending tasks that do `work`.
-    pub fn new(job: &str, index: u32, name: String, shards: u32, work: TaskSpec) -> Self {
-        let tasks = (0..shards)
-            .map(|shard| {
-                Task::new(TaskId {
-                    job: job.to_string(),
-                    phase: index,
-                    shard,
-                })
-            })
-            .collect();
-        Self {
-            name,
-            state: RunState::Pending,
-            tasks,
-            spec_phase: index,
-            evaluation: false,
-            work,
-        }
-    }
-
-    /// The phase's metrics: sums over its tasks, the step of the slowest.
-    pub fn metrics(&self) -> Metrics {
-        let mut total = Metrics {
-            step: u64::MAX,
-            ..Metrics::default()
-        };
-        for task in &self.tasks {
-            total.step = total.step.min(task.metrics.step);
-            total.total_steps = total.total_steps.max(task.metrics.total_steps);
-            total.tokens += task.metrics.tokens;
-            total.words += task.metrics.words;
-            total.items += task.metrics.items;
-            total.total_items += task.metrics.total_items;
-            total.loss += task.metrics.loss / self.tasks.len() as f64;
-        }
-        if self.tasks.is_empty() {
-            total.step = 0;
-        }
-        total
-    }
-
-    pub fn first_loss(&self) -> Option<f64> {
-        self.tasks.iter().find_map(|t| t.first_loss)
-    }
-
-    /// What its tasks reported, together.
-    pub fn results(&self) -> TaskResults {
-        let mut all = TaskResults::default();
-        for task in &self.tasks {
-            all.absorb(&task.results);
-        }
-        all
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: String,
     pub spec: JobSpec,
@@ -226,75 +125,92 @@ pub struct Job {
     pub submitted_at: Millis,
     pub finished_at: Option<Millis>,
     pub error: Option<String>,
-    pub phases: Vec<Phase>,
+    pub steps: Vec<Step>,
     /// Everything that happened to the job, oldest first.
     pub history: Vec<Event>,
 }
 
 impl Job {
     pub fn task(&self, id: &TaskId) -> Option<&Task> {
-        self.phases
-            .get(id.phase as usize)?
+        self.steps
+            .get(id.step as usize)?
             .tasks
             .get(id.shard as usize)
     }
 
     pub fn task_mut(&mut self, id: &TaskId) -> Option<&mut Task> {
-        self.phases
-            .get_mut(id.phase as usize)?
+        self.steps
+            .get_mut(id.step as usize)?
             .tasks
             .get_mut(id.shard as usize)
     }
 
-    /// The job's phase that trains spec phase `spec_phase`.
-    fn training(&self, spec_phase: u32) -> Option<&Phase> {
-        self.phases
-            .iter()
-            .find(|p| !p.evaluation && p.spec_phase == spec_phase)
+    /// The step named `name`.
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
     }
 
-    /// Whether phase `index` may start: a training phase once every training phase
-    /// before it has succeeded, an eval step once the phase it evaluates has.
+    /// Whether step `index` may start: once every step it reads from has succeeded.
     pub fn is_startable(&self, index: usize) -> bool {
-        let Some(phase) = self.phases.get(index) else {
-            return false;
-        };
-        let succeeded = |p: &Phase| p.state == RunState::Succeeded;
-        if phase.evaluation {
-            return self.training(phase.spec_phase).is_some_and(succeeded);
-        }
-        self.phases
-            .iter()
-            .filter(|p| !p.evaluation && p.spec_phase < phase.spec_phase)
-            .all(succeeded)
+        self.steps.get(index).is_some_and(|step| {
+            step.inputs.iter().all(|input| {
+                self.steps
+                    .get(input.step())
+                    .is_some_and(|s| s.state == RunState::Succeeded)
+            })
+        })
     }
 
-    /// The checkpoint phase `index` reads: for an eval step, the final checkpoint of the
-    /// phase it evaluates; for a training phase, the previous training phase's.
+    /// The checkpoint step `index` starts from (training) or scores (evaluation): the
+    /// final output of the training step it names as its checkpoint input.
     pub fn input_checkpoint(&self, index: usize) -> Option<String> {
-        let phase = self.phases.get(index)?;
-        let source = if phase.evaluation {
-            self.training(phase.spec_phase)?
-        } else {
-            self.training(phase.spec_phase.checked_sub(1)?)?
-        };
+        let step = self.steps.get(index)?;
+        let source = step.inputs.iter().find_map(|input| match input {
+            Input::Checkpoint(source) => self.steps.get(*source as usize),
+            Input::Outputs(_) => None,
+        })?;
         match &source.tasks.first()?.state {
             TaskState::Succeeded { output } if !output.is_empty() => Some(output.clone()),
             _ => None,
         }
     }
 
-    /// Leases a task of phase `index` may lose before the job fails.
+    /// Leases a task of step `index` may lose before the job fails.
     pub fn max_attempts(&self, index: usize) -> u32 {
-        let Some(phase) = self.phases.get(index) else {
+        let Some(step) = self.steps.get(index) else {
             return 1;
         };
-        match &self.spec.evaluation {
-            Some(evaluation) if phase.evaluation => evaluation.max_attempts,
-            _ => self.spec.phases[phase.spec_phase as usize].max_attempts,
+        match (step.kind, &self.spec.evaluation) {
+            (StepKind::Evaluate { .. }, Some(evaluation)) => evaluation.max_attempts,
+            (StepKind::Train { phase }, _) => self.spec.phases[phase as usize].max_attempts,
+            _ => PREPARE_ATTEMPTS,
         }
     }
+
+    /// Steps that read, directly or not, from step `index`.
+    pub fn dependants(&self, index: usize) -> Vec<usize> {
+        let mut found = vec![index];
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for (i, step) in self.steps.iter().enumerate() {
+                let reads = step
+                    .inputs
+                    .iter()
+                    .any(|input| found.contains(&input.step()));
+                if reads && !found.contains(&i) {
+                    found.push(i);
+                    grew = true;
+                }
+            }
+        }
+        found.remove(0);
+        found
+    }
 }
+
+/// Leases a prepare task may lose before the job fails.
+const PREPARE_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerInfo {
@@ -379,6 +295,10 @@ pub enum EventKind {
     PhaseSucceeded {
         phase: String,
     },
+    /// `outloud retry`: these steps run again.
+    Retried {
+        steps: Vec<String>,
+    },
     JobSucceeded,
     JobFailed {
         error: String,
@@ -402,6 +322,10 @@ pub enum SchedulerError {
     },
     #[error("job `{0}` has already finished")]
     JobFinished(String),
+    #[error("unknown step `{0}`")]
+    UnknownStep(String),
+    #[error("{0}")]
+    NotRetryable(String),
     /// Admission checks specs first; this is a spec that skipped them.
     #[error("the spec cannot be planned: {0}")]
     Unplannable(String),

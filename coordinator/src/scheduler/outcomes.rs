@@ -1,6 +1,7 @@
-//! How tasks' outcomes move phases and jobs along: a failed task fails its job (or, for
-//! an eval step, only its phase), a finished phase starts what may now start, and a job
-//! ends when every phase has finished or it is cancelled.
+//! How tasks' outcomes move steps and jobs along: a failed task fails its job (or, for
+//! an eval step, only its step), a finished step starts what may now start, and a job
+//! ends when every step has finished or it is cancelled. `retry` runs failed steps
+//! again, with what reads from them.
 
 use super::*;
 
@@ -25,61 +26,54 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&lease.task.job) else {
             return;
         };
-        let phase = &mut job.phases[lease.task.phase as usize];
-        if phase.evaluation {
+        let step = &mut job.steps[lease.task.step as usize];
+        if step.is_evaluation() {
             // A failed evaluation is reported, never a reason to stop training.
-            phase.state = RunState::Failed;
+            step.state = RunState::Failed;
             self.changes.jobs.insert(lease.task.job.clone());
             self.finish_if_done(&lease.task.job, now);
             return;
         }
+        step.state = RunState::Failed;
         let message = format!("task {} failed: {error}", lease.task);
         self.finish_job(&lease.task.job, RunState::Failed, Some(message), now);
     }
 
-    /// Succeeds the job once every phase has finished (training phases can only have
+    /// Succeeds the job once every step has finished (training steps can only have
     /// succeeded by then: a failed one fails the job at once).
     fn finish_if_done(&mut self, job_id: &str, now: Millis) -> bool {
         let done = self
             .jobs
             .get(job_id)
-            .is_some_and(|job| job.phases.iter().all(|p| p.state.is_finished()));
+            .is_some_and(|job| job.steps.iter().all(|p| p.state.is_finished()));
         if done {
             self.finish_job(job_id, RunState::Succeeded, None, now);
         }
         done
     }
 
-    /// After a task succeeded: finish its phase when all its tasks have, then start every
-    /// phase that may now start, or finish the job when every phase has finished.
+    /// After a task succeeded: finish its step when all its tasks have, then start every
+    /// step that may now start, or finish the job when every step has finished.
     pub(super) fn advance(&mut self, task: &TaskId, now: Millis) {
         let Some(job) = self.jobs.get_mut(&task.job) else {
             return;
         };
-        let phase = &mut job.phases[task.phase as usize];
-        if !phase
+        let step = &mut job.steps[task.step as usize];
+        if !step
             .tasks
             .iter()
             .all(|t| matches!(t.state, TaskState::Succeeded { .. }))
         {
             return;
         }
-        phase.state = RunState::Succeeded;
-        let name = phase.name.clone();
+        step.state = RunState::Succeeded;
+        let name = step.name.clone();
         self.changes.jobs.insert(task.job.clone());
         self.record(&task.job, now, EventKind::PhaseSucceeded { phase: name });
         if self.finish_if_done(&task.job, now) {
             return;
         }
-        let Some(job) = self.jobs.get(&task.job) else {
-            return;
-        };
-        let startable: Vec<usize> = (0..job.phases.len())
-            .filter(|&p| job.phases[p].state == RunState::Pending && job.is_startable(p))
-            .collect();
-        for phase in startable {
-            self.start_phase(&task.job, phase, now);
-        }
+        self.start_ready(&task.job, now);
     }
 
     /// Ends the job; tasks still pending or leased are cancelled, and their workers are
@@ -98,15 +92,11 @@ impl Scheduler {
         job.finished_at = Some(now);
         job.error = error.clone();
         let mut released = Vec::new();
-        for phase in &mut job.phases {
-            if !phase.state.is_finished() {
-                phase.state = if state == RunState::Failed {
-                    RunState::Failed
-                } else {
-                    RunState::Cancelled
-                };
+        for step in &mut job.steps {
+            if !step.state.is_finished() {
+                step.state = RunState::Cancelled;
             }
-            for task in &mut phase.tasks {
+            for task in &mut step.tasks {
                 if let TaskState::Leased { worker, .. } = &task.state {
                     released.push((worker.clone(), task.id.clone()));
                 }
@@ -140,5 +130,73 @@ impl Scheduler {
         }
         self.finish_job(job_id, RunState::Cancelled, None, now);
         Ok(())
+    }
+
+    /// Runs step `step` again (every failed step when none is named), with every step
+    /// that reads from it and what the failure cancelled; what succeeded is kept, shards
+    /// of a retried step included. Answers the steps that will run again.
+    pub fn retry(
+        &mut self,
+        job_id: &str,
+        step: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<String>, SchedulerError> {
+        let job = self
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| SchedulerError::UnknownJob(job_id.into()))?;
+        let roots: Vec<usize> = match step {
+            Some(name) => {
+                let index = job
+                    .steps
+                    .iter()
+                    .position(|s| s.name == name)
+                    .ok_or_else(|| SchedulerError::UnknownStep(name.into()))?;
+                let state = job.steps[index].state;
+                if !matches!(state, RunState::Failed | RunState::Cancelled) {
+                    return Err(SchedulerError::NotRetryable(format!(
+                        "step `{name}` is {state}; only failed or cancelled steps run again"
+                    )));
+                }
+                vec![index]
+            }
+            None => (0..job.steps.len())
+                .filter(|&s| job.steps[s].state == RunState::Failed)
+                .collect(),
+        };
+        if roots.is_empty() {
+            return Err(SchedulerError::NotRetryable(format!(
+                "job `{job_id}` has no failed step"
+            )));
+        }
+        let mut again: Vec<usize> = roots.clone();
+        for &root in &roots {
+            again.extend(job.dependants(root));
+        }
+        if job.state == RunState::Failed {
+            // What the failure cancelled runs on as well.
+            again.extend(
+                (0..job.steps.len()).filter(|&s| job.steps[s].state == RunState::Cancelled),
+            );
+        }
+        again.sort_unstable();
+        again.dedup();
+        for &index in &again {
+            let reset = job.steps[index].reset();
+            self.changes.tasks.extend(reset);
+        }
+        if job.state.is_finished() {
+            job.state = RunState::Running;
+            job.finished_at = None;
+            job.error = None;
+        }
+        self.changes.jobs.insert(job_id.into());
+        let names: Vec<String> = again.iter().map(|&s| job.steps[s].name.clone()).collect();
+        let what = EventKind::Retried {
+            steps: names.clone(),
+        };
+        self.record(job_id, now, what);
+        self.start_ready(job_id, now);
+        Ok(names)
     }
 }

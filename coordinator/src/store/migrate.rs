@@ -5,7 +5,8 @@
 //!   results were a map of names to numbers (`blimp`, `blimp/anaphor`, `blimp:chance`,
 //!   `caption_accuracy`, `images_skipped`); eval steps counted items in `metrics.step`;
 //!   phases carried no resolved task spec.
-//! - 1: typed results, items in their own metrics fields, each step's resolved task spec.
+//! - 1: jobs are graphs of steps (kinds, inputs, attempts, each step's resolved task
+//!   spec); typed results; items in their own metrics fields.
 //!
 //! Migration works on the JSON records, so it needs none of the old types.
 
@@ -14,31 +15,83 @@ use std::collections::BTreeMap;
 use outloud_core::results::{BenchmarkScore, Counts, ProbeScore, TaskResults};
 use outloud_core::spec::JobSpec;
 use outloud_core::task_spec::TaskSpec;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The version this build writes.
 pub const SCHEMA_VERSION: u64 = 1;
 
-/// A schema-0 job record with each phase's resolved task spec added; also answers which
-/// of its phases are eval steps (their tasks' results migrate differently).
+/// A schema-0 job record as steps: each phase becomes a training or eval step reading
+/// the checkpoint schema 0 gave it (the previous phase's, or the evaluated one's). An
+/// unfinished job that reads data gets a prepare step, appended so that task ids keep
+/// their indices, which every step yet to succeed waits for (today's workers generate
+/// data only there). Also answers which steps are eval steps.
 pub fn job_from_v0(record: &[u8]) -> Result<(Vec<u8>, Vec<bool>), String> {
     let mut job: Value = serde_json::from_slice(record).map_err(|e| e.to_string())?;
     let spec: JobSpec =
         serde_json::from_value(job["spec"].clone()).map_err(|e| format!("its spec: {e}"))?;
+    let phases = job
+        .as_object_mut()
+        .and_then(|o| o.remove("phases"))
+        .ok_or("no phases")?;
+    let phases = phases.as_array().ok_or("phases is not a list")?;
+    // The step that trains each spec phase.
+    let training: BTreeMap<u64, usize> = phases
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p["evaluation"].as_bool().unwrap_or(false))
+        .filter_map(|(i, p)| Some((p["spec_phase"].as_u64()?, i)))
+        .collect();
+    let finished = job["state"]
+        .as_str()
+        .is_some_and(|s| ["succeeded", "failed", "cancelled"].contains(&s));
+    let prepare = (!finished && !spec.data.is_empty()).then_some(phases.len());
+    let mut steps = Vec::new();
     let mut evaluation = Vec::new();
-    for phase in job["phases"].as_array_mut().ok_or("no phases")? {
+    for phase in phases {
         let is_eval = phase["evaluation"].as_bool().unwrap_or(false);
         let spec_phase = phase["spec_phase"]
             .as_u64()
             .ok_or("a phase without spec_phase")?;
-        let work = if is_eval {
-            TaskSpec::evaluate(&spec)?
+        let (kind, work, reads) = if is_eval {
+            let kind = json!({"kind": "evaluate", "phase": spec_phase});
+            (kind, TaskSpec::evaluate(&spec)?, training.get(&spec_phase))
         } else {
-            TaskSpec::train(&spec, spec_phase as usize)?
+            let kind = json!({"kind": "train", "phase": spec_phase});
+            let work = TaskSpec::train(&spec, spec_phase as usize)?;
+            let previous = spec_phase.checked_sub(1).and_then(|p| training.get(&p));
+            (kind, work, previous)
         };
-        phase["work"] = serde_json::to_value(work).map_err(|e| e.to_string())?;
+        let mut inputs: Vec<Value> = reads
+            .map(|&s| json!({"checkpoint": s}))
+            .into_iter()
+            .collect();
+        if let Some(prepare) = prepare.filter(|_| phase["state"] != "succeeded") {
+            inputs.push(json!({"outputs": prepare}));
+        }
+        steps.push(json!({
+            "name": phase["name"],
+            "kind": kind,
+            "state": phase["state"],
+            "inputs": inputs,
+            "shards": phase["shards"],
+            "attempts": 1,
+            "work": serde_json::to_value(work).map_err(|e| e.to_string())?,
+        }));
         evaluation.push(is_eval);
     }
+    if prepare.is_some() {
+        steps.push(json!({
+            "name": "prepare",
+            "kind": {"kind": "prepare"},
+            "state": "pending",
+            "inputs": [],
+            "shards": spec.data.len(),
+            "attempts": 1,
+            "work": serde_json::to_value(TaskSpec::prepare(&spec)).map_err(|e| e.to_string())?,
+        }));
+        evaluation.push(false);
+    }
+    job["steps"] = Value::Array(steps);
     Ok((
         serde_json::to_vec(&job).map_err(|e| e.to_string())?,
         evaluation,

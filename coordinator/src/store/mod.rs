@@ -27,7 +27,9 @@ use std::collections::BTreeMap;
 use outloud_core::spec::JobSpec;
 use outloud_core::task_spec::TaskSpec;
 
-use crate::scheduler::{Changes, Counters, Job, Phase, RunState, Scheduler, Task, Worker};
+use crate::scheduler::{
+    Changes, Counters, Input, Job, RunState, Scheduler, Step, StepKind, Task, Worker,
+};
 pub use migrate::SCHEMA_VERSION;
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
@@ -78,17 +80,18 @@ struct JobRecord {
     submitted_at: u64,
     finished_at: Option<u64>,
     error: Option<String>,
-    phases: Vec<PhaseRecord>,
+    steps: Vec<StepRecord>,
 }
 
-/// A phase without its tasks (stored one record each).
+/// A step without its tasks (stored one record each).
 #[derive(Debug, Serialize, Deserialize)]
-struct PhaseRecord {
+struct StepRecord {
     name: String,
+    kind: StepKind,
     state: RunState,
+    inputs: Vec<Input>,
     shards: u32,
-    spec_phase: u32,
-    evaluation: bool,
+    attempts: u32,
     work: TaskSpec,
 }
 
@@ -154,16 +157,17 @@ impl JobRecord {
             submitted_at: job.submitted_at,
             finished_at: job.finished_at,
             error: job.error.clone(),
-            phases: job
-                .phases
+            steps: job
+                .steps
                 .iter()
-                .map(|p| PhaseRecord {
-                    name: p.name.clone(),
-                    state: p.state,
-                    shards: p.tasks.len() as u32,
-                    spec_phase: p.spec_phase,
-                    evaluation: p.evaluation,
-                    work: p.work.clone(),
+                .map(|step| StepRecord {
+                    name: step.name.clone(),
+                    kind: step.kind,
+                    state: step.state,
+                    inputs: step.inputs.clone(),
+                    shards: step.tasks.len() as u32,
+                    attempts: step.attempts,
+                    work: step.work.clone(),
                 })
                 .collect(),
         }
@@ -171,15 +175,18 @@ impl JobRecord {
 
     fn into_job(self) -> Job {
         let id = self.id;
-        let phases = self
-            .phases
+        let steps = self
+            .steps
             .into_iter()
             .enumerate()
-            .map(|(p, record)| Phase {
-                state: record.state,
-                spec_phase: record.spec_phase,
-                evaluation: record.evaluation,
-                ..Phase::new(&id, p as u32, record.name, record.shards, record.work)
+            .map(|(i, r)| {
+                let step = Step::new(&id, i as u32, &r.name, r.kind, r.shards, r.work);
+                Step {
+                    state: r.state,
+                    inputs: r.inputs,
+                    attempts: r.attempts,
+                    ..step
+                }
             })
             .collect();
         Job {
@@ -189,7 +196,7 @@ impl JobRecord {
             submitted_at: self.submitted_at,
             finished_at: self.finished_at,
             error: self.error,
-            phases,
+            steps,
             history: Vec::new(),
         }
     }
@@ -405,7 +412,7 @@ fn migrate_from_v0(txn: &redb::WriteTransaction, dir: &str) -> Result<(), StoreE
         |key, value| {
             let id: crate::scheduler::TaskId = key.parse().map_err(|e| failed(key, e))?;
             let phases = evaluation.get(&id.job);
-            let is_eval = phases.and_then(|p| p.get(id.phase as usize)).copied();
+            let is_eval = phases.and_then(|p| p.get(id.step as usize)).copied();
             migrate::task_from_v0(value, is_eval.unwrap_or(false)).map_err(|e| failed(key, e))
         },
     )
@@ -493,6 +500,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = SchedulerConfig {
             lease_timeout_ms: 1000,
+            instance: 0,
         };
         let mut s = Scheduler::new(config);
         let committer = Committer::start(Store::open(dir.path()).unwrap());

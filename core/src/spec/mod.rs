@@ -188,6 +188,10 @@ pub struct PhaseSpec {
     /// Whether the job's `evaluation` runs after this phase.
     #[serde(default = "default_eval")]
     pub eval: bool,
+    /// The phase whose final checkpoint this one starts from (default: the phase listed
+    /// before it). Phases that name the same one are branches: a job is a tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 fn default_eval() -> bool {
@@ -349,10 +353,11 @@ impl JobSpec {
         for (field, message) in self.model.vision.iter().flat_map(VisionSpec::problems) {
             say(format!("model.vision.{field}"), message);
         }
-        let planned: u64 = self.phases.iter().filter_map(|p| p.words).sum();
-        if planned > self.word_budget {
+        if let Some((leaf, planned)) = self.largest_path_words()
+            && planned > self.word_budget
+        {
             let message = format!(
-                "the phases plan {planned} words, more than the word_budget of {}",
+                "the phases up to `{leaf}` plan {planned} words, more than the word_budget of {}",
                 self.word_budget
             );
             say("phases".into(), message);
@@ -375,6 +380,9 @@ impl JobSpec {
                 );
             }
             for (field, message) in phase.problems() {
+                say(format!("phases[{i}].{field}"), message);
+            }
+            for (field, message) in self.lineage_problems(i) {
                 say(format!("phases[{i}].{field}"), message);
             }
             if phase.kind.sees_pictures() && self.model.vision.is_none() {
@@ -411,6 +419,80 @@ impl JobSpec {
             for (field, message) in evaluation.problems(&books) {
                 say(format!("evaluation.{field}"), message);
             }
+        }
+        problems
+    }
+
+    /// The phase phase `index` follows: its `from`, else the phase listed before it (the
+    /// first phase follows none). A phase starts from that phase's final checkpoint; a
+    /// `language` phase starts from scratch but still waits for it.
+    pub fn starts_from(&self, index: usize) -> Option<&str> {
+        let phase = self.phases.get(index)?;
+        match &phase.from {
+            Some(from) => Some(from.as_str()),
+            None => index.checked_sub(1).map(|p| self.phases[p].name.as_str()),
+        }
+    }
+
+    /// The phases from the root to phase `index`, root first; `None` when following
+    /// `from` runs in a circle (or names an unknown phase).
+    pub fn lineage(&self, index: usize) -> Option<Vec<usize>> {
+        let mut path = vec![index];
+        let mut at = index;
+        while let Some(from) = self.starts_from(at) {
+            at = self.phases.iter().position(|p| p.name == from)?;
+            if path.contains(&at) {
+                return None;
+            }
+            path.push(at);
+        }
+        path.reverse();
+        Some(path)
+    }
+
+    /// The root-to-leaf path that plans the most words (what one final model is trained
+    /// on), with its last phase's name.
+    pub fn largest_path_words(&self) -> Option<(&str, u64)> {
+        (0..self.phases.len())
+            .filter_map(|i| {
+                let path = self.lineage(i)?;
+                let words = path
+                    .iter()
+                    .map(|&p| self.phases[p].words.unwrap_or(0))
+                    .fold(0u64, u64::saturating_add);
+                Some((self.phases[i].name.as_str(), words))
+            })
+            .max_by_key(|(_, words)| *words)
+    }
+
+    /// What is wrong with where phase `index` starts from.
+    fn lineage_problems(&self, index: usize) -> Vec<(&'static str, String)> {
+        let phase = &self.phases[index];
+        let mut problems = Vec::new();
+        if let Some(from) = &phase.from {
+            if phase.kind == PhaseKind::Language {
+                problems.push((
+                    "from",
+                    "a `language` phase starts from scratch; it cannot start from another phase"
+                        .into(),
+                ));
+            } else if !self.phases.iter().any(|p| &p.name == from) {
+                problems.push(("from", format!("no phase named `{from}`")));
+            } else if from == &phase.name {
+                problems.push(("from", "a phase cannot start from itself".into()));
+            } else if self.lineage(index).is_none() {
+                problems.push(("from", format!("`from` runs in a circle through `{from}`")));
+            }
+        }
+        let needs_checkpoint = matches!(phase.kind, PhaseKind::VisionLanguage | PhaseKind::Tasks);
+        if needs_checkpoint && self.starts_from(index).is_none() {
+            problems.push((
+                "kind",
+                format!(
+                    "a `{}` phase starts from an earlier phase's checkpoint: list one before it or name it in `from`",
+                    phase.kind.name()
+                ),
+            ));
         }
         problems
     }

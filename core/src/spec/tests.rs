@@ -134,3 +134,68 @@ fn evaluation_sources_are_checked_and_located() {
     let off = fine.replace("steps: 10", "steps: 10\n    eval: false");
     assert!(!parse(&off, "job.yaml").unwrap().evaluates_after(0));
 }
+
+const TREE: &str = "\
+name: tree
+storage: /tmp/outloud
+word_budget: 1000
+data:
+  - {name: book, kind: picture_book, pictures: 10}
+model:
+  vision: {image_size: 16, patch_size: 8}
+phases:
+  - {name: language, kind: language, data: [book], steps: 1, words: 400}
+  - {name: vision, kind: vision_language, data: [book], steps: 1, words: 300}
+  - {name: tasks, kind: tasks, data: [book], steps: 1, words: 300}
+  - {name: tasks-long, kind: tasks, data: [book], steps: 1, words: 300, from: vision}
+";
+
+#[test]
+fn branches_start_from_a_named_phase_and_the_budget_is_per_path() {
+    let spec = parse(TREE, "tree.yaml").unwrap();
+    assert_eq!(spec.starts_from(2), Some("vision"));
+    assert_eq!(spec.starts_from(3), Some("vision"));
+    assert_eq!(spec.lineage(3), Some(vec![0, 1, 3]));
+    // Each path plans 1000 words; all four phases together plan 1300.
+    let over = TREE.replace("words: 300, from", "words: 301, from");
+    let error = &errors(&over)[0];
+    assert_eq!(error.field, "phases");
+    assert!(
+        error.message.contains("up to `tasks-long` plan 1001 words"),
+        "{error}"
+    );
+}
+
+#[test]
+fn from_must_name_another_phase_without_a_circle() {
+    let unknown = TREE.replace("from: vision", "from: visoin");
+    let error = &errors(&unknown)[0];
+    assert_eq!(
+        (error.field.as_str(), error.line),
+        ("phases[3].from", 12),
+        "{error}"
+    );
+    assert!(error.message.contains("no phase named `visoin`"));
+    let circle = TREE.replace("from: vision", "from: tasks").replace(
+        "{name: tasks, kind: tasks, data: [book], steps: 1, words: 300}",
+        "{name: tasks, kind: tasks, data: [book], steps: 1, words: 300, from: tasks-long}",
+    );
+    let fields: Vec<String> = errors(&circle).into_iter().map(|e| e.to_string()).collect();
+    assert!(
+        fields
+            .iter()
+            .any(|e| e.contains("phases[2].from") && e.contains("circle")),
+        "{fields:?}"
+    );
+    let language = TREE.replace(
+        "{name: language, kind: language, data: [book], steps: 1, words: 400}",
+        "{name: language, kind: language, data: [book], steps: 1, words: 400, from: vision}",
+    );
+    assert!(errors(&language)[0].message.contains("starts from scratch"));
+    let first = TREE.replace(
+        "  - {name: language, kind: language, data: [book], steps: 1, words: 400}\n",
+        "",
+    );
+    let error = &errors(&first)[0];
+    assert_eq!(error.field, "phases[0].kind", "{error}");
+}

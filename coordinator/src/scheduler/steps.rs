@@ -1,0 +1,225 @@
+//! A job as a graph of steps. Each step has a kind, explicit inputs (which step's
+//! committed outputs or final checkpoint it reads) and one task per shard:
+//!
+//! ```text
+//!                    ┌─▶ train language ─┬─▶ evaluate language
+//! prepare (a shard ──┤                   └─▶ train vision-language ─┬─▶ train tasks ──▶ ...
+//!  per data source)  │                                              └─▶ train tasks-long (from:)
+//!                    └─▶ (every step that reads data or benchmarks)
+//! ```
+//!
+//! A step starts once every step it reads from has succeeded (all of its shards); the
+//! steps of different branches run at the same time when workers are free.
+
+use std::collections::BTreeMap;
+
+use outloud_core::results::TaskResults;
+use outloud_core::spec::{JobSpec, PhaseKind};
+use outloud_core::task_spec::TaskSpec;
+use serde::{Deserialize, Serialize};
+
+use super::model::{Metrics, RunState, Task, TaskId};
+
+/// What a step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepKind {
+    /// Materializes generated data sources and checks real ones: a shard per source.
+    Prepare,
+    /// Trains spec phase `phase` (phases 1, 2 and 4 alike).
+    Train { phase: u32 },
+    /// Scores the final checkpoint of spec phase `phase` on the job's benchmarks.
+    Evaluate { phase: u32 },
+}
+
+/// What a step reads from another step (by index in the job's steps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Input {
+    /// Every shard's committed output (prepared data).
+    Outputs(u32),
+    /// The final checkpoint of a training step: its tasks start from it (training) or
+    /// score it (evaluation).
+    Checkpoint(u32),
+}
+
+impl Input {
+    pub fn step(self) -> usize {
+        match self {
+            Input::Outputs(step) | Input::Checkpoint(step) => step as usize,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    pub kind: StepKind,
+    pub state: RunState,
+    pub inputs: Vec<Input>,
+    pub tasks: Vec<Task>,
+    /// Times the step was run: 1, plus one per `outloud retry`.
+    pub attempts: u32,
+    /// What each of its tasks is given, resolved when the job was admitted.
+    pub work: TaskSpec,
+}
+
+/// The name of the eval step after phase `phase` ('.' never appears in phase names).
+pub fn eval_step_name(phase: &str) -> String {
+    format!("{phase}.eval")
+}
+
+/// The name of the data preparation step.
+pub const PREPARE: &str = "prepare";
+
+/// A job's steps: `prepare` when it has data sources, then each spec phase followed by
+/// its eval step when it has one. Fails only for a spec that was not checked.
+pub fn expand(job_id: &str, spec: &JobSpec) -> Result<Vec<Step>, String> {
+    let mut steps = Vec::new();
+    let prepared = (!spec.data.is_empty()).then(|| {
+        let work = TaskSpec::prepare(spec);
+        let shards = spec.data.len() as u32;
+        steps.push(Step::new(
+            job_id,
+            0,
+            PREPARE,
+            StepKind::Prepare,
+            shards,
+            work,
+        ));
+        Input::Outputs(0)
+    });
+    // Where each phase's training step will be: `from` may name a later phase.
+    let mut at = BTreeMap::new();
+    let mut next = steps.len() as u32;
+    for (index, phase) in spec.phases.iter().enumerate() {
+        at.insert(phase.name.as_str(), next);
+        next += 1 + u32::from(spec.evaluates_after(index));
+    }
+    for (index, phase) in spec.phases.iter().enumerate() {
+        let train = at[phase.name.as_str()];
+        let mut inputs: Vec<Input> = prepared.into_iter().collect();
+        if let Some(from) = spec.starts_from(index) {
+            inputs.push(Input::Checkpoint(at[from]));
+        }
+        let kind = StepKind::Train {
+            phase: index as u32,
+        };
+        let work = TaskSpec::train(spec, index)?;
+        let step = Step::new(job_id, train, &phase.name, kind, phase.shards, work);
+        steps.push(Step { inputs, ..step });
+        if spec.evaluates_after(index) {
+            let kind = StepKind::Evaluate {
+                phase: index as u32,
+            };
+            let work = TaskSpec::evaluate(spec)?;
+            let name = eval_step_name(&phase.name);
+            let step = Step::new(job_id, train + 1, &name, kind, 1, work);
+            let mut inputs: Vec<Input> = prepared.into_iter().collect();
+            inputs.push(Input::Checkpoint(train));
+            steps.push(Step { inputs, ..step });
+        }
+    }
+    debug_assert!(
+        spec.phases
+            .iter()
+            .all(|p| p.kind != PhaseKind::SelfSynthesis)
+    );
+    Ok(steps)
+}
+
+impl Step {
+    /// Step `index` of job `job`, with `shards` fresh pending tasks that do `work`.
+    pub fn new(
+        job: &str,
+        index: u32,
+        name: &str,
+        kind: StepKind,
+        shards: u32,
+        work: TaskSpec,
+    ) -> Self {
+        let tasks = (0..shards)
+            .map(|shard| {
+                Task::new(TaskId {
+                    job: job.to_string(),
+                    step: index,
+                    shard,
+                })
+            })
+            .collect();
+        Self {
+            name: name.into(),
+            kind,
+            state: RunState::Pending,
+            inputs: Vec::new(),
+            tasks,
+            attempts: 1,
+            work,
+        }
+    }
+
+    pub fn is_evaluation(&self) -> bool {
+        matches!(self.kind, StepKind::Evaluate { .. })
+    }
+
+    /// The spec phase a training or eval step belongs to.
+    pub fn spec_phase(&self) -> Option<usize> {
+        match self.kind {
+            StepKind::Train { phase } | StepKind::Evaluate { phase } => Some(phase as usize),
+            StepKind::Prepare => None,
+        }
+    }
+
+    /// The step's metrics: sums over its tasks, the step of the slowest.
+    pub fn metrics(&self) -> Metrics {
+        let mut total = Metrics {
+            step: u64::MAX,
+            ..Metrics::default()
+        };
+        for task in &self.tasks {
+            total.step = total.step.min(task.metrics.step);
+            total.total_steps = total.total_steps.max(task.metrics.total_steps);
+            total.tokens += task.metrics.tokens;
+            total.words += task.metrics.words;
+            total.items += task.metrics.items;
+            total.total_items += task.metrics.total_items;
+            total.loss += task.metrics.loss / self.tasks.len() as f64;
+        }
+        if self.tasks.is_empty() {
+            total.step = 0;
+        }
+        total
+    }
+
+    pub fn first_loss(&self) -> Option<f64> {
+        self.tasks.iter().find_map(|t| t.first_loss)
+    }
+
+    /// What its tasks reported, together.
+    pub fn results(&self) -> TaskResults {
+        let mut all = TaskResults::default();
+        for task in &self.tasks {
+            all.absorb(&task.results);
+        }
+        all
+    }
+
+    /// Back to pending for another run. Shards that succeeded keep their output; the
+    /// others start afresh under the epochs they had, so reports from the run before
+    /// stay refused. Answers the tasks that will run again.
+    pub(super) fn reset(&mut self) -> Vec<TaskId> {
+        self.state = RunState::Pending;
+        self.attempts += 1;
+        let mut again = Vec::new();
+        for task in &mut self.tasks {
+            if task.run_state() == RunState::Succeeded {
+                continue;
+            }
+            let epoch = task.epoch;
+            *task = Task::new(task.id.clone());
+            task.epoch = epoch;
+            again.push(task.id.clone());
+        }
+        again
+    }
+}
