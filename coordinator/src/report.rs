@@ -5,7 +5,7 @@
 //! It reads the typed results eval tasks report, so it needs only the coordinator;
 //! per-item scores stay in the results JSON in the job's storage.
 
-use outloud_core::results::{TaskResults, percent};
+use outloud_core::results::{BenchmarkScore, ScoreMode, TaskResults, percent};
 use serde::Serialize;
 
 use crate::scheduler::{Job, RunState, StepKind};
@@ -20,6 +20,14 @@ pub const BASELINES: [(&str, f64, f64); 5] = [
     ("vqa", 54.1, 52.3),
 ];
 
+/// What the baselines score on image-conditioned benchmarks without the pictures: each
+/// Winoground pair appears twice with its captions swapped, so a text-only model is at
+/// exactly 50% by construction.
+pub const TEXT_ONLY_BASELINES: [(&str, f64, f64); 1] = [("winoground", 50.0, 50.0)];
+
+/// A report row: a benchmark, and whether these are its text-only scores.
+type RowKey = (String, bool);
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FileRow {
     pub name: String,
@@ -29,8 +37,14 @@ pub struct FileRow {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchmarkRow {
+    /// The benchmark; `(text-only)` follows the name of an image-conditioned benchmark
+    /// scored without its pictures.
     pub name: String,
     pub items: Option<u64>,
+    /// Items found but not scorable (malformed, picture missing), in the first phase
+    /// that scored the benchmark.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unusable: Option<u64>,
     pub chance: Option<f64>,
     pub accuracy: Vec<Option<f64>>,
     /// Published GIT and Flamingo baselines (accuracy, %).
@@ -60,44 +74,70 @@ impl Report {
                 _ => None,
             })
             .collect();
-        let mut names: Vec<String> = evals
+        // An image-conditioned benchmark scored without pictures gets a row of its own.
+        let seen_with_pictures: Vec<&str> = evals
             .iter()
             .flat_map(|(_, results)| results.overall())
-            .map(|b| b.benchmark.clone())
+            .filter(|b| b.mode == Some(ScoreMode::WithPictures))
+            .map(|b| b.benchmark.as_str())
             .collect();
-        names.sort_by_key(|n| {
+        let key = |b: &BenchmarkScore| -> RowKey {
+            let pictured = seen_with_pictures.contains(&b.benchmark.as_str())
+                || TEXT_ONLY_BASELINES.iter().any(|t| t.0 == b.benchmark);
+            let text_only = b.mode == Some(ScoreMode::TextOnly) && pictured;
+            (b.benchmark.clone(), text_only)
+        };
+        let mut keys: Vec<RowKey> = evals
+            .iter()
+            .flat_map(|(_, results)| results.overall())
+            .map(key)
+            .collect();
+        keys.sort_by_key(|(n, text_only)| {
             let published = BASELINES.iter().position(|b| b.0 == n);
-            (published.unwrap_or(usize::MAX), n.clone())
+            (published.unwrap_or(usize::MAX), n.clone(), *text_only)
         });
-        names.dedup();
+        keys.dedup();
         // Accuracy after each evaluated phase.
         let across = |score: &dyn Fn(&TaskResults) -> Option<f64>| -> Vec<Option<f64>> {
             evals.iter().map(|(_, results)| score(results)).collect()
         };
-        let benchmarks = names
+        let benchmarks = keys
             .iter()
-            .map(|name| {
-                let first = evals.iter().find_map(|(_, r)| r.benchmark(name));
+            .map(|row| {
+                let name = row.0.as_str();
+                let overall = |r: &'_ TaskResults| -> Option<BenchmarkScore> {
+                    r.overall().find(|b| key(b) == *row).cloned()
+                };
+                let first = evals.iter().find_map(|(_, r)| overall(r));
                 let mut files: Vec<String> = evals
                     .iter()
-                    .flat_map(|(_, r)| r.files(name))
+                    .flat_map(|(_, r)| r.files(name).filter(|f| key(f) == *row))
                     .filter_map(|f| f.file.clone())
                     .collect();
                 files.sort();
                 files.dedup();
-                let baseline = BASELINES.iter().find(|b| b.0 == name);
+                let baseline = if row.1 {
+                    TEXT_ONLY_BASELINES.iter().find(|b| b.0 == name)
+                } else {
+                    BASELINES.iter().find(|b| b.0 == name)
+                };
                 BenchmarkRow {
-                    name: name.clone(),
-                    items: first.map(|b| b.items),
-                    chance: first.map(|b| b.chance),
-                    accuracy: across(&|r| r.benchmark(name).map(|b| b.accuracy)),
+                    name: if row.1 {
+                        format!("{name} (text-only)")
+                    } else {
+                        name.to_string()
+                    },
+                    items: first.as_ref().map(|b| b.items),
+                    unusable: first.as_ref().map(|b| b.unusable),
+                    chance: first.as_ref().map(|b| b.chance),
+                    accuracy: across(&|r| overall(r).map(|b| b.accuracy)),
                     git: baseline.map(|b| b.1),
                     flamingo: baseline.map(|b| b.2),
                     files: files
                         .into_iter()
                         .map(|file| FileRow {
                             accuracy: across(&|r| {
-                                let mut files = r.files(name);
+                                let mut files = r.files(name).filter(|f| key(f) == *row);
                                 let found = files.find(|f| f.file.as_deref() == Some(&file));
                                 found.map(|f| f.accuracy)
                             }),
@@ -156,14 +196,23 @@ impl Report {
             return out;
         }
         let width = |name: &str| name.len().max(8);
-        let mut header = format!("{:<32} {:>7} {:>6}", "BENCHMARK", "ITEMS", "CHANCE");
+        let mut header = format!(
+            "{:<32} {:>7} {:>8} {:>6}",
+            "BENCHMARK", "ITEMS", "UNUSABLE", "CHANCE"
+        );
         for phase in &self.phases {
             header += &format!(" {:>w$}", phase, w = width(phase));
         }
         out += &format!("{header} {:>6} {:>8}\n", "GIT", "FLAMINGO");
         for row in &self.benchmarks {
-            let items = row.items.map_or("-".into(), |n| n.to_string());
-            let mut line = format!("{:<32} {:>7} {:>6}", row.name, items, percent(row.chance));
+            let count = |n: Option<u64>| n.map_or("-".into(), |n| n.to_string());
+            let mut line = format!(
+                "{:<32} {:>7} {:>8} {:>6}",
+                row.name,
+                count(row.items),
+                count(row.unusable),
+                percent(row.chance)
+            );
             for (phase, value) in self.phases.iter().zip(&row.accuracy) {
                 line += &format!(" {:>w$}", percent(*value), w = width(phase));
             }
@@ -175,7 +224,7 @@ impl Report {
             );
             if detail {
                 for file in &row.files {
-                    let mut line = format!("  {:<30} {:>7} {:>6}", file.name, "", "");
+                    let mut line = format!("  {:<30} {:>7} {:>8} {:>6}", file.name, "", "", "");
                     for (phase, value) in self.phases.iter().zip(&file.accuracy) {
                         line += &format!(" {:>w$}", percent(*value), w = width(phase));
                     }
@@ -353,7 +402,6 @@ fn escape(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::scheduler::{Metrics, Scheduler, SchedulerConfig, WorkerInfo};
-    use outloud_core::results::{BenchmarkScore, ScoreMode};
 
     #[test]
     fn benchmarks_by_phase_with_baselines_and_paradigms() {
@@ -425,5 +473,60 @@ mod tests {
                 .unwrap_err()
                 .contains("evaluated: language, more")
         );
+    }
+
+    #[test]
+    fn text_only_scores_of_a_picture_benchmark_get_their_own_row_and_baselines() {
+        let yaml = "name: r\nstorage: /tmp/r\ndata: [{name: t, kind: generated_text, words: 9}]\n\
+            evaluation: {benchmarks: [{path: /e}]}\nphases:\n\
+            - {name: language, kind: language, data: [t], steps: 1}\n\
+            - {name: more, kind: language, data: [t], steps: 1}\n";
+        let mut s = Scheduler::new(SchedulerConfig {
+            lease_timeout_ms: 1000,
+            instance: 0,
+        });
+        let w = s.register(WorkerInfo::for_tests("h"), 0);
+        let job = s
+            .submit(outloud_core::spec::parse(yaml, "r.yaml").unwrap(), 0)
+            .unwrap();
+        let mut modes = [
+            (ScoreMode::TextOnly, 0.5, 3),
+            (ScoreMode::WithPictures, 0.6, 0),
+        ]
+        .into_iter();
+        while let Some(a) = s.lease(&w, 1).unwrap() {
+            let mut given = TaskResults::default();
+            if matches!(a.spec.work, outloud_core::task_spec::Work::Evaluate(_)) {
+                let (mode, accuracy, unusable) = modes.next().unwrap();
+                given.benchmarks.push(BenchmarkScore {
+                    benchmark: "winoground".into(),
+                    file: None,
+                    mode: Some(mode),
+                    items: 100,
+                    correct: (accuracy * 100.0) as u64,
+                    accuracy,
+                    chance: 0.5,
+                    unusable,
+                });
+            }
+            s.complete(&w, &a.lease, Metrics::default(), "out".into(), given, 2)
+                .unwrap();
+        }
+        let report = Report::of(s.job(&job).unwrap());
+        let [pictured, text_only] = &report.benchmarks[..] else {
+            panic!("two rows: {:?}", report.benchmarks)
+        };
+        assert_eq!(pictured.name, "winoground");
+        assert_eq!(pictured.accuracy, [None, Some(0.6)]);
+        assert_eq!((pictured.git, pictured.unusable), (Some(55.5), Some(0)));
+        assert_eq!(text_only.name, "winoground (text-only)");
+        assert_eq!(text_only.accuracy, [Some(0.5), None]);
+        assert_eq!(
+            (text_only.git, text_only.flamingo),
+            (Some(50.0), Some(50.0))
+        );
+        assert_eq!(text_only.unusable, Some(3));
+        let table = report.table(false);
+        assert!(table.contains("UNUSABLE"), "{table}");
     }
 }

@@ -105,8 +105,12 @@ pub fn job_table(job: &Job) -> String {
     }
     for step in &job.steps {
         let shown = results_line(&step.results());
+        let label = match step.kind {
+            StepKind::Prepare => "ready",
+            _ => "scores",
+        };
         if !shown.is_empty() {
-            out += &format!("{} scores: {shown}\n", step.name);
+            out += &format!("{} {label}: {shown}\n", step.name);
         }
     }
     let planned = job.spec.largest_path_words().map_or(0, |(_, words)| words);

@@ -23,6 +23,9 @@ pub enum WorkerError {
     /// The lease was revoked or the worker is shutting down.
     #[error("stopped: {0}")]
     Stopped(String),
+    /// Training produced a non-finite loss: it would fail again from the same state.
+    #[error("diverged: {0}")]
+    Diverged(String),
     /// The assignment is of a protocol version this worker cannot read.
     #[error("assignment refused: {0}")]
     Refused(String),

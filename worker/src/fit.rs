@@ -110,7 +110,18 @@ impl Fit<'_> {
             loss.backward();
             optimizer.clip_grad_norm(MAX_GRAD_NORM);
             optimizer.step(lr);
-            window.add(loss.double_value(&[]));
+            // Read after the step, where the loop already waited for the device. The
+            // weights just stepped are never saved: the last checkpoint is the good one.
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Err(WorkerError::Diverged(format!(
+                    "the loss became {value} at step {}; the last good checkpoint is the \
+                     newest under {}",
+                    step + 1,
+                    self.root.join("checkpoints").url()
+                )));
+            }
+            window.add(value);
 
             metrics.step = step + 1;
             metrics.tokens += consumed.tokens;

@@ -66,6 +66,31 @@ pub fn input_checkpoint(ctx: &TaskContext, what: &str) -> Result<Loaded, WorkerE
         .block_on(checkpoint::load(&Location::open(url)?))
 }
 
+/// Names of the weights holding a NaN or an infinity: such a checkpoint cannot be
+/// trained on or scored honestly.
+pub fn non_finite_weights(weights: &[(String, Tensor)]) -> Vec<String> {
+    weights
+        .iter()
+        .filter(|(_, t)| t.isfinite().all().int64_value(&[]) == 0)
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Refuses a checkpoint with non-finite weights, naming a few of them.
+pub fn require_finite(loaded: &crate::checkpoint::Loaded, url: &str) -> Result<(), WorkerError> {
+    let broken = non_finite_weights(&loaded.weights);
+    if broken.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<&str> = broken.iter().take(3).map(String::as_str).collect();
+    Err(WorkerError::Data(format!(
+        "checkpoint {url} has non-finite weights in {} tensors ({}{}): it cannot be scored",
+        broken.len(),
+        shown.join(", "),
+        if broken.len() > 3 { ", ..." } else { "" }
+    )))
+}
+
 /// Overwrites every variable of `vs` whose name `wanted` accepts with the saved tensor of
 /// the same name; answers how many were loaded.
 pub fn load_weights(

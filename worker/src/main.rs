@@ -122,6 +122,7 @@ fn evaluate(command: Command, device: tch::Device) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let runtime = tokio::runtime::Runtime::new()?;
     let loaded = runtime.block_on(checkpoint::load(&open(&checkpoint)?))?;
+    outloud_worker::inputs::require_finite(&loaded, &checkpoint)?;
     let model = EvalModel::from_checkpoint(&loaded, device)?;
     let images = images.as_deref().map(open).transpose()?;
     let (mut found, mut ignored) = (Vec::new(), Vec::new());

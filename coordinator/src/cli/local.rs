@@ -11,7 +11,7 @@ use outloud_proto::v1 as pb;
 use tokio::process::{Child, Command};
 
 use crate::report::Report;
-use crate::scheduler::{RunState, TaskState};
+use crate::scheduler::{RunState, StepKind, TaskState};
 use crate::server::{self, ServerConfig};
 use crate::view;
 use outloud_core::client::Connection;
@@ -132,30 +132,38 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
         "finished in {seconds:.1} s with {} workers",
         cluster.workers
     );
-    for phase in &job.steps {
-        for task in &phase.tasks {
+    for step in &job.steps {
+        for task in &step.tasks {
             if let TaskState::Succeeded { output } = &task.state {
-                println!("{} output: {output}", phase.name);
+                println!("{} output: {output}", step.name);
             }
         }
-        let (took, m) = (phase_seconds(&job, &phase.name), phase.metrics());
-        if phase.is_evaluation() {
-            println!(
+        let (took, m) = (phase_seconds(&job, &step.name), step.metrics());
+        match step.kind {
+            StepKind::Prepare => println!(
+                "{}: {} data sources ready in {took:.1} s",
+                step.name,
+                step.results().sources.len()
+            ),
+            StepKind::Evaluate { .. } => println!(
                 "{}: {} items scored in {took:.1} s ({:.0}/s)",
-                phase.name,
+                step.name,
                 m.items,
                 m.items as f64 / took.max(1e-3)
-            );
-        } else if let Some(first) = phase.first_loss() {
-            println!(
-                "{}: loss {first:.3} -> {:.3} over {} steps in {took:.1} s; {} tokens ({:.0}/s), {} words",
-                phase.name,
-                m.loss,
-                m.step,
-                m.tokens,
-                m.tokens as f64 / took.max(1e-3),
-                m.words
-            );
+            ),
+            StepKind::Train { .. } => {
+                if let Some(first) = step.first_loss() {
+                    println!(
+                        "{}: loss {first:.3} -> {:.3} over {} steps in {took:.1} s; {} tokens ({:.0}/s), {} words",
+                        step.name,
+                        m.loss,
+                        m.step,
+                        m.tokens,
+                        m.tokens as f64 / took.max(1e-3),
+                        m.words
+                    );
+                }
+            }
         }
     }
     let report = Report::of(&job);

@@ -303,6 +303,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         return Err(WorkerError::Config("not an eval step".into()));
     };
     let loaded = inputs::input_checkpoint(ctx, "the evaluated phase's final checkpoint")?;
+    let url = ctx.assignment.input_checkpoint.clone().unwrap_or_default();
+    inputs::require_finite(&loaded, &url)?;
     let model = EvalModel::from_checkpoint(&loaded, ctx.device)?;
     let batch_size = evaluation.batch_size as usize;
     let (benchmarks, ignored) = ctx
@@ -342,7 +344,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let results = EvalResults {
         job: ctx.assignment.job_id.clone(),
         phase: loaded.manifest.phase.clone(),
-        checkpoint: ctx.assignment.input_checkpoint.clone().unwrap_or_default(),
+        checkpoint: url.clone(),
         step: loaded.manifest.step,
         seconds: started.elapsed().as_secs_f64(),
         benchmarks: scored,
@@ -351,6 +353,20 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let place = ctx.step_root()?.join("results.json");
     let json = serde_json::to_vec_pretty(&results).map_err(|e| WorkerError::Data(e.to_string()))?;
     ctx.runtime.block_on(place.put(json))?;
+    let non_finite: usize = results
+        .benchmarks
+        .iter()
+        .flat_map(|b| &b.files)
+        .map(|f| f.non_finite)
+        .sum();
+    if non_finite > 0 {
+        return Err(WorkerError::Data(format!(
+            "{non_finite} items scored non-finite log-likelihoods (NaN or infinite) with \
+             checkpoint {url}: its scores mean nothing; per-item results, those items \
+             counted wrong, are in {}",
+            place.url()
+        )));
+    }
     Ok(TaskOutput {
         output: place.url().to_string(),
         metrics,

@@ -21,6 +21,9 @@ pub struct FileResult {
     pub chance: f64,
     /// Items left out (malformed, picture missing), with the first reasons.
     pub unusable: usize,
+    /// Items with a non-finite candidate score (NaN, infinite): counted wrong.
+    #[serde(default)]
+    pub non_finite: usize,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unusable_examples: Vec<String>,
     /// Every item's candidate scores (summed log-likelihoods), right one first.
@@ -30,6 +33,10 @@ pub struct FileResult {
 impl FileResult {
     pub fn new(name: &str, format: Format, scores: Vec<Vec<f64>>, unusable: &[String]) -> Self {
         let correct = scores.iter().filter(|s| picked(s) == Some(0)).count();
+        let non_finite = scores
+            .iter()
+            .filter(|s| s.iter().any(|v| !v.is_finite()))
+            .count();
         let items = scores.len();
         let share = |n: usize| {
             if items == 0 {
@@ -51,14 +58,20 @@ impl FileResult {
                 chance / items as f64
             },
             unusable: unusable.len(),
+            non_finite,
             unusable_examples: unusable.iter().take(5).cloned().collect(),
             scores,
         }
     }
 }
 
-/// The candidate with the highest score; the first of equals.
+/// The candidate with the highest score; the first of equals. An item with a
+/// non-finite score has no pick, so it is never counted right (`NaN > x` is false,
+/// which would otherwise leave the right answer, listed first, "winning").
 pub fn picked(scores: &[f64]) -> Option<usize> {
+    if scores.iter().any(|s| !s.is_finite()) {
+        return None;
+    }
     let mut best: Option<usize> = None;
     for (i, &score) in scores.iter().enumerate() {
         if best.is_none_or(|b| score > scores[b]) {
@@ -185,6 +198,17 @@ mod tests {
         assert_eq!((a.correct, a.items), (2, 3));
         assert!((a.chance - 0.5).abs() < 1e-12);
         let b = FileResult::new("b", Format::MinimalPairs, vec![vec![-5.0, -9.0]], &[]);
+        let broken = FileResult::new(
+            "c",
+            Format::MinimalPairs,
+            vec![vec![f64::NAN, f64::NAN], vec![-1.0, f64::INFINITY]],
+            &[],
+        );
+        assert_eq!(
+            (broken.correct, broken.non_finite),
+            (0, 2),
+            "NaN never wins"
+        );
         let bench = BenchmarkResult::scored("blimp", false, vec![a, b]);
         // Macro: (2/3 + 1) / 2, not micro 3/4.
         assert!((bench.accuracy.unwrap() - (2.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12);

@@ -336,3 +336,54 @@ async fn babylm_vqa_and_winoground_find_their_pictures_by_id() {
             .ends_with("/images/0_image_1.png")
     }));
 }
+
+/// A checkpoint whose weights are all NaN: every item is wrong (never "right" because a
+/// NaN comparison picked the first candidate), counted as non-finite, and the checkpoint
+/// is refused before scoring.
+#[tokio::test]
+async fn nan_weights_score_every_item_wrong_and_are_refused() {
+    let tokenizer = tokenizer();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _ = Gpt::new(&vs.root(), test_config(64));
+    tch::no_grad(|| {
+        for (_, mut var) in vs.variables() {
+            let _ = var.fill_(f64::NAN);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = location(dir.path()).join("ckpt");
+    let weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    let manifest: crate::checkpoint::Manifest = serde_json::from_value(serde_json::json!({
+        "format": crate::checkpoint::FORMAT, "job": "j", "phase": "language", "step": 1,
+        "total_steps": 1, "model": test_config(64), "loss": 0.0, "tokens": 0, "words": 0,
+        "files": {}
+    }))
+    .unwrap();
+    let pieces = crate::checkpoint::ToSave {
+        weights,
+        optimizer: None,
+        tokenizer: &tokenizer.to_json().unwrap(),
+    };
+    crate::checkpoint::save(&ckpt, pieces, manifest)
+        .await
+        .unwrap();
+    let loaded = crate::checkpoint::load(&ckpt).await.unwrap();
+
+    let refused = crate::inputs::require_finite(&loaded, ckpt.url()).unwrap_err();
+    assert!(
+        refused.to_string().contains("non-finite weights"),
+        "{refused}"
+    );
+
+    let model = super::EvalModel::from_checkpoint(&loaded, Device::Cpu).unwrap();
+    let blimp = shared_eval().join("blimp_filtered");
+    let (found, _) = benchmarks::discover(&location(&blimp), None, Some(20))
+        .await
+        .unwrap();
+    let pictures = super::Pictures::default();
+    let result = super::score_benchmark(&model, &found[0], &pictures, 16).unwrap();
+    assert!(result.items > 0);
+    assert_eq!(result.accuracy, Some(0.0), "NaN never counts as right");
+    let non_finite: usize = result.files.iter().map(|f| f.non_finite).sum();
+    assert_eq!(non_finite, result.items, "every item is counted non-finite");
+}
