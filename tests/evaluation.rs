@@ -293,14 +293,8 @@ async fn benchmarks_are_read_from_s3_and_a_missing_one_is_refused_with_its_line(
             .await
             .unwrap();
     }
-    let coordinator = Coordinator::start_with_env(
-        &dir.path().join("state"),
-        free_port(),
-        10_000,
-        None,
-        &[],
-        &env,
-    );
+    let coordinator =
+        Coordinator::start_with_env(&dir.path().join("state"), 0, 10_000, None, &[], &env);
     let connection = connect(&coordinator.url, None).await;
     let _worker = start_worker_with_env(&coordinator.url, &logs, "w0", None, &env);
     let yaml = "name: s3-eval

@@ -16,15 +16,14 @@ async fn prometheus_scrapes_progress_and_counters() {
     let _one_at_a_time = exclusive().await;
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
-    let metrics_port = free_port();
-    let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let coordinator = Coordinator::start_with(
         &dir.path().join("state"),
-        free_port(),
+        0,
         5_000,
         None,
-        &["--metrics-listen", &metrics_addr],
+        &["--metrics-listen", "127.0.0.1:0"],
     );
+    let metrics_addr = coordinator.metrics.clone().expect("metrics are served");
     let _worker = start_worker(&coordinator.url, &logs, "w0", None);
     let connection = connect(&coordinator.url, None).await;
 

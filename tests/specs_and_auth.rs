@@ -123,7 +123,7 @@ fn validate_refuses_each_bad_spec_with_its_location() {
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_refuses_bad_specs_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 5_000, None);
+    let coordinator = Coordinator::start(&dir.path().join("state"), 0, 5_000, None);
     assert_each_bad_spec_refused(dir.path(), "submit", &["--coordinator", &coordinator.url]);
     let out = cli(&["jobs", "--json", "--coordinator", &coordinator.url], None);
     let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -138,8 +138,7 @@ async fn submit_refuses_bad_specs_and_creates_nothing() {
 async fn calls_without_the_right_token_are_unauthenticated() {
     let dir = tempfile::tempdir().unwrap();
     let token = "correct-horse-battery-staple";
-    let coordinator =
-        Coordinator::start(&dir.path().join("state"), free_port(), 5_000, Some(token));
+    let coordinator = Coordinator::start(&dir.path().join("state"), 0, 5_000, Some(token));
 
     // Raw gRPC: every service refuses a missing or wrong token.
     for given in [None, Some("wrong")] {
@@ -205,7 +204,7 @@ async fn calls_without_the_right_token_are_unauthenticated() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_submits_watches_and_cancels_jobs() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = Coordinator::start(&dir.path().join("state"), free_port(), 5_000, None);
+    let coordinator = Coordinator::start(&dir.path().join("state"), 0, 5_000, None);
     let _worker = start_worker(&coordinator.url, &dir.path().join("logs"), "w0", None);
     let url = coordinator.url.as_str();
     let run = |args: &[&str]| {

@@ -33,7 +33,7 @@ async fn a_state_directory_of_schema_0_is_migrated_and_its_jobs_go_on() {
     let _one_at_a_time = exclusive().await;
     let dir = tempfile::tempdir().unwrap();
     let state = copied_state(dir.path());
-    let coordinator = Coordinator::start(&state, free_port(), 2_000, None);
+    let coordinator = Coordinator::start(&state, 0, 2_000, None);
     let connection = connect(&coordinator.url, None).await;
 
     // The finished job: the same report as the old build printed.
@@ -79,7 +79,7 @@ async fn a_state_directory_of_schema_0_is_migrated_and_its_jobs_go_on() {
 
     // Opened again, the state is of today's schema: nothing is migrated twice.
     drop(coordinator);
-    let again = Coordinator::start(&state, free_port(), 2_000, None);
+    let again = Coordinator::start(&state, 0, 2_000, None);
     let connection = connect(&again.url, None).await;
     assert_eq!(job(&connection, FINISHED).await, legacy);
     let log = std::fs::read_to_string(dir.path().join("logs/coordinator-1.log")).unwrap();

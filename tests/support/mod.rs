@@ -82,9 +82,13 @@ pub struct Coordinator {
     pub process: Process,
     pub url: String,
     pub port: u16,
+    /// Where it serves Prometheus metrics, when asked to (`--metrics-listen`).
+    pub metrics: Option<String>,
 }
 
 impl Coordinator {
+    /// Port 0: the coordinator binds a free port itself and reports it (no race with
+    /// other tests for a port). A restart passes the port it had.
     pub fn start(state_dir: &Path, port: u16, lease_timeout_ms: u64, token: Option<&str>) -> Self {
         Self::start_with(state_dir, port, lease_timeout_ms, token, &[])
     }
@@ -112,11 +116,14 @@ impl Coordinator {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = log_file(&logs, &format!("coordinator-{start}.log"));
+        let address_file = logs.join(format!("coordinator-{start}.addr"));
         let mut command = Command::new(bin("outloud"));
         command
             .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--state-dir")
             .arg(state_dir)
+            .arg("--address-file")
+            .arg(&address_file)
             .args(["--lease-timeout-ms", &lease_timeout_ms.to_string()])
             .args(extra)
             .envs(env.iter().cloned())
@@ -128,20 +135,25 @@ impl Coordinator {
         }
         let child = command.spawn().expect("starting outloud coordinator");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let bound: serde_json::Value = loop {
+            if let Ok(text) = std::fs::read_to_string(&address_file) {
+                break serde_json::from_str(&text).expect("the address file is JSON");
+            }
             assert!(
                 Instant::now() < deadline,
-                "the coordinator did not start listening"
+                "the coordinator did not report its address"
             );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let grpc = bound["grpc"].as_str().unwrap().to_string();
         Self {
             process: Process {
                 child,
                 name: "coordinator".into(),
             },
-            url: format!("http://127.0.0.1:{port}"),
-            port,
+            url: format!("http://{grpc}"),
+            port: grpc.rsplit(':').next().unwrap().parse().unwrap(),
+            metrics: bound["metrics"].as_str().map(str::to_string),
         }
     }
 }
@@ -391,12 +403,7 @@ pub struct Cluster {
 impl Cluster {
     pub async fn start(lease_timeout_ms: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let coordinator = Coordinator::start(
-            &dir.path().join("state"),
-            free_port(),
-            lease_timeout_ms,
-            None,
-        );
+        let coordinator = Coordinator::start(&dir.path().join("state"), 0, lease_timeout_ms, None);
         let connection = connect(&coordinator.url, None).await;
         Self {
             dir,

@@ -59,6 +59,10 @@ pub enum Command {
         /// Serve Prometheus metrics (`GET /metrics`) on this address.
         #[arg(long)]
         metrics_listen: Option<String>,
+        /// Once listening, write the addresses bound here as JSON (`{"grpc": "127.0.0.1:
+        /// 41234", "metrics": ...}`): with port 0, how a script or test learns them.
+        #[arg(long)]
+        address_file: Option<PathBuf>,
     },
     /// Submit a job spec.
     Submit {
@@ -145,12 +149,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             state_dir,
             lease_timeout_ms,
             metrics_listen,
+            address_file,
         } => {
             let listener = bind(&listen).await?;
             let metrics = match &metrics_listen {
                 Some(addr) => Some(bind(addr).await?),
                 None => None,
             };
+            if let Some(file) = &address_file {
+                let bound = serde_json::json!({
+                    "grpc": listener.local_addr()?.to_string(),
+                    "metrics": metrics.as_ref().map(|m| m.local_addr()).transpose()?.map(|a| a.to_string()),
+                });
+                write_atomically(file, bound.to_string().as_bytes())?;
+            }
             let config = server::ServerConfig {
                 state_dir,
                 lease_timeout: Duration::from_millis(lease_timeout_ms),
@@ -312,6 +324,14 @@ fn working_dir() -> anyhow::Result<String> {
 }
 
 /// Submits the spec in `file`; the coordinator checks it and answers the job id.
+/// Writes `bytes` to `path` through a temporary file, so a reader never sees half of it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, bytes).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 pub async fn submit(connection: &Connection, file: &Path) -> anyhow::Result<String> {
     let (spec_yaml, source_name) = read_spec(file)?;
     let request = pb::SubmitJobRequest {
