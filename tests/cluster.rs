@@ -388,3 +388,24 @@ async fn a_corrupt_checkpoint_is_refused_and_the_one_before_it_is_used() {
     let log = std::fs::read_to_string(cluster.logs().join("second.log")).unwrap();
     assert!(log.contains("model.safetensors is corrupt"), "{log}");
 }
+
+/// A loss that becomes NaN stops the phase at once, for good (another try would diverge
+/// the same way), and nothing is saved after it: no final checkpoint of NaN weights.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loss_that_becomes_nan_fails_the_phase_and_saves_nothing_after_it() {
+    let _one_at_a_time = exclusive().await;
+    let cluster = Cluster::start(5_000).await;
+    let _worker = cluster.worker("w");
+    let yaml = language_job(&cluster.storage(), GENERATED, 60, 10)
+        .replace("learning_rate: 0.003", "learning_rate: 1.0e+30")
+        .replace("warmup_steps: 10", "warmup_steps: 0");
+    let id = cluster.submit(&yaml).await;
+    let job = cluster.wait(&id, Duration::from_secs(60), finished).await;
+    assert_eq!(job.state, RunState::Failed);
+    let error = job.error.clone().unwrap_or_default();
+    assert!(error.contains("diverged: the loss became"), "{error}");
+    let task = &job.step("language").unwrap().tasks[0];
+    assert_eq!((task.epoch, task.lost_leases), (1, 0), "not retried");
+    let last = cluster.storage().join(format!("jobs/{id}/language/final"));
+    assert!(!last.exists(), "no final checkpoint after a NaN loss");
+}
