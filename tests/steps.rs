@@ -276,3 +276,51 @@ phases:
         .count();
     assert_eq!(runs, 2, "each run has its own state directory");
 }
+
+/// Workers that die at start (here: libtorch missing) make `outloud local` fail at once,
+/// quoting their logs, instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn local_fails_fast_with_the_logs_of_workers_that_died() {
+    let dir = tempfile::tempdir().unwrap();
+    let dying = dir.path().join("dying-worker");
+    std::fs::write(
+        &dying,
+        "#!/bin/sh\necho 'error while loading shared libraries: libtorch_cuda.so: cannot open shared object file' >&2\nexit 127\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dying, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("noop.yaml"),
+        "name: noop\nstorage: .outloud/noop\nphases: [{name: a, kind: noop}]\n",
+    )
+    .unwrap();
+    let mut local = Command::new(bin("outloud"))
+        .current_dir(dir.path())
+        .args(["local", "--workers", "2", "noop.yaml"])
+        .env("OUTLOUD_WORKER_BIN", &dying)
+        .env_remove("OUTLOUD_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = local.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = local.kill();
+            panic!("outloud local is still waiting 30 s after its workers died");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut local.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains("every worker exited") && said.contains("libtorch_cuda.so"),
+        "{said}"
+    );
+}

@@ -105,6 +105,12 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
         eprintln!("job {job_id} submitted with {} workers", cluster.workers);
         tokio::select! {
             job = super::watch(&connection, &job_id) => job.map(Some),
+            _ = workers_gone(&mut workers) => {
+                anyhow::bail!(
+                    "every worker exited before {job_id} finished; the end of their logs:\n{}",
+                    log_tails(&log_dir, cluster.workers)
+                )
+            }
             _ = outloud_core::telemetry::shutdown_signal() => {
                 eprintln!("interrupted: cancelling {job_id}");
                 let request = pb::CancelJobRequest { job_id: job_id.clone() };
@@ -204,6 +210,27 @@ fn phase_seconds(job: &crate::scheduler::Job, name: &str) -> f64 {
 }
 
 /// SIGTERM first so workers give their leases back; SIGKILL whoever lingers.
+/// Completes once every worker process has exited: nothing is left to run the job.
+async fn workers_gone(workers: &mut [Child]) {
+    for child in workers.iter_mut() {
+        let _ = child.wait().await;
+    }
+}
+
+/// The last lines of each worker's log, to say why they died.
+fn log_tails(log_dir: &std::path::Path, workers: u32) -> String {
+    (0..workers)
+        .map(|i| {
+            let file = log_dir.join(format!("worker-{i}.log"));
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(5)..].join("\n");
+            format!("--- {}\n{tail}", file.display())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 async fn stop_workers(workers: &mut [Child]) {
     for child in workers.iter() {
         if let Some(pid) = child.id() {
