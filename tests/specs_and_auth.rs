@@ -254,3 +254,33 @@ async fn the_cli_submits_watches_and_cancels_jobs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already finished"));
 }
+
+#[tokio::test]
+async fn status_says_when_no_worker_is_there_to_run_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = Coordinator::start(&dir.path().join("state"), 0, 5_000, None);
+    let noop = "name: waiting\nstorage: ./s\nphases:\n  - {name: a, kind: noop}\n";
+    std::fs::write(dir.path().join("waiting.yaml"), noop).unwrap();
+    let url = coordinator.url.as_str();
+    let out = cli_in(
+        dir.path(),
+        &["submit", "waiting.yaml", "--coordinator", url],
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let status = cli_in(dir.path(), &["status", &id, "--coordinator", url]);
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(table.contains("no live worker"), "{table}");
+    let _worker = start_worker(url, &dir.path().join("logs"), "w", None);
+    let connection = connect(url, None).await;
+    assert_succeeded(
+        &wait_until(
+            &connection,
+            &id,
+            std::time::Duration::from_secs(30),
+            finished,
+        )
+        .await,
+    );
+    let status = cli_in(dir.path(), &["status", &id, "--coordinator", url]);
+    assert!(!String::from_utf8_lossy(&status.stdout).contains("no live worker"));
+}

@@ -196,11 +196,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(exit_code_of(&job))
         }
         Command::Status { job, json } => {
-            let job = get_job(&connect().await?, &job).await?;
+            let connection = connect().await?;
+            let job = get_job(&connection, &job).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&view::job_json(&job))?);
             } else {
                 print!("{}", view::job_table(&job));
+                if !job.state.is_finished() && live_workers(&connection).await? == 0 {
+                    println!(
+                        "no live worker: nothing runs until one registers (outloud-worker --coordinator {})",
+                        args.coordinator
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -346,6 +353,17 @@ pub async fn submit(connection: &Connection, file: &Path) -> anyhow::Result<Stri
         }
         Err(status) => Err(status.into()),
     }
+}
+
+/// Workers that have heartbeated within their lease timeout.
+async fn live_workers(connection: &Connection) -> anyhow::Result<usize> {
+    let answer = connection
+        .jobs()
+        .list_workers(pb::ListWorkersRequest {})
+        .await?
+        .into_inner();
+    let workers: Vec<Worker> = serde_json::from_str(&answer.workers_json)?;
+    Ok(workers.iter().filter(|w| w.alive).count())
 }
 
 pub async fn get_job(connection: &Connection, job_id: &str) -> anyhow::Result<Job> {
