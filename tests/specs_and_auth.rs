@@ -79,6 +79,45 @@ fn bad_specs() -> Vec<(&'static str, String, &'static str)> {
             "name: \"unterminated\nstorage: x\n".to_string(),
             "bad.yaml:3:1: found unexpected end of stream",
         ),
+        (
+            "4294967295 shards (they once took the coordinator down)",
+            GOOD.replace(
+                "phases:\n",
+                "phases:\n  - {name: many, kind: noop, shards: 4294967295}\n",
+            ),
+            "bad.yaml:8:38: phases[0].shards: must be at most 10000, got 4294967295",
+        ),
+        (
+            "2^63 words",
+            GOOD.replace(
+                "    steps: 10",
+                "    steps: 10\n    words: 9223372036854775808",
+            ),
+            "bad.yaml:12:12: phases[0].words: must be at most 1000000000000",
+        ),
+        (
+            "a 65536-pixel picture",
+            GOOD.replace(
+                "phases:",
+                "model: {vision: {image_size: 65536, patch_size: 1}}\nphases:",
+            ),
+            "bad.yaml:7:30: model.vision.image_size: must be at most 4096",
+        ),
+        (
+            "a 4e9-wide model",
+            GOOD.replace("phases:", "model: {d_model: 4000000000}\nphases:"),
+            "bad.yaml:7:18: model.d_model: must be at most 65536",
+        ),
+        (
+            "a spec of 300 KB",
+            format!("{GOOD}# {}\n", "x".repeat(300_000)),
+            "bad.yaml:1:1: the spec is 300",
+        ),
+        (
+            "a 60 KB value",
+            GOOD.replace("steps: 10", &format!("steps: {}", "x".repeat(60_000))),
+            "bad.yaml:11:12: phases[0].steps: invalid type",
+        ),
     ]
 }
 
@@ -118,6 +157,17 @@ fn validate_refuses_each_bad_spec_with_its_location() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_each_bad_spec_refused(dir.path(), "validate", &[]);
+    // An error quotes at most an excerpt of what it refuses.
+    write(
+        dir.path(),
+        &GOOD.replace("steps: 10", &format!("steps: {}", "x".repeat(60_000))),
+    );
+    let out = cli_in(dir.path(), &["validate", "bad.yaml"]);
+    assert!(
+        out.stderr.len() < 1_000,
+        "{} bytes of error",
+        out.stderr.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

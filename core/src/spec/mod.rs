@@ -6,6 +6,7 @@
 //! location an absolute URL so workers anywhere read the same objects.
 
 mod eval;
+pub mod limits;
 mod locate;
 mod model;
 
@@ -247,6 +248,19 @@ impl fmt::Display for SpecErrors {
 
 /// Parses and checks a spec. `source_name` is what errors call the file.
 pub fn parse(yaml: &str, source_name: &str) -> Result<JobSpec, SpecErrors> {
+    if yaml.len() > limits::MAX_SPEC_BYTES {
+        return Err(SpecErrors(vec![SpecError {
+            source_name: source_name.into(),
+            line: 1,
+            column: 1,
+            field: String::new(),
+            message: format!(
+                "the spec is {} bytes; at most {} are read",
+                yaml.len(),
+                limits::MAX_SPEC_BYTES
+            ),
+        }]));
+    }
     let spec: JobSpec = serde_yaml::from_str(yaml).map_err(|e| from_serde(&e, source_name))?;
     let locator = Locator::new(yaml);
     let problems = spec.problems();
@@ -276,7 +290,7 @@ fn from_serde(error: &serde_yaml::Error, source_name: &str) -> SpecErrors {
         Some((field, rest)) if !field.contains(' ') => (field.to_string(), rest.to_string()),
         _ => (String::new(), text),
     };
-    let message = explain_negative(&message).unwrap_or(message);
+    let message = excerpt(&explain_negative(&message).unwrap_or(message));
     SpecErrors(vec![SpecError {
         source_name: source_name.into(),
         line,
@@ -284,6 +298,15 @@ fn from_serde(error: &serde_yaml::Error, source_name: &str) -> SpecErrors {
         field,
         message,
     }])
+}
+
+/// At most a short excerpt of a message that may quote the input.
+fn excerpt(message: &str) -> String {
+    const MOST: usize = 200;
+    match message.char_indices().nth(MOST) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &message[..cut], message.len()),
+        None => message.to_string(),
+    }
 }
 
 /// serde's "invalid type: integer `-5`, expected u64" says it the hard way.
@@ -297,6 +320,11 @@ fn explain_negative(message: &str) -> Option<String> {
 impl JobSpec {
     /// Semantic problems, as (field path, message).
     fn problems(&self) -> Vec<(String, String)> {
+        // Sizes first: the checks below may multiply them.
+        let over = limits::problems(self);
+        if !over.is_empty() {
+            return over;
+        }
         let mut problems = Vec::new();
         let mut say = |field: String, message: String| problems.push((field, message));
         if !is_slug(&self.name) {
