@@ -82,7 +82,7 @@ async fn a_state_directory_of_schema_0_is_migrated_and_its_jobs_go_on() {
     let again = Coordinator::start(&state, 0, 2_000, None);
     let connection = connect(&again.url, None).await;
     assert_eq!(job(&connection, FINISHED).await, legacy);
-    let log = std::fs::read_to_string(dir.path().join("logs/coordinator-1.log")).unwrap();
+    let log = std::fs::read_to_string(&again.log).unwrap();
     assert!(!log.contains("migrated"), "{log}");
 }
 
@@ -118,6 +118,45 @@ async fn a_state_directory_of_a_newer_schema_is_refused_and_left_alone() {
         before == records(&state),
         "a refused state directory is not written"
     );
+}
+
+#[tokio::test]
+async fn a_state_write_that_fails_changes_nothing_and_the_coordinator_recovers_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let extra = ["--fail-store-writes-after", "1"];
+    let mut coordinator = Coordinator::start_with(&state, 0, 60_000, None, &extra);
+    let connection = connect(&coordinator.url, None).await;
+    let noop =
+        |name: &str| format!("name: {name}\nstorage: ./s\nphases: [{{name: a, kind: noop}}]\n");
+    let kept = submit(&connection, &noop("kept"), dir.path()).await;
+    // The second write fails: the client hears the change did not happen, and it did not.
+    let request = outloud_proto::v1::SubmitJobRequest {
+        spec_yaml: noop("lost"),
+        source_name: "lost.yaml".into(),
+        working_dir: dir.path().display().to_string(),
+    };
+    let refused = connection.jobs().submit_job(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("did not happen"), "{refused:?}");
+    let status = coordinator
+        .process
+        .exited_within(Duration::from_secs(10))
+        .expect("the coordinator stops rather than serve what disk does not have");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&coordinator.log).unwrap();
+    assert!(log.contains("restart it on"), "{log}");
+
+    let again = Coordinator::start(&state, 0, 60_000, None);
+    let jobs = cli(&["jobs", "--json", "--coordinator", &again.url], None);
+    let jobs: Value = serde_json::from_slice(&jobs.stdout).unwrap();
+    let ids: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [kept.as_str()], "the lost job is not there");
 }
 
 /// Whether `new` says everything `old` said, the same way (it may say more: fields added

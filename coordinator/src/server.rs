@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub lease_timeout: Duration,
     /// Required on every call when set.
     pub token: Option<String>,
+    /// Test seam: state writes fail after this many (see [`Store::failing_after`]).
+    pub fail_store_writes_after: Option<u64>,
 }
 
 pub fn now_ms() -> Millis {
@@ -47,10 +49,17 @@ fn instance_id() -> u64 {
     (u64::from(std::process::id()) << 20) ^ nanos.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
+/// What a client hears once a state write failed.
+const STOPPING: &str =
+    "the coordinator stops and recovers from its state on disk; the change did not happen";
+
 /// The shared state behind both services.
 struct Coordinator {
     scheduler: Mutex<Scheduler>,
     committer: Committer,
+    /// Notified when a state write failed: the server stops rather than serve a memory
+    /// that disk does not back.
+    stop: tokio::sync::Notify,
     heartbeat_interval: Duration,
     lease_timeout: Duration,
 }
@@ -63,6 +72,10 @@ impl Coordinator {
     ) -> Result<R, Status> {
         let (result, written) = {
             let mut scheduler = self.lock();
+            if self.committer.is_broken() {
+                // Memory may already hold a change disk lost: change nothing more.
+                return Err(Status::unavailable(STOPPING));
+            }
             let result = change(&mut scheduler, now_ms());
             let changes = scheduler.take_changes();
             let batch = Batch::capture(&scheduler, changes);
@@ -70,8 +83,16 @@ impl Coordinator {
         };
         match written.await {
             Ok(Ok(())) => Ok(result),
-            Ok(Err(e)) => Err(Status::unavailable(format!("state not saved: {e}"))),
-            Err(_) => Err(Status::unavailable("state store writer has stopped")),
+            Ok(Err(e)) => {
+                self.stop.notify_one();
+                Err(Status::unavailable(format!(
+                    "state not saved ({e}): {STOPPING}"
+                )))
+            }
+            Err(_) => {
+                self.stop.notify_one();
+                Err(Status::unavailable("state store writer has stopped"))
+            }
         }
     }
 
@@ -109,7 +130,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&config.state_dir)?;
+    let store = Store::open(&config.state_dir)?.failing_after(config.fail_store_writes_after);
     let snapshot = store.load()?;
     let scheduler_config = SchedulerConfig {
         lease_timeout_ms: config.lease_timeout.as_millis() as u64,
@@ -126,6 +147,7 @@ pub async fn run(
     let coordinator = Arc::new(Coordinator {
         scheduler: Mutex::new(scheduler),
         committer: Committer::start(store),
+        stop: tokio::sync::Notify::new(),
         heartbeat_interval: config.lease_timeout / 4,
         lease_timeout: config.lease_timeout,
     });
@@ -147,20 +169,35 @@ pub async fn run(
     health.set_serving::<WorkersServer<WorkerService>>().await;
     health.set_serving::<JobsServer<JobService>>().await;
     let auth = RequireToken::new(config.token.clone());
-    let result = tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(WorkersServer::with_interceptor(
             WorkerService(coordinator.clone()),
             auth.clone(),
         ))
-        .add_service(JobsServer::with_interceptor(JobService(coordinator), auth))
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await;
+        .add_service(JobsServer::with_interceptor(
+            JobService(coordinator.clone()),
+            auth,
+        ))
+        .serve_with_incoming_shutdown(incoming(listener), shutdown);
+    // A failed state write stops the server at once: a graceful stop would wait for
+    // clients to hang up while memory holds what disk does not.
+    let result = tokio::select! {
+        result = serving => Some(result),
+        _ = coordinator.stop.notified() => None,
+    };
     expiry.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }
-    Ok(result?)
+    result.transpose()?;
+    anyhow::ensure!(
+        !coordinator.committer.is_broken(),
+        "a state write failed, so the coordinator stopped rather than keep in memory what \
+         disk does not have; restart it on {} to recover from disk",
+        config.state_dir.display()
+    );
+    Ok(())
 }
 
 /// Accepted connections with Nagle's algorithm off: small request/answer pairs would

@@ -70,6 +70,18 @@ impl Process {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
 }
 
 impl Drop for Process {
@@ -84,6 +96,8 @@ pub struct Coordinator {
     pub port: u16,
     /// Where it serves Prometheus metrics, when asked to (`--metrics-listen`).
     pub metrics: Option<String>,
+    /// Its log file.
+    pub log: PathBuf,
 }
 
 impl Coordinator {
@@ -115,6 +129,7 @@ impl Coordinator {
         let logs = state_dir.parent().unwrap().join("logs");
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let start = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = logs.join(format!("coordinator-{start}.log"));
         let log = log_file(&logs, &format!("coordinator-{start}.log"));
         let address_file = logs.join(format!("coordinator-{start}.addr"));
         let mut command = Command::new(bin("outloud"));
@@ -154,6 +169,7 @@ impl Coordinator {
             url: format!("http://{grpc}"),
             port: grpc.rsplit(':').next().unwrap().parse().unwrap(),
             metrics: bound["metrics"].as_str().map(str::to_string),
+            log: log_path,
         }
     }
 }

@@ -60,6 +60,7 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
         state_dir: state_dir.join("coordinator"),
         lease_timeout: Duration::from_secs(5),
         token: cluster.token.clone(),
+        fail_store_writes_after: None,
     };
     let metrics = match &cluster.metrics_listen {
         Some(addr) => Some(super::bind(addr).await?),

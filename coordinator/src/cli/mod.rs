@@ -63,6 +63,9 @@ pub enum Command {
         /// 41234", "metrics": ...}`): with port 0, how a script or test learns them.
         #[arg(long)]
         address_file: Option<PathBuf>,
+        /// Test seam: state writes fail after this many succeeded.
+        #[arg(long, hide = true)]
+        fail_store_writes_after: Option<u64>,
     },
     /// Submit a job spec.
     Submit {
@@ -150,6 +153,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             lease_timeout_ms,
             metrics_listen,
             address_file,
+            fail_store_writes_after,
         } => {
             let listener = bind(&listen).await?;
             let metrics = match &metrics_listen {
@@ -167,6 +171,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 state_dir,
                 lease_timeout: Duration::from_millis(lease_timeout_ms),
                 token,
+                fail_store_writes_after,
             };
             server::run(listener, metrics, config, telemetry::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)

@@ -218,6 +218,9 @@ pub struct Snapshot {
 
 pub struct Store {
     db: Database,
+    /// Test seam: writes fail once this many have succeeded (`--fail-store-writes-after`).
+    fail_after: Option<u64>,
+    written: std::cell::Cell<u64>,
 }
 
 impl Store {
@@ -231,7 +234,11 @@ impl Store {
         }
         txn.open_table(EVENTS).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
-        let store = Self { db };
+        let store = Self {
+            db,
+            fail_after: None,
+            written: std::cell::Cell::new(0),
+        };
         store.upgrade(state_dir)?;
         Ok(store)
     }
@@ -337,7 +344,17 @@ impl Store {
     }
 
     /// Writes the batches, in order, in one durable transaction.
+    /// Makes every write after the first `writes` fail (a fault-injection seam for tests).
+    pub fn failing_after(mut self, writes: Option<u64>) -> Self {
+        self.fail_after = writes;
+        self
+    }
+
     fn write(&self, batches: &[Batch]) -> Result<(), StoreError> {
+        if self.fail_after.is_some_and(|n| self.written.get() >= n) {
+            return Err(StoreError::Db("injected write failure".into()));
+        }
+        self.written.set(self.written.get() + 1);
         let mut txn = self.db.begin_write().map_err(db_error)?;
         txn.set_durability(Durability::Immediate)
             .map_err(db_error)?;
@@ -441,9 +458,14 @@ fn rewrite(
 type Pending = (Batch, oneshot::Sender<Result<(), String>>);
 
 /// Group commit: one thread writes whatever batches queued up, in order.
+///
+/// After one failed write it writes nothing more: later batches describe changes made on
+/// top of the lost one, and writing them would leave disk in a state memory never had.
+/// The server stops instead and a restart recovers from disk.
 #[derive(Clone)]
 pub struct Committer {
     queue: mpsc::UnboundedSender<Pending>,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Committer {
@@ -452,6 +474,8 @@ impl Committer {
 
     pub fn start(store: Store) -> Self {
         let (queue, mut incoming) = mpsc::unbounded_channel::<Pending>();
+        let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failed = broken.clone();
         std::thread::Builder::new()
             .name("outloud-store".into())
             .spawn(move || {
@@ -464,8 +488,13 @@ impl Committer {
                         }
                     }
                     let (batches, waiters): (Vec<Batch>, Vec<_>) = group.into_iter().unzip();
-                    let result = store.write(&batches).map_err(|e| e.to_string());
+                    let result = if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                        Err("an earlier state write failed".to_string())
+                    } else {
+                        store.write(&batches).map_err(|e| e.to_string())
+                    };
                     if let Err(e) = &result {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
                         tracing::error!(error = %e, "state store write failed");
                     }
                     for waiter in waiters {
@@ -474,7 +503,12 @@ impl Committer {
                 }
             })
             .expect("spawning the store thread");
-        Self { queue }
+        Self { queue, broken }
+    }
+
+    /// Whether a write has failed: from then on nothing is written, or should be changed.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Queues a batch; call while the scheduler is still locked so batches keep the order
