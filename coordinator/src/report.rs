@@ -403,8 +403,9 @@ mod tests {
     use super::*;
     use crate::scheduler::{Metrics, Scheduler, SchedulerConfig, WorkerInfo};
 
-    #[test]
-    fn benchmarks_by_phase_with_baselines_and_paradigms() {
+    /// The report of a job of two language phases, `language` and `more`, whose eval
+    /// steps report what `evaluated` gives, in order.
+    fn report_of(mut evaluated: impl FnMut() -> TaskResults) -> Report {
         let yaml = "name: r\nstorage: /tmp/r\ndata: [{name: t, kind: generated_text, words: 9}]\n\
             evaluation: {benchmarks: [{path: /e}]}\nphases:\n\
             - {name: language, kind: language, data: [t], steps: 1}\n\
@@ -417,6 +418,20 @@ mod tests {
         let job = s
             .submit(outloud_core::spec::parse(yaml, "r.yaml").unwrap(), 0)
             .unwrap();
+        while let Some(a) = s.lease(&w, 1).unwrap() {
+            let given = if matches!(a.spec.work, outloud_core::task_spec::Work::Evaluate(_)) {
+                evaluated()
+            } else {
+                TaskResults::default()
+            };
+            s.complete(&w, &a.lease, Metrics::default(), "out".into(), given, 2)
+                .unwrap();
+        }
+        Report::of(s.job(&job).unwrap())
+    }
+
+    #[test]
+    fn benchmarks_by_phase_with_baselines_and_paradigms() {
         let score = |benchmark: &str, file: Option<&str>, accuracy: f64| BenchmarkScore {
             benchmark: benchmark.into(),
             file: file.map(str::to_string),
@@ -436,16 +451,7 @@ mod tests {
             ..TaskResults::default()
         };
         let mut blimp = [0.6, 0.7].into_iter();
-        while let Some(a) = s.lease(&w, 1).unwrap() {
-            let given = if matches!(a.spec.work, outloud_core::task_spec::Work::Evaluate(_)) {
-                scores(blimp.next().unwrap())
-            } else {
-                TaskResults::default()
-            };
-            s.complete(&w, &a.lease, Metrics::default(), "out".into(), given, 2)
-                .unwrap();
-        }
-        let report = Report::of(s.job(&job).unwrap());
+        let report = report_of(|| scores(blimp.next().unwrap()));
         assert_eq!(report.phases, ["language", "more"]);
         let names: Vec<&str> = report.benchmarks.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["blimp", "world_vqa"]);
@@ -477,28 +483,15 @@ mod tests {
 
     #[test]
     fn text_only_scores_of_a_picture_benchmark_get_their_own_row_and_baselines() {
-        let yaml = "name: r\nstorage: /tmp/r\ndata: [{name: t, kind: generated_text, words: 9}]\n\
-            evaluation: {benchmarks: [{path: /e}]}\nphases:\n\
-            - {name: language, kind: language, data: [t], steps: 1}\n\
-            - {name: more, kind: language, data: [t], steps: 1}\n";
-        let mut s = Scheduler::new(SchedulerConfig {
-            lease_timeout_ms: 1000,
-            instance: 0,
-        });
-        let w = s.register(WorkerInfo::for_tests("h"), 0);
-        let job = s
-            .submit(outloud_core::spec::parse(yaml, "r.yaml").unwrap(), 0)
-            .unwrap();
         let mut modes = [
             (ScoreMode::TextOnly, 0.5, 3),
             (ScoreMode::WithPictures, 0.6, 0),
         ]
         .into_iter();
-        while let Some(a) = s.lease(&w, 1).unwrap() {
-            let mut given = TaskResults::default();
-            if matches!(a.spec.work, outloud_core::task_spec::Work::Evaluate(_)) {
-                let (mode, accuracy, unusable) = modes.next().unwrap();
-                given.benchmarks.push(BenchmarkScore {
+        let report = report_of(|| {
+            let (mode, accuracy, unusable) = modes.next().unwrap();
+            TaskResults {
+                benchmarks: vec![BenchmarkScore {
                     benchmark: "winoground".into(),
                     file: None,
                     mode: Some(mode),
@@ -507,12 +500,10 @@ mod tests {
                     accuracy,
                     chance: 0.5,
                     unusable,
-                });
+                }],
+                ..TaskResults::default()
             }
-            s.complete(&w, &a.lease, Metrics::default(), "out".into(), given, 2)
-                .unwrap();
-        }
-        let report = Report::of(s.job(&job).unwrap());
+        });
         let [pictured, text_only] = &report.benchmarks[..] else {
             panic!("two rows: {:?}", report.benchmarks)
         };
