@@ -334,3 +334,57 @@ async fn status_says_when_no_worker_is_there_to_run_a_job() {
     let status = cli_in(dir.path(), &["status", &id, "--coordinator", url]);
     assert!(!String::from_utf8_lossy(&status.stdout).contains("no live worker"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_and_workers_hold_different_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (user, work) = ("the-user-token", "the-worker-token");
+    let worker_env = [("OUTLOUD_WORKER_TOKEN".to_string(), work.to_string())];
+    let coordinator = Coordinator::start_with_env(
+        &dir.path().join("state"),
+        0,
+        5_000,
+        Some(user),
+        &[],
+        &worker_env,
+    );
+    let url = coordinator.url.as_str();
+    // A user token cannot lease or report tasks.
+    let as_user = connect(url, Some(user)).await;
+    let refused = as_user
+        .workers()
+        .register(pb::RegisterRequest { info: None })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let lease = pb::LeaseTaskRequest {
+        worker_id: "w1-x".into(),
+    };
+    let refused = as_user.workers().lease_task(lease).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    // A worker token cannot submit, list or read jobs.
+    let as_worker = connect(url, Some(work)).await;
+    let submit_request = pb::SubmitJobRequest {
+        spec_yaml: "name: x\nstorage: ./s\nphases: [{name: a, kind: noop}]\n".into(),
+        source_name: "x.yaml".into(),
+        working_dir: dir.path().display().to_string(),
+    };
+    let refused = as_worker
+        .jobs()
+        .submit_job(submit_request)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = as_worker
+        .jobs()
+        .list_jobs(pb::ListJobsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    // Each does its own part: the user submits, a worker with its token runs the job.
+    let noop = "name: split\nstorage: ./s\nphases: [{name: a, kind: noop, shards: 2}]\n";
+    let id = submit(&as_user, noop, dir.path()).await;
+    let _worker = start_worker_with_env(url, &dir.path().join("logs"), "w", None, &worker_env);
+    let job = wait_until(&as_user, &id, std::time::Duration::from_secs(30), finished).await;
+    assert_succeeded(&job);
+}

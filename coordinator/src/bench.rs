@@ -126,6 +126,7 @@ pub async fn run(worker_counts: &[usize], duration: Duration) -> anyhow::Result<
         state_dir: state.path().to_path_buf(),
         lease_timeout: Duration::from_secs(30),
         token: None,
+        worker_token: None,
         fail_store_writes_after: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -26,8 +26,10 @@ use outloud_core::auth::RequireToken;
 pub struct ServerConfig {
     pub state_dir: PathBuf,
     pub lease_timeout: Duration,
-    /// Required on every call when set.
+    /// Required on every call when set (on Jobs calls only, when `worker_token` is set).
     pub token: Option<String>,
+    /// Required on Workers calls (lease, report, complete) when set.
+    pub worker_token: Option<String>,
     /// Test seam: state writes fail after this many (see [`Store::failing_after`]).
     pub fail_store_writes_after: Option<u64>,
 }
@@ -169,11 +171,12 @@ pub async fn run(
     health.set_serving::<WorkersServer<WorkerService>>().await;
     health.set_serving::<JobsServer<JobService>>().await;
     let auth = RequireToken::new(config.token.clone());
+    let worker_auth = RequireToken::new(config.worker_token.clone().or(config.token.clone()));
     let serving = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(WorkersServer::with_interceptor(
             WorkerService(coordinator.clone()),
-            auth.clone(),
+            worker_auth,
         ))
         .add_service(JobsServer::with_interceptor(
             JobService(coordinator.clone()),

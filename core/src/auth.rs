@@ -2,7 +2,10 @@
 //!
 //! The token comes from a file (`--token-file`) or the `OUTLOUD_TOKEN` variable. When a
 //! coordinator has one, calls without `authorization: Bearer <token>` are refused with
-//! UNAUTHENTICATED. The gRPC health service stays open: Kubernetes probes send no headers.
+//! UNAUTHENTICATED. Workers may hold a token of their own (`OUTLOUD_WORKER_TOKEN`): the
+//! Workers service then takes only it and the Jobs service only the user token, so a
+//! user cannot lease tasks and a worker cannot submit, cancel or read jobs. The gRPC
+//! health service stays open: Kubernetes probes send no headers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,9 +15,21 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 pub const TOKEN_ENV: &str = "OUTLOUD_TOKEN";
+/// The workers' own token: with it set on the coordinator, leasing and reporting take
+/// this token and nothing else, and the user token (`OUTLOUD_TOKEN`) cannot lease.
+pub const WORKER_TOKEN_ENV: &str = "OUTLOUD_WORKER_TOKEN";
 
 /// The token from `file` if given, else from the environment, else none.
 pub fn load_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    load(file, TOKEN_ENV)
+}
+
+/// The workers' token from `file` if given, else `OUTLOUD_WORKER_TOKEN`, else none.
+pub fn load_worker_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+    load(file, WORKER_TOKEN_ENV)
+}
+
+fn load(file: Option<&Path>, variable: &str) -> anyhow::Result<Option<String>> {
     if let Some(file) = file {
         let text = std::fs::read_to_string(file)
             .map_err(|e| anyhow::anyhow!("reading token file {}: {e}", file.display()))?;
@@ -22,7 +37,7 @@ pub fn load_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
         anyhow::ensure!(!token.is_empty(), "token file {} is empty", file.display());
         return Ok(Some(token));
     }
-    Ok(std::env::var(TOKEN_ENV)
+    Ok(std::env::var(variable)
         .ok()
         .filter(|t| !t.trim().is_empty()))
 }

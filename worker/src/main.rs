@@ -26,7 +26,7 @@ struct Args {
         default_value = "http://127.0.0.1:50051"
     )]
     coordinator: String,
-    /// File holding the bearer token (else $OUTLOUD_TOKEN).
+    /// File holding the bearer token (else $OUTLOUD_WORKER_TOKEN, else $OUTLOUD_TOKEN).
     #[arg(long, env = "OUTLOUD_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
     /// Torch intra-op threads.
@@ -84,7 +84,10 @@ fn main() -> anyhow::Result<()> {
     telemetry::init("info");
     let config = AgentConfig {
         coordinator: args.coordinator,
-        token: auth::load_token(args.token_file.as_deref())?,
+        token: match auth::load_worker_token(args.token_file.as_deref())? {
+            Some(token) => Some(token),
+            None => auth::load_token(None)?,
+        },
         threads: args.threads,
         device: device(&args.device)?,
     };

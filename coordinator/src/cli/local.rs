@@ -60,6 +60,7 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
         state_dir: state_dir.join("coordinator"),
         lease_timeout: Duration::from_secs(5),
         token: cluster.token.clone(),
+        worker_token: None,
         fail_store_writes_after: None,
     };
     let metrics = match &cluster.metrics_listen {

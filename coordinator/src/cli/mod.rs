@@ -63,6 +63,10 @@ pub enum Command {
         /// 41234", "metrics": ...}`): with port 0, how a script or test learns them.
         #[arg(long)]
         address_file: Option<PathBuf>,
+        /// File holding the workers' own token (else $OUTLOUD_WORKER_TOKEN): with it,
+        /// only workers lease and report, and the user token only submits and reads.
+        #[arg(long)]
+        worker_token_file: Option<PathBuf>,
         /// Test seam: state writes fail after this many succeeded.
         #[arg(long, hide = true)]
         fail_store_writes_after: Option<u64>,
@@ -153,6 +157,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             lease_timeout_ms,
             metrics_listen,
             address_file,
+            worker_token_file,
             fail_store_writes_after,
         } => {
             let listener = bind(&listen).await?;
@@ -171,6 +176,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 state_dir,
                 lease_timeout: Duration::from_millis(lease_timeout_ms),
                 token,
+                worker_token: auth::load_worker_token(worker_token_file.as_deref())?,
                 fail_store_writes_after,
             };
             server::run(listener, metrics, config, telemetry::shutdown_signal()).await?;
