@@ -541,3 +541,17 @@ fn a_retried_step_runs_again_with_its_dependants_and_nothing_else() {
         Err(SchedulerError::NotRetryable(_))
     ));
 }
+
+#[test]
+fn a_fatal_failure_releases_the_lease_and_expiry_never_revives_the_task() {
+    let mut s = scheduler();
+    let job = s.submit(spec(&[("one", 2)]), 0).unwrap();
+    let w = worker(&mut s, "w");
+    let a = s.lease(&w, 1).unwrap().unwrap();
+    s.fail(&w, &a.lease, "bad data".into(), Failure::Fatal, 2)
+        .unwrap();
+    assert!(s.worker(&w).unwrap().leases.is_empty());
+    s.expire(10 * TIMEOUT);
+    let task = s.job(&job).unwrap().task(&a.lease.task).unwrap();
+    assert!(matches!(task.state, TaskState::Failed { .. }), "{task:?}");
+}

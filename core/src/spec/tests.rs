@@ -199,3 +199,85 @@ fn from_must_name_another_phase_without_a_circle() {
     let error = &errors(&first)[0];
     assert_eq!(error.field, "phases[0].kind", "{error}");
 }
+
+mod random {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A spec with every number, name and kind drawn at random (most are nonsense).
+    fn spec_text() -> impl Strategy<Value = String> {
+        let number = prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            Just("0".to_string()),
+            Just("1.0e+300".to_string()),
+            Just("-1".to_string()),
+            Just("nan".to_string()),
+        ];
+        let word = prop_oneof![
+            Just("language".to_string()),
+            Just("vision_language".to_string()),
+            Just("tasks".to_string()),
+            Just("noop".to_string()),
+            Just("picture_book".to_string()),
+            Just("generated_text".to_string()),
+            Just("a".to_string()),
+            "[a-z-]{0,12}",
+        ];
+        (
+            prop::collection::vec(number, 12),
+            prop::collection::vec(word, 8),
+        )
+            .prop_map(|(n, w)| {
+                format!(
+                    "name: {w0}\nstorage: /tmp/x\nword_budget: {n0}\n\
+                     data: [{{name: {w1}, kind: {w2}, words: {n1}, pictures: {n2}, seed: {n3}}}]\n\
+                     model: {{d_model: {n4}, n_heads: {n5}, context: {n6},\
+                     vision: {{image_size: {n7}, patch_size: {n8}}}}}\n\
+                     evaluation: {{benchmarks: [{{data: {w3}, limit: {n9}}}]}}\n\
+                     phases:\n\
+                     - {{name: {w4}, kind: {w5}, data: [{w1}], steps: {n10}, shards: {n11}}}\n\
+                     - {{name: {w6}, kind: {w7}, data: [{w1}], from: {w4}}}\n",
+                    w0 = w[0],
+                    w1 = w[1],
+                    w2 = w[2],
+                    w3 = w[3],
+                    w4 = w[4],
+                    w5 = w[5],
+                    w6 = w[6],
+                    w7 = w[7],
+                    n0 = n[0],
+                    n1 = n[1],
+                    n2 = n[2],
+                    n3 = n[3],
+                    n4 = n[4],
+                    n5 = n[5],
+                    n6 = n[6],
+                    n7 = n[7],
+                    n8 = n[8],
+                    n9 = n[9],
+                    n10 = n[10],
+                    n11 = n[11],
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_specs_never_panic_the_validator(yaml in spec_text()) {
+            if let Ok(spec) = parse(&yaml, "random.yaml") {
+                // What passes can be planned.
+                for i in 0..spec.phases.len() {
+                    crate::task_spec::TaskSpec::train(&spec, i).unwrap();
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_the_parser(yaml in "\\PC{0,400}") {
+            let _ = parse(&yaml, "random.yaml");
+        }
+    }
+}
