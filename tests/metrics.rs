@@ -60,7 +60,6 @@ async fn prometheus_scrapes_progress_and_counters() {
     assert_succeeded(&wait_until(&connection, &noop_id, Duration::from_secs(60), finished).await);
 
     // A real Prometheus scrapes the endpoint and answers queries over it.
-    let prometheus_port = free_port();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
@@ -72,11 +71,13 @@ async fn prometheus_scrapes_progress_and_counters() {
         &[
             &format!("--config.file={}", config.display()),
             &format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
-            &format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
+            "--web.listen-address=127.0.0.1:0",
         ],
         &logs,
         "prometheus",
     );
+    let marker = "msg=\"Listening on\" address=127.0.0.1:";
+    let prometheus_port = port_in_log(&logs.join("prometheus.log"), marker, "prometheus");
     wait_for_port(prometheus_port, "prometheus");
     let query = "/api/v1/query?query=outloud_tasks_succeeded_total";
     let deadline = Instant::now() + Duration::from_secs(60);

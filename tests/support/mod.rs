@@ -3,7 +3,6 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -40,14 +39,6 @@ pub fn bin(name: &str) -> PathBuf {
 /// The repository's `../shared/data` folder.
 pub fn shared_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn log_file(dir: &Path, name: &str) -> std::fs::File {
@@ -317,19 +308,18 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start(logs: &Path) -> Self {
-        let port = free_port();
         let log = log_file(logs, "moto.log");
         let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("starting moto_server (scripts/setup installs it; source scripts/env.sh)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let port = port_in_log(
+            &logs.join("moto.log"),
+            "Running on http://127.0.0.1:",
+            "moto",
+        );
         Self {
             _process: Process {
                 child,
@@ -394,6 +384,26 @@ pub fn spawn(program: &str, args: &[&str], logs: &Path, name: &str) -> Process {
     Process {
         child,
         name: name.into(),
+    }
+}
+
+/// The port a server bound to port 0 says it got: the number after `marker` in its log.
+pub fn port_in_log(log: &Path, marker: &str, what: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text.split(marker).nth(1).and_then(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        });
+        if let Some(port) = found {
+            return port;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not say where it listens:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
