@@ -127,6 +127,14 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
                     wait_or_stop(&mut shutdown, IDLE_POLL).await;
                 }
             },
+            Err(status) if status.code() == Code::NotFound => {
+                // Forgotten after a long silence: a restart registers anew.
+                heartbeats.abort();
+                anyhow::bail!(
+                    "the coordinator no longer knows this worker ({}); restart it to register again",
+                    status.message()
+                );
+            }
             Err(status) => {
                 tracing::debug!(error = %status.message(), "lease call failed");
                 wait_or_stop(&mut shutdown, RETRY).await;

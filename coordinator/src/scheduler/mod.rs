@@ -27,6 +27,9 @@ pub use model::*;
 pub use steps::{Input, Step, StepKind, eval_step_name, expand};
 pub use tallies::Tallies;
 
+/// Lease timeouts a dead worker holding nothing is kept before it is forgotten.
+pub const FORGET_AFTER_TIMEOUTS: u64 = 720;
+
 #[derive(Debug, Clone, Copy)]
 pub struct SchedulerConfig {
     /// A worker silent for this long loses its leases.
@@ -496,7 +499,29 @@ impl Scheduler {
                 lost.push(lease);
             }
         }
+        self.forget_departed(now);
         lost
+    }
+
+    /// Forgets workers silent for [`FORGET_AFTER_TIMEOUTS`] lease timeouts that hold
+    /// nothing, so the worker table does not grow with every pod that ever ran. One that
+    /// comes back is told it is unknown, and registers anew when restarted.
+    fn forget_departed(&mut self, now: Millis) {
+        let after = self
+            .config
+            .lease_timeout_ms
+            .saturating_mul(FORGET_AFTER_TIMEOUTS);
+        let departed: Vec<String> = self
+            .workers
+            .values()
+            .filter(|w| !w.alive && w.leases.is_empty() && now.saturating_sub(w.last_seen) > after)
+            .map(|w| w.id.clone())
+            .collect();
+        for id in departed {
+            self.workers.remove(&id);
+            // A changed worker that is no longer there is deleted from the store.
+            self.changes.workers.insert(id);
+        }
     }
 }
 

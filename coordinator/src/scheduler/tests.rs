@@ -555,3 +555,28 @@ fn a_fatal_failure_releases_the_lease_and_expiry_never_revives_the_task() {
     let task = s.job(&job).unwrap().task(&a.lease.task).unwrap();
     assert!(matches!(task.state, TaskState::Failed { .. }), "{task:?}");
 }
+
+#[test]
+fn departed_workers_are_forgotten_once_they_hold_nothing() {
+    let mut s = scheduler();
+    let (gone, busy) = (worker(&mut s, "gone"), worker(&mut s, "busy"));
+    s.submit(spec(&[("one", 1)]), 0).unwrap();
+    let held = s.lease(&busy, 1).unwrap().unwrap();
+    let forget = TIMEOUT * FORGET_AFTER_TIMEOUTS;
+    // `busy` keeps heartbeating; `gone` is silent.
+    for now in (100..=forget + 200).step_by(100) {
+        s.heartbeat(&busy, std::slice::from_ref(&held.lease), now)
+            .unwrap();
+        s.expire(now);
+    }
+    assert!(s.worker(&gone).is_none(), "forgotten");
+    assert!(s.worker(&busy).is_some());
+    assert!(
+        s.take_changes().workers.contains(&gone),
+        "the store deletes it"
+    );
+    assert!(matches!(
+        s.lease(&gone, forget + 300),
+        Err(SchedulerError::UnknownWorker(_))
+    ));
+}

@@ -102,6 +102,8 @@ enum Record {
     Task(String, Vec<u8>),
     Event(String, u64, Vec<u8>),
     Worker(String, Vec<u8>),
+    /// A worker the scheduler forgot.
+    ForgottenWorker(String),
     Counters(Vec<u8>),
 }
 
@@ -128,8 +130,9 @@ impl Batch {
             }
         }
         for id in &changes.workers {
-            if let Some(worker) = scheduler.worker(id) {
-                records.push(Record::Worker(id.clone(), json(worker)));
+            match scheduler.worker(id) {
+                Some(worker) => records.push(Record::Worker(id.clone(), json(worker))),
+                None => records.push(Record::ForgottenWorker(id.clone())),
             }
         }
         if changes.counters_changed {
@@ -372,6 +375,7 @@ impl Store {
                         events.insert((job.as_str(), *seq), value.as_slice())
                     }
                     Record::Worker(key, value) => workers.insert(key.as_str(), value.as_slice()),
+                    Record::ForgottenWorker(key) => workers.remove(key.as_str()),
                     Record::Counters(value) => meta.insert(COUNTERS_KEY, value.as_slice()),
                 }
                 .map_err(db_error)?;
