@@ -95,6 +95,9 @@ pub struct Assignment {
     pub resume_checkpoint: Option<String>,
     /// The checkpoint the task starts from (training) or scores (evaluation).
     pub input_checkpoint: Option<String>,
+    /// The step of this job that wrote `input_checkpoint`: a checkpoint whose manifest
+    /// names another job or step is refused.
+    pub input_step: Option<String>,
 }
 
 #[cfg(test)]

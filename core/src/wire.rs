@@ -64,6 +64,7 @@ pub fn assignment_to(a: &Assignment) -> pb::TaskAssignment {
         shards: a.shards,
         resume_checkpoint: a.resume_checkpoint.clone(),
         input_checkpoint: a.input_checkpoint.clone(),
+        input_step: a.input_step.clone(),
         protocol_version: PROTOCOL_VERSION,
         spec: Some(task_spec_to(&a.spec)),
     }
@@ -91,6 +92,7 @@ pub fn assignment_from(task: pb::TaskAssignment) -> Result<Assignment, String> {
         spec: task_spec_from(task.spec.ok_or("the assignment has no task spec")?)?,
         resume_checkpoint: task.resume_checkpoint,
         input_checkpoint: task.input_checkpoint,
+        input_step: task.input_step,
     })
 }
 
@@ -433,7 +435,8 @@ mod tests {
             shards: 1,
             spec: TaskSpec::train(&spec, 1).unwrap(),
             resume_checkpoint: Some("file:///r".into()),
-            input_checkpoint: None,
+            input_checkpoint: Some("file:///j/l/final".into()),
+            input_step: Some("l".into()),
         }
     }
 

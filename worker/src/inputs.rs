@@ -54,16 +54,38 @@ async fn older_checkpoints(folder: &Location, newest: &str) -> Vec<String> {
     found
 }
 
-/// The checkpoint the step names as its input, verified; `what` says what it is for.
+/// The checkpoint the step names as its input, verified, and written by the job and
+/// step the coordinator says wrote it; `what` says what it is for.
 pub fn input_checkpoint(ctx: &TaskContext, what: &str) -> Result<Loaded, WorkerError> {
-    let url = ctx.assignment.input_checkpoint.as_deref().ok_or_else(|| {
-        WorkerError::Config(format!(
-            "step `{}` needs {what}, and there is none",
-            ctx.assignment.step
-        ))
+    let a = &ctx.assignment;
+    let url = a.input_checkpoint.as_deref().ok_or_else(|| {
+        WorkerError::Config(format!("step `{}` needs {what}, and there is none", a.step))
     })?;
-    ctx.runtime
-        .block_on(checkpoint::load(&Location::open(url)?))
+    let loaded = ctx
+        .runtime
+        .block_on(checkpoint::load(&Location::open(url)?))?;
+    check_origin(&loaded.manifest, url, &a.job_id, a.input_step.as_deref())?;
+    Ok(loaded)
+}
+
+/// Refuses a checkpoint whose manifest names another job, or another step than `step`.
+pub fn check_origin(
+    manifest: &checkpoint::Manifest,
+    url: &str,
+    job: &str,
+    step: Option<&str>,
+) -> Result<(), WorkerError> {
+    let expected_step = step.unwrap_or(&manifest.phase);
+    if manifest.job == job && manifest.phase == expected_step {
+        return Ok(());
+    }
+    Err(WorkerError::Checkpoint {
+        url: url.into(),
+        reason: format!(
+            "written by job `{}` step `{}`, not by job `{job}` step `{expected_step}`: refused",
+            manifest.job, manifest.phase
+        ),
+    })
 }
 
 /// Names of the weights holding a NaN or an infinity: such a checkpoint cannot be
@@ -177,4 +199,26 @@ pub fn hand_over(vs: &nn::VarStore, previous: &Loaded) -> Result<(), WorkerError
     let loaded = load_weights(vs, &previous.weights, wanted)?;
     tracing::info!(loaded, from_phase = %previous.manifest.phase, "weights handed over");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_of_another_job_or_step_is_refused() {
+        let manifest: checkpoint::Manifest = serde_json::from_value(serde_json::json!({
+            "format": checkpoint::FORMAT, "job": "j-1", "phase": "language", "step": 1,
+            "total_steps": 1, "model": crate::model::test_config(8), "loss": 0.0,
+            "tokens": 0, "words": 0, "files": {}
+        }))
+        .unwrap();
+        check_origin(&manifest, "u", "j-1", Some("language")).unwrap();
+        let other_job = check_origin(&manifest, "u", "j-2", Some("language")).unwrap_err();
+        assert!(
+            other_job.to_string().contains("written by job `j-1`"),
+            "{other_job}"
+        );
+        assert!(check_origin(&manifest, "u", "j-1", Some("vision")).is_err());
+    }
 }

@@ -282,6 +282,9 @@ impl Scheduler {
                 spec: step.work.clone(),
                 resume_checkpoint: resume_checkpoint.clone(),
                 input_checkpoint: job.input_checkpoint(id.step as usize),
+                input_step: job
+                    .checkpoint_source(id.step as usize)
+                    .map(|s| s.name.clone()),
             };
             if job.state == RunState::Pending {
                 job.state = RunState::Running;

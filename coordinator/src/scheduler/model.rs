@@ -161,14 +161,22 @@ impl Job {
         })
     }
 
+    /// The training step whose final checkpoint step `index` reads, if any.
+    pub fn checkpoint_source(&self, index: usize) -> Option<&Step> {
+        self.steps
+            .get(index)?
+            .inputs
+            .iter()
+            .find_map(|input| match input {
+                Input::Checkpoint(source) => self.steps.get(*source as usize),
+                Input::Outputs(_) => None,
+            })
+    }
+
     /// The checkpoint step `index` starts from (training) or scores (evaluation): the
     /// final output of the training step it names as its checkpoint input.
     pub fn input_checkpoint(&self, index: usize) -> Option<String> {
-        let step = self.steps.get(index)?;
-        let source = step.inputs.iter().find_map(|input| match input {
-            Input::Checkpoint(source) => self.steps.get(*source as usize),
-            Input::Outputs(_) => None,
-        })?;
+        let source = self.checkpoint_source(index)?;
         match &source.tasks.first()?.state {
             TaskState::Succeeded { output } if !output.is_empty() => Some(output.clone()),
             _ => None,

@@ -477,6 +477,11 @@ fn branches_lease_in_parallel() {
     let a2 = s.lease(&w1, 5).unwrap().unwrap();
     assert_eq!(a2.step, "a2");
     assert_eq!(
+        a2.input_step.as_deref(),
+        Some("a"),
+        "whose manifest the worker checks"
+    );
+    assert_eq!(
         a2.input_checkpoint.as_deref(),
         Some(&*format!("out/{job}/1/0"))
     );
