@@ -7,6 +7,7 @@
 
 mod eval;
 pub mod limits;
+mod lineage;
 mod locate;
 mod model;
 
@@ -447,80 +448,6 @@ impl JobSpec {
             for (field, message) in evaluation.problems(&books) {
                 say(format!("evaluation.{field}"), message);
             }
-        }
-        problems
-    }
-
-    /// The phase phase `index` follows: its `from`, else the phase listed before it (the
-    /// first phase follows none). A phase starts from that phase's final checkpoint; a
-    /// `language` phase starts from scratch but still waits for it.
-    pub fn starts_from(&self, index: usize) -> Option<&str> {
-        let phase = self.phases.get(index)?;
-        match &phase.from {
-            Some(from) => Some(from.as_str()),
-            None => index.checked_sub(1).map(|p| self.phases[p].name.as_str()),
-        }
-    }
-
-    /// The phases from the root to phase `index`, root first; `None` when following
-    /// `from` runs in a circle (or names an unknown phase).
-    pub fn lineage(&self, index: usize) -> Option<Vec<usize>> {
-        let mut path = vec![index];
-        let mut at = index;
-        while let Some(from) = self.starts_from(at) {
-            at = self.phases.iter().position(|p| p.name == from)?;
-            if path.contains(&at) {
-                return None;
-            }
-            path.push(at);
-        }
-        path.reverse();
-        Some(path)
-    }
-
-    /// The root-to-leaf path that plans the most words (what one final model is trained
-    /// on), with its last phase's name.
-    pub fn largest_path_words(&self) -> Option<(&str, u64)> {
-        (0..self.phases.len())
-            .filter_map(|i| {
-                let path = self.lineage(i)?;
-                let words = path
-                    .iter()
-                    .map(|&p| self.phases[p].words.unwrap_or(0))
-                    .fold(0u64, u64::saturating_add);
-                Some((self.phases[i].name.as_str(), words))
-            })
-            .max_by_key(|(_, words)| *words)
-    }
-
-    /// What is wrong with where phase `index` starts from.
-    fn lineage_problems(&self, index: usize) -> Vec<(&'static str, String)> {
-        let phase = &self.phases[index];
-        let mut problems = Vec::new();
-        if let Some(from) = &phase.from {
-            if phase.kind == PhaseKind::Language {
-                problems.push((
-                    "from",
-                    "a `language` phase starts from scratch; it cannot start from another phase"
-                        .into(),
-                ));
-            } else if !self.phases.iter().any(|p| &p.name == from) {
-                problems.push(("from", format!("no phase named `{from}`")));
-            } else if from == &phase.name {
-                problems.push(("from", "a phase cannot start from itself".into()));
-            } else if self.lineage(index).is_none() {
-                problems.push(("from", format!("`from` runs in a circle through `{from}`")));
-            }
-        }
-        let needs_checkpoint = matches!(phase.kind, PhaseKind::VisionLanguage | PhaseKind::Tasks);
-        if needs_checkpoint && self.starts_from(index).is_none() {
-            problems.push((
-                "kind",
-                format!(
-                    "a `{}` phase starts from an earlier phase's checkpoint: list one before it or name it in `from`",
-                    phase.kind.name()
-                ),
-            ));
         }
         problems
     }
