@@ -6,7 +6,7 @@
 //!
 //! The `meta` table records the schema version ([`migrate::SCHEMA_VERSION`]). A state
 //! directory of an older version is migrated when it is opened, in one transaction; one
-//! of a newer version is refused with what to do.
+//! of a newer version is refused, before anything is written, with what to do.
 //!
 //! Writes go through a [`Committer`]: calls hand it the records they changed and wait;
 //! one thread commits everything that queued up meanwhile in a single fsync'd
@@ -230,56 +230,24 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir).map_err(db_error)?;
         let db = Database::create(state_dir.join("outloud.redb")).map_err(db_error)?;
-        refuse_newer(&db, state_dir)?;
+        let dir = state_dir.display().to_string();
+        // Read before anything is written, so state of a newer build is left as it was.
+        let recorded = recorded_schema(&db)?;
+        if let Some(found) = recorded.filter(|&v| v > SCHEMA_VERSION) {
+            return Err(StoreError::NewerSchema { dir, found });
+        }
         let txn = db.begin_write().map_err(db_error)?;
         for table in [JOBS, TASKS, WORKERS, META] {
             txn.open_table(table).map_err(db_error)?;
         }
         txn.open_table(EVENTS).map_err(db_error)?;
+        upgrade(&txn, recorded, &dir)?;
         txn.commit().map_err(db_error)?;
-        let store = Self {
+        Ok(Self {
             db,
             fail_after: None,
             written: std::cell::Cell::new(0),
-        };
-        store.upgrade(state_dir)?;
-        Ok(store)
-    }
-
-    /// Brings the state to [`SCHEMA_VERSION`]: a new directory is stamped, an older one
-    /// migrated in one transaction (all or nothing), a newer one refused.
-    fn upgrade(&self, state_dir: &Path) -> Result<(), StoreError> {
-        let dir = state_dir.display().to_string();
-        let txn = self.db.begin_write().map_err(db_error)?;
-        {
-            let mut meta = txn.open_table(META).map_err(db_error)?;
-            let recorded = meta
-                .get(SCHEMA_KEY)
-                .map_err(db_error)?
-                .map(|v| decode::<u64>(SCHEMA_KEY, v.value()))
-                .transpose()?;
-            // (A newer version was refused before anything was written.)
-            let empty = txn
-                .open_table(JOBS)
-                .map_err(db_error)?
-                .is_empty()
-                .map_err(db_error)?;
-            match recorded {
-                Some(version) if version == SCHEMA_VERSION => return Ok(()),
-                Some(found) if found > SCHEMA_VERSION => {
-                    return Err(StoreError::NewerSchema { dir, found });
-                }
-                None if empty => {}
-                // No record: schema 0, the only version before versions were recorded.
-                _ => {
-                    migrate_from_v0(&txn, &dir)?;
-                    tracing::info!(state_dir = %dir, to = SCHEMA_VERSION, "state migrated from schema version 0");
-                }
-            }
-            meta.insert(SCHEMA_KEY, json(&SCHEMA_VERSION).as_slice())
-                .map_err(db_error)?;
-        }
-        txn.commit().map_err(db_error)
+        })
     }
 
     pub fn load(&self) -> Result<Snapshot, StoreError> {
@@ -399,15 +367,32 @@ fn recorded_schema(db: &Database) -> Result<Option<u64>, StoreError> {
         .transpose()
 }
 
-/// Refuses, before anything is written, state that a newer build wrote.
-fn refuse_newer(db: &Database, state_dir: &Path) -> Result<(), StoreError> {
-    match recorded_schema(db)? {
-        Some(found) if found > SCHEMA_VERSION => Err(StoreError::NewerSchema {
-            dir: state_dir.display().to_string(),
-            found,
-        }),
-        _ => Ok(()),
+/// Brings state of schema `recorded` (not newer than this build's) to
+/// [`SCHEMA_VERSION`] inside `txn`: a new directory is stamped, an older one migrated,
+/// all or nothing with the rest of the transaction.
+fn upgrade(
+    txn: &redb::WriteTransaction,
+    recorded: Option<u64>,
+    dir: &str,
+) -> Result<(), StoreError> {
+    if recorded == Some(SCHEMA_VERSION) {
+        return Ok(());
     }
+    let empty = txn
+        .open_table(JOBS)
+        .map_err(db_error)?
+        .is_empty()
+        .map_err(db_error)?;
+    // No record: schema 0, the only version before versions were recorded.
+    if !empty {
+        migrate_from_v0(txn, dir)?;
+        tracing::info!(state_dir = %dir, to = SCHEMA_VERSION, "state migrated from schema version 0");
+    }
+    txn.open_table(META)
+        .map_err(db_error)?
+        .insert(SCHEMA_KEY, json(&SCHEMA_VERSION).as_slice())
+        .map_err(db_error)?;
+    Ok(())
 }
 
 /// Rewrites every job and task record of schema 0 (see [`migrate`]).
