@@ -415,12 +415,7 @@ impl Scheduler {
     ) -> Result<(), SchedulerError> {
         self.held_task(worker_id, lease, now)?;
         match failure {
-            Failure::Fatal => {
-                // The worker holds the task no more (found by the property tests: a
-                // failed task stayed in its worker's leases, and expiry revived it).
-                self.release(worker_id, &lease.task);
-                self.fail_task(lease, error, now)
-            }
+            Failure::Fatal => self.fail_task(lease, error, now),
             Failure::Retryable => self.lose_lease(worker_id, lease, error, true, now),
             Failure::HandedBack => self.lose_lease(worker_id, lease, error, false, now),
         }

@@ -7,15 +7,22 @@ use super::*;
 
 impl Scheduler {
     pub(super) fn fail_task(&mut self, lease: &LeaseRef, error: String, now: Millis) {
+        let mut holder = None;
         if let Some(task) = self
             .jobs
             .get_mut(&lease.task.job)
             .and_then(|j| j.task_mut(&lease.task))
         {
+            holder = task.holder().map(str::to_string);
             task.state = TaskState::Failed {
                 error: error.clone(),
             };
             self.changes.tasks.insert(lease.task.clone());
+        }
+        // A failed task is held by nobody: left in its worker's leases, a later expiry
+        // would revive it (found by the property tests).
+        if let Some(worker) = holder {
+            self.release(&worker, &lease.task);
         }
         let what = EventKind::TaskFailed {
             task: lease.task.clone(),
