@@ -158,6 +158,10 @@ const ENCODERS: [(VisionEncoder, pb::VisionEncoder); 2] = [
     (VisionEncoder::Vit, pb::VisionEncoder::Vit),
     (VisionEncoder::Features, pb::VisionEncoder::Features),
 ];
+const SCORE_MODES: [(ScoreMode, pb::ScoreMode); 2] = [
+    (ScoreMode::TextOnly, pb::ScoreMode::TextOnly),
+    (ScoreMode::WithPictures, pb::ScoreMode::WithPictures),
+];
 const DATA_KINDS: [(DataKind, pb::DataKind); 7] = [
     (DataKind::Text, pb::DataKind::Text),
     (DataKind::GeneratedText, pb::DataKind::GeneratedText),
@@ -325,11 +329,8 @@ pub fn results_to(r: &TaskResults) -> pb::TaskResults {
             .map(|b| pb::BenchmarkScore {
                 benchmark: b.benchmark.clone(),
                 file: b.file.clone(),
-                mode: match b.mode {
-                    None => pb::ScoreMode::Unspecified,
-                    Some(ScoreMode::TextOnly) => pb::ScoreMode::TextOnly,
-                    Some(ScoreMode::WithPictures) => pb::ScoreMode::WithPictures,
-                } as i32,
+                // Unspecified (0): not recorded (results migrated from state schema 0).
+                mode: b.mode.map_or(0, |m| to_wire(&SCORE_MODES, m)),
                 items: b.items,
                 correct: b.correct,
                 accuracy: b.accuracy,
@@ -372,11 +373,7 @@ pub fn results_from(r: Option<pb::TaskResults>) -> TaskResults {
             .benchmarks
             .into_iter()
             .map(|b| BenchmarkScore {
-                mode: match pb::ScoreMode::try_from(b.mode) {
-                    Ok(pb::ScoreMode::TextOnly) => Some(ScoreMode::TextOnly),
-                    Ok(pb::ScoreMode::WithPictures) => Some(ScoreMode::WithPictures),
-                    _ => None,
-                },
+                mode: from_wire(&SCORE_MODES, b.mode, "score mode").ok(),
                 benchmark: b.benchmark,
                 file: b.file,
                 items: b.items,

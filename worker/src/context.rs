@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use outloud_core::results::TaskResults;
 use outloud_core::storage::Location;
 use outloud_core::task::{Assignment, Metrics};
-use outloud_core::task_spec::{TrainSpec, Work};
+use outloud_core::task_spec::TrainSpec;
 use tch::Device;
 use tokio::sync::mpsc;
 
@@ -67,13 +67,12 @@ impl TaskContext {
 
     /// The training settings of a training task.
     pub fn train(&self) -> Result<&TrainSpec, WorkerError> {
-        match &self.assignment.spec.work {
-            Work::Train(train) => Ok(train),
-            _ => Err(WorkerError::Config(format!(
+        self.assignment.spec.train_spec().ok_or_else(|| {
+            WorkerError::Config(format!(
                 "step `{}` is not a training step",
                 self.assignment.step
-            ))),
-        }
+            ))
+        })
     }
 
     /// The job's storage root URL.

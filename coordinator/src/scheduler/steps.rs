@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use outloud_core::results::TaskResults;
-use outloud_core::spec::{JobSpec, PhaseKind};
+use outloud_core::spec::JobSpec;
 use outloud_core::task_spec::TaskSpec;
 use serde::{Deserialize, Serialize};
 
@@ -120,11 +120,6 @@ pub fn expand(job_id: &str, spec: &JobSpec) -> Result<Vec<Step>, String> {
             steps.push(Step { inputs, ..step });
         }
     }
-    debug_assert!(
-        spec.phases
-            .iter()
-            .all(|p| p.kind != PhaseKind::SelfSynthesis)
-    );
     Ok(steps)
 }
 
@@ -160,14 +155,6 @@ impl Step {
 
     pub fn is_evaluation(&self) -> bool {
         matches!(self.kind, StepKind::Evaluate { .. })
-    }
-
-    /// The spec phase a training or eval step belongs to.
-    pub fn spec_phase(&self) -> Option<usize> {
-        match self.kind {
-            StepKind::Train { phase } | StepKind::Evaluate { phase } => Some(phase as usize),
-            StepKind::Prepare => None,
-        }
     }
 
     /// The step's metrics: sums over its tasks, the step of the slowest.
