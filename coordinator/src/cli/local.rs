@@ -78,7 +78,7 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
     let binary = worker_binary()?;
     let mut workers = Vec::new();
     for i in 0..cluster.workers {
-        let log = std::fs::File::create(log_dir.join(format!("worker-{i}.log")))?;
+        let log = std::fs::File::create(worker_log(&log_dir, i))?;
         let mut command = Command::new(&binary);
         command
             .args([
@@ -219,11 +219,16 @@ async fn workers_gone(workers: &mut [Child]) {
     }
 }
 
+/// Where worker `i` of a local cluster logs.
+fn worker_log(log_dir: &std::path::Path, i: u32) -> PathBuf {
+    log_dir.join(format!("worker-{i}.log"))
+}
+
 /// The last lines of each worker's log, to say why they died.
 fn log_tails(log_dir: &std::path::Path, workers: u32) -> String {
     (0..workers)
         .map(|i| {
-            let file = log_dir.join(format!("worker-{i}.log"));
+            let file = worker_log(log_dir, i);
             let text = std::fs::read_to_string(&file).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = lines[lines.len().saturating_sub(5)..].join("\n");
