@@ -9,6 +9,8 @@ use outloud_coordinator::bench;
 
 #[derive(Debug, Parser)]
 struct Args {
+    #[command(subcommand)]
+    load: Option<Load>,
     /// Simulated worker counts, one scenario each.
     #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
     workers: Vec<usize>,
@@ -21,6 +23,66 @@ struct Args {
     /// Where the Markdown report goes.
     #[arg(long, default_value = "benchmarks/coordinator.md")]
     out: std::path::PathBuf,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Load {
+    /// Many workers and CLI clients at once against one coordinator process: errors,
+    /// latency per call and memory growth (`scripts/bench load`).
+    Load {
+        #[arg(long, default_value_t = 1000)]
+        workers: usize,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        #[arg(long, default_value = "benchmarks/load.md")]
+        out: std::path::PathBuf,
+    },
+}
+
+/// Runs the load benchmark; fails when any call failed.
+fn load(load: Load) -> anyhow::Result<()> {
+    let Load::Load {
+        workers,
+        clients,
+        seconds,
+        out,
+    } = load;
+    let outloud = std::env::current_exe()?.with_file_name("outloud");
+    let config = bench::load::LoadConfig {
+        workers,
+        clients,
+        duration: Duration::from_secs_f64(seconds),
+        outloud,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(bench::load::run(&config))?;
+    let text = format!(
+        "# Coordinator under load
+
+{} on {}; the coordinator is its own process, with durable state; everything on loopback on the same machine.
+
+{}",
+        today(),
+        machine(),
+        bench::load::markdown(&report)
+    );
+    println!("{text}");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, &text)?;
+    std::fs::write(
+        out.with_extension("json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    anyhow::ensure!(
+        report.errors == 0,
+        "{} calls failed under load",
+        report.errors
+    );
+    Ok(())
 }
 
 fn machine() -> String {
@@ -50,6 +112,9 @@ fn today() -> String {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     outloud_core::telemetry::init("warn");
+    if let Some(command) = args.load {
+        return load(command);
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     let duration = Duration::from_secs_f64(args.seconds);
     let mut rounds = Vec::new();
