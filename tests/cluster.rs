@@ -12,13 +12,6 @@ use support::*;
 
 const GENERATED: &str = "  - {name: corpus, kind: generated_text, seed: 11, words: 60000}";
 
-fn task_output(job: &Job) -> String {
-    match &job.step("language").unwrap().tasks[0].state {
-        TaskState::Succeeded { output } => output.clone(),
-        other => panic!("task not succeeded: {other:?}"),
-    }
-}
-
 /// The final loss is clearly below the first, and the final checkpoint is complete.
 fn assert_trained(job: &Job, storage: &Path, margin: f64) {
     assert_succeeded(job);
@@ -29,11 +22,10 @@ fn assert_trained(job: &Job, storage: &Path, margin: f64) {
         last < first - margin,
         "loss went from {first:.3} to {last:.3}: not down by {margin}"
     );
-    let output = task_output(job);
-    let dir = storage.join(format!("jobs/{}/language/final", job.id));
+    let dir = committed_path(job, "language");
     assert!(
-        output.ends_with(&format!("jobs/{}/language/final", job.id)),
-        "{output}"
+        dir.starts_with(storage) && dir.ends_with("final"),
+        "{dir:?}"
     );
     for file in [
         "model.safetensors",
@@ -96,7 +88,7 @@ async fn two_workers_train_phase_one_on_generated_text() {
     assert!(
         storage
             .join(format!(
-                "jobs/{id}/language/checkpoints/step-000150/manifest.json"
+                "jobs/{id}/language/attempt-1/checkpoints/step-000150/manifest.json"
             ))
             .exists()
     );
@@ -206,10 +198,16 @@ async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refuse
         tonic::Code::FailedPrecondition,
         "{refused:?}"
     );
+    // Its commit of what it wrote in its own attempt's folder is refused too, and what
+    // the job committed is the new lease's, in the new attempt's folder.
+    let zombie_output = committed(&job, "language").replace(
+        &format!("/attempt-{}/", old_epoch + 1),
+        &format!("/attempt-{old_epoch}/"),
+    );
     let late = pb::CompleteTaskRequest {
         worker_id: victim,
         lease: Some(stale),
-        output: "zombie".into(),
+        output: zombie_output.clone(),
         ..Default::default()
     };
     let refused = cluster
@@ -219,7 +217,12 @@ async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refuse
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(!task_output(&job).contains("zombie"));
+    let after = cluster.wait(&id, Duration::from_secs(5), finished).await;
+    assert_ne!(committed(&after, "language"), zombie_output);
+    assert_eq!(
+        after.step("language").unwrap().tasks[0].epoch,
+        old_epoch + 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -309,10 +312,9 @@ async fn phase_one_reads_and_checkpoints_through_s3() {
     let id = cluster.submit(&yaml).await;
     let job = cluster.wait(&id, Duration::from_secs(180), finished).await;
     assert_succeeded(&job);
-    assert_eq!(
-        task_output(&job),
-        format!("s3://outloud/runs/jobs/{id}/language/final")
-    );
+    let output = committed(&job, "language");
+    assert!(output.starts_with("s3://outloud/runs/jobs/"), "{output}");
+    let attempt = output.strip_suffix("/final").unwrap();
 
     // The checkpoint and the generated corpus are objects in the S3 server.
     let root = outloud_core::storage::Location::open_with("s3://outloud/runs", s3.env()).unwrap();
@@ -324,12 +326,12 @@ async fn phase_one_reads_and_checkpoints_through_s3() {
         .map(|l| l.url().to_string())
         .collect();
     for expected in [
-        "language/final/model.safetensors",
-        "language/final/manifest.json",
-        "language/final/tokenizer.json",
-        "language/checkpoints/step-000050/manifest.json",
+        "final/model.safetensors",
+        "final/manifest.json",
+        "final/tokenizer.json",
+        "checkpoints/step-000050/manifest.json",
     ] {
-        let wanted = format!("s3://outloud/runs/jobs/{id}/{expected}");
+        let wanted = format!("{attempt}/{expected}");
         assert!(names.contains(&wanted), "{wanted} not in {names:#?}");
     }
     assert!(
@@ -338,8 +340,9 @@ async fn phase_one_reads_and_checkpoints_through_s3() {
             .any(|n| n.starts_with("s3://outloud/runs/data/corpus-seed11")),
         "{names:#?}"
     );
-    let manifest = root
-        .join(&format!("jobs/{id}/language/final/manifest.json"))
+    let manifest = outloud_core::storage::Location::open_with(&output, s3.env())
+        .unwrap()
+        .join("manifest.json")
         .get()
         .await
         .unwrap();
@@ -406,6 +409,8 @@ async fn a_loss_that_becomes_nan_fails_the_phase_and_saves_nothing_after_it() {
     assert!(error.contains("diverged: the loss became"), "{error}");
     let task = &job.step("language").unwrap().tasks[0];
     assert_eq!((task.epoch, task.lost_leases), (1, 0), "not retried");
-    let last = cluster.storage().join(format!("jobs/{id}/language/final"));
+    let last = cluster
+        .storage()
+        .join(format!("jobs/{id}/language/attempt-1/final"));
     assert!(!last.exists(), "no final checkpoint after a NaN loss");
 }

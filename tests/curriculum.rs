@@ -137,9 +137,7 @@ phases:
     );
     // Each phase's final checkpoint records the vision path once pictures are involved.
     let manifest = |phase: &str| -> serde_json::Value {
-        let path = cluster
-            .storage()
-            .join(format!("jobs/{id}/{phase}/final/manifest.json"));
+        let path = committed_path(&job, phase).join("manifest.json");
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     };
     assert!(manifest("language").get("vision").is_none());

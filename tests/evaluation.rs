@@ -80,9 +80,7 @@ phases:
     assert_eq!(names, ["prepare", "language", "language.eval"]);
 
     // The results in storage: every file found, every item scored, accuracy as defined.
-    let results_path = cluster
-        .storage()
-        .join(format!("jobs/{id}/language.eval/results.json"));
+    let results_path = committed_path(&job, "language.eval");
     let results: Value = serde_json::from_slice(&std::fs::read(&results_path).unwrap()).unwrap();
     let expected = slice_files();
     let mut seen = 0;
@@ -155,7 +153,7 @@ phases:
     );
 
     // The same 50 pairs scored by PyTorch from the exported checkpoint and tokenizer.
-    let checkpoint = cluster.storage().join(format!("jobs/{id}/language/final"));
+    let checkpoint = committed_path(&job, "language");
     let paradigm = "anaphor_gender_agreement";
     let file = eval.join(format!("blimp_filtered/{paradigm}.jsonl"));
     let output = Command::new(python())
@@ -334,7 +332,9 @@ phases:
     let scored = |name: &str| reported.benchmark(name).map(|b| b.items);
     assert_eq!(scored("blimp"), Some(items(uploads[0]) + items(uploads[1])));
     assert_eq!(scored("ewok"), Some(items(uploads[2])));
-    let results = bucket.join(&format!("runs/jobs/{id}/language.eval/results.json"));
+    let results =
+        outloud_core::storage::Location::open_with(&committed(&job, "language.eval"), s3.env())
+            .unwrap();
     let results: Value = serde_json::from_slice(&results.get().await.unwrap()).unwrap();
     assert_eq!(results["benchmarks"].as_array().unwrap().len(), 2);
 }

@@ -52,7 +52,7 @@ fn bad_specs() -> Vec<(&'static str, String, &'static str)> {
                 "kind: generated_text\n    words: 1000",
                 "kind: text\n    path: ./no/such/folder",
             ),
-            "bad.yaml:6:11: data[0].path: data source `corpus` cannot be read",
+            "bad.yaml:6:11: data[0].path: nothing at `file://",
         ),
         (
             "undefined data source",
@@ -198,7 +198,7 @@ async fn calls_without_the_right_token_are_unauthenticated() {
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{given:?}");
         let refused = connection
             .jobs()
-            .list_jobs(pb::ListJobsRequest {})
+            .list_jobs(pb::ListJobsRequest::default())
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{given:?}");
@@ -244,7 +244,7 @@ async fn calls_without_the_right_token_are_unauthenticated() {
     let connection = connect(&coordinator.url, Some(token)).await;
     let workers = connection
         .jobs()
-        .list_workers(pb::ListWorkersRequest {})
+        .list_workers(pb::ListWorkersRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -377,7 +377,7 @@ async fn users_and_workers_hold_different_tokens() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let refused = as_worker
         .jobs()
-        .list_jobs(pb::ListJobsRequest {})
+        .list_jobs(pb::ListJobsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);

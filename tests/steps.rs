@@ -72,9 +72,7 @@ phases:
         "the branches overlap: tasks {a:?}, tasks-long {b:?}"
     );
     for branch in ["tasks", "tasks-long"] {
-        let manifest = cluster
-            .storage()
-            .join(format!("jobs/{id}/{branch}/final/manifest.json"));
+        let manifest = committed_path(&job, branch).join("manifest.json");
         assert!(manifest.exists(), "{branch} left its own final checkpoint");
     }
 
@@ -267,7 +265,7 @@ phases:
     assert_ne!(ids[0], ids[1], "each run has its own job");
     for id in &ids {
         let final_model = dir.path().join(format!(
-            ".outloud/small/jobs/{id}/vision-language/final/manifest.json"
+            ".outloud/small/jobs/{id}/vision-language/attempt-1/final/manifest.json"
         ));
         assert!(final_model.exists(), "{id} wrote its own outputs");
     }

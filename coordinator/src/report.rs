@@ -424,8 +424,15 @@ mod tests {
             } else {
                 TaskResults::default()
             };
-            s.complete(&w, &a.lease, Metrics::default(), "out".into(), given, 2)
-                .unwrap();
+            s.complete(
+                &w,
+                &a.lease,
+                Metrics::default(),
+                a.output_root.clone(),
+                given,
+                2,
+            )
+            .unwrap();
         }
         Report::of(s.job(&job).unwrap())
     }

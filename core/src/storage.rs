@@ -38,6 +38,15 @@ pub fn absolute_url(location: &str, working_dir: &str) -> Result<Url, String> {
     Url::from_file_path(&path).map_err(|()| format!("`{location}` is not a usable path"))
 }
 
+/// The URL `relative` (slash-separated) names below `base`.
+pub fn join_url(base: &str, relative: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        relative.trim_matches('/')
+    )
+}
+
 /// Removes `.` and `..` without touching the file system (the path may not exist yet).
 fn normalize(path: &FsPath) -> PathBuf {
     let mut out = PathBuf::new();
@@ -53,12 +62,24 @@ fn normalize(path: &FsPath) -> PathBuf {
     out
 }
 
+/// Whether `url` is `root` or lies below it (no `..` step out of it).
+pub fn is_within(url: &str, root: &str) -> bool {
+    let root = root.trim_end_matches('/');
+    url == root
+        || url
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.starts_with('/') && !rest.split('/').any(|p| p == ".."))
+}
+
 /// A place in an object store: the store plus a prefix inside it.
 #[derive(Clone)]
 pub struct Location {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    /// Where names read from files here may lead ([`Location::beside`]): the data
+    /// source this location belongs to. `None`: anywhere in the same store.
+    bound: Option<String>,
 }
 
 impl std::fmt::Debug for Location {
@@ -93,7 +114,29 @@ impl Location {
             store: Arc::from(store),
             prefix,
             url: url.trim_end_matches('/').to_string(),
+            bound: None,
         })
+    }
+
+    /// Opens a user's data source (a file or a folder). Paths named inside its files (a
+    /// JSONL row's `image`, a manifest's pictures) resolve only within the source: its
+    /// folder, or the folder its one file is in. A row naming `../../etc/passwd` or
+    /// `/root/x` is refused, whatever the worker could read.
+    pub async fn open_source(url: &str) -> Result<Self, StorageError> {
+        let location = Self::open(url)?;
+        let folder = if location.is_object().await? {
+            location.url.rsplit_once('/').map_or(url, |(dir, _)| dir)
+        } else {
+            url
+        }
+        .to_string();
+        Ok(location.within(&folder))
+    }
+
+    /// This location, with names read from its files confined to `folder`.
+    pub fn within(mut self, folder: &str) -> Self {
+        self.bound = Some(folder.trim_end_matches('/').to_string());
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -109,7 +152,8 @@ impl Location {
         Self {
             store: self.store.clone(),
             prefix,
-            url: format!("{}/{}", self.url, relative.trim_matches('/')),
+            url: join_url(&self.url, relative),
+            bound: self.bound.clone(),
         }
     }
 
@@ -120,14 +164,23 @@ impl Location {
             url: format!("{} + {relative}", self.url),
             reason,
         };
-        let url = Url::parse(&self.url)
-            .and_then(|u| u.join(relative))
-            .map_err(|e| bad(e.to_string()))?;
+        let here = Url::parse(&self.url).map_err(|e| bad(e.to_string()))?;
+        let url = here.join(relative).map_err(|e| bad(e.to_string()))?;
+        // The same store only: another scheme or host would be read from this one.
+        if (url.scheme(), url.host_str()) != (here.scheme(), here.host_str()) {
+            return Err(bad("names another store".into()));
+        }
+        if let Some(bound) = &self.bound
+            && !is_within(url.as_str(), bound)
+        {
+            return Err(bad(format!("lies outside its data source `{bound}`")));
+        }
         let prefix = Path::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             store: self.store.clone(),
             prefix,
             url: url.to_string(),
+            bound: self.bound.clone(),
         })
     }
 
@@ -168,6 +221,20 @@ impl Location {
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             // A local directory answers head() with an error of its own.
             Err(_) if self.url.starts_with("file:") => Ok(false),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Whether anything is here: an object, or one below. Reads at most the first entry
+    /// of a listing, so a client naming a huge tree costs one step, not a walk.
+    pub async fn exists(&self) -> Result<bool, StorageError> {
+        if self.is_object().await? {
+            return Ok(true);
+        }
+        let mut listing = self.store.list(Some(&self.prefix));
+        match listing.try_next().await {
+            Ok(first) => Ok(first.is_some()),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(self.error(e)),
         }
     }
@@ -247,5 +314,49 @@ mod tests {
             root.join("nothing").objects().await,
             Err(StorageError::Missing { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn names_read_from_a_data_source_stay_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Location::open(
+            absolute_url(".", dir.path().to_str().unwrap())
+                .unwrap()
+                .as_str(),
+        )
+        .unwrap();
+        root.join("secret.txt").put(b"s".to_vec()).await.unwrap();
+        root.join("set/images/a.png")
+            .put(b"a".to_vec())
+            .await
+            .unwrap();
+        root.join("set/rows.jsonl")
+            .put(b"{}".to_vec())
+            .await
+            .unwrap();
+        // A source that is a folder, and one that is a file: both bound to the folder.
+        let in_folder = Location::open_source(root.join("set").url()).await.unwrap();
+        let file = Location::open_source(root.join("set/rows.jsonl").url())
+            .await
+            .unwrap();
+        for file in [in_folder.join("rows.jsonl"), file] {
+            assert!(file.beside("images/a.png").is_ok());
+            for escape in [
+                "../secret.txt",
+                "images/../../secret.txt",
+                "/etc/passwd",
+                "file:///etc/passwd",
+                "s3://bucket/x",
+                "%2e%2e/secret.txt",
+            ] {
+                let refused = file.beside(escape);
+                assert!(refused.is_err(), "{file:?}: {escape} -> {refused:?}");
+            }
+        }
+        // Unbounded locations (the job's own storage) still refuse another store.
+        assert!(root.join("set/rows.jsonl").beside("s3://bucket/x").is_err());
+        assert!(root.join("set/rows.jsonl").beside("../secret.txt").is_ok());
+        assert!(root.exists().await.unwrap());
+        assert!(!root.join("none").exists().await.unwrap());
     }
 }

@@ -12,7 +12,7 @@ use crate::task_spec::TaskSpec;
 /// any other version with a message that says which side to upgrade, instead of failing
 /// somewhere inside the task. Bump it when a worker of the previous version would
 /// misread an assignment.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// `<job id>/<step index>/<shard>`: every task of every job, unambiguously.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -87,10 +87,13 @@ pub struct Metrics {
 pub struct Assignment {
     pub lease: LeaseRef,
     pub job_id: String,
-    /// The step's name; its outputs go under `jobs/<job>/<step>/` in the job's storage.
+    /// The step's name.
     pub step: String,
     pub shards: u32,
     pub spec: TaskSpec,
+    /// The folder this lease writes everything into (see [`attempt_folder`]). Nothing
+    /// in it is read by anyone until the coordinator accepts the commit that names it.
+    pub output_root: String,
     /// The newest checkpoint this task reported: a new lease resumes from it.
     pub resume_checkpoint: Option<String>,
     /// The checkpoint the task starts from (training) or scores (evaluation).
@@ -98,6 +101,19 @@ pub struct Assignment {
     /// The step of this job that wrote `input_checkpoint`: a checkpoint whose manifest
     /// names another job or step is refused.
     pub input_step: Option<String>,
+}
+
+/// Where one attempt at a task writes: `jobs/<job>/<step>/[shard-<k>/]attempt-<epoch>`
+/// in the job's storage. Every lease writes under its own epoch, so a worker that lost
+/// its lease (a zombie behind a partition) can never overwrite what a newer lease wrote;
+/// its files stay in a folder that no accepted commit names.
+pub fn attempt_folder(task: &TaskId, step: &str, shards: u32, epoch: u64) -> String {
+    let shard = if shards > 1 {
+        format!("shard-{}/", task.shard)
+    } else {
+        String::new()
+    };
+    format!("jobs/{}/{step}/{shard}attempt-{epoch}", task.job)
 }
 
 #[cfg(test)]
@@ -113,5 +129,25 @@ mod tests {
         };
         assert_eq!(id.to_string().parse::<TaskId>().unwrap(), id);
         assert!("nojob".parse::<TaskId>().is_err());
+    }
+
+    #[test]
+    fn attempts_write_apart() {
+        use crate::storage::is_within;
+        let id = TaskId {
+            job: "j".into(),
+            step: 1,
+            shard: 3,
+        };
+        assert_eq!(attempt_folder(&id, "lang", 1, 2), "jobs/j/lang/attempt-2");
+        assert_eq!(
+            attempt_folder(&id, "syn", 8, 2),
+            "jobs/j/syn/shard-3/attempt-2"
+        );
+        let root = "file:///s/jobs/j/lang/attempt-2";
+        assert!(is_within(root, root));
+        assert!(is_within(&format!("{root}/final"), root));
+        assert!(!is_within("file:///s/jobs/j/lang/attempt-20/final", root));
+        assert!(!is_within(&format!("{root}/../attempt-3/final"), root));
     }
 }

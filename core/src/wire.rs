@@ -65,6 +65,7 @@ pub fn assignment_to(a: &Assignment) -> pb::TaskAssignment {
         resume_checkpoint: a.resume_checkpoint.clone(),
         input_checkpoint: a.input_checkpoint.clone(),
         input_step: a.input_step.clone(),
+        output_root: a.output_root.clone(),
         protocol_version: PROTOCOL_VERSION,
         spec: Some(task_spec_to(&a.spec)),
     }
@@ -93,6 +94,7 @@ pub fn assignment_from(task: pb::TaskAssignment) -> Result<Assignment, String> {
         resume_checkpoint: task.resume_checkpoint,
         input_checkpoint: task.input_checkpoint,
         input_step: task.input_step,
+        output_root: task.output_root,
     })
 }
 
@@ -434,6 +436,7 @@ mod tests {
             resume_checkpoint: Some("file:///r".into()),
             input_checkpoint: Some("file:///j/l/final".into()),
             input_step: Some("l".into()),
+            output_root: "file:///j/v/attempt-3".into(),
         }
     }
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use outloud_coordinator::scheduler::{Job, RunState};
-use outloud_core::client::Connection;
+use outloud_coordinator::scheduler::{Job, RunState, TaskState};
+use outloud_core::client::{Connection, Dial};
 use outloud_proto::v1 as pb;
 
 /// Training tests share two cores: run them one at a time.
@@ -48,7 +48,7 @@ fn log_file(dir: &Path, name: &str) -> std::fs::File {
 
 /// A child process killed when dropped.
 pub struct Process {
-    child: Child,
+    pub child: Child,
     pub name: String,
 }
 
@@ -219,7 +219,7 @@ pub fn cli_in(dir: &Path, args: &[&str]) -> Output {
 }
 
 pub async fn connect(url: &str, token: Option<&str>) -> Connection {
-    Connection::open(url, token)
+    Connection::open(url, &Dial::token(token))
         .await
         .expect("connecting to the coordinator")
 }
@@ -240,7 +240,10 @@ pub async fn submit(connection: &Connection, yaml: &str, working_dir: &Path) -> 
 }
 
 pub async fn job(connection: &Connection, id: &str) -> Job {
-    let request = pb::GetJobRequest { job_id: id.into() };
+    let request = pb::GetJobRequest {
+        job_id: id.into(),
+        ..Default::default()
+    };
     let answer = connection
         .jobs()
         .get_job(request)
@@ -260,7 +263,10 @@ pub async fn wait_until(
     let deadline = Instant::now() + timeout;
     loop {
         // Transient errors are expected while a coordinator restarts.
-        let request = pb::GetJobRequest { job_id: id.into() };
+        let request = pb::GetJobRequest {
+            job_id: id.into(),
+            ..Default::default()
+        };
         if let Ok(answer) = connection.jobs().get_job(request).await {
             let job: Job = serde_json::from_str(&answer.into_inner().job_json).unwrap();
             if done(&job) {
@@ -290,6 +296,27 @@ pub fn assert_succeeded(job: &Job) {
         "job did not succeed: {:?}",
         job.error
     );
+}
+
+/// What the first task of step `step` committed (its URL), checked to lie in the
+/// folder of the lease that committed it: `.../<step>/attempt-<epoch>/`.
+pub fn committed(job: &Job, step: &str) -> String {
+    let task = &job
+        .step(step)
+        .unwrap_or_else(|| panic!("no step {step}"))
+        .tasks[0];
+    let TaskState::Succeeded { output } = &task.state else {
+        panic!("{step} did not succeed: {:?}", task.state);
+    };
+    let folder = format!("/jobs/{}/{step}/attempt-{}/", job.id, task.epoch);
+    assert!(output.contains(&folder), "{output} is not in {folder}");
+    output.clone()
+}
+
+/// The local path of what step `step` committed in `file://` storage.
+pub fn committed_path(job: &Job, step: &str) -> PathBuf {
+    let url = url::Url::parse(&committed(job, step)).unwrap();
+    url.to_file_path().unwrap()
 }
 
 /// A phase-1 job spec on the given data section.

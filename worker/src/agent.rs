@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outloud_core::client::{Connection, Workers};
+use outloud_core::client::{Connection, Dial, Workers};
 use outloud_core::task::{Assignment, Metrics};
 use outloud_core::wire;
 use outloud_proto::v1 as pb;
@@ -31,7 +31,7 @@ const REPORT_PATIENCE: Duration = Duration::from_secs(300);
 
 pub struct AgentConfig {
     pub coordinator: String,
-    pub token: Option<String>,
+    pub dial: Dial,
     pub threads: u32,
     pub device: Device,
 }
@@ -77,7 +77,7 @@ fn worker_info(config: &AgentConfig) -> pb::WorkerInfo {
 
 /// Runs until `shutdown` turns true; a task in flight is handed back first.
 pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let connection = Connection::lazy(&config.coordinator, config.token.as_deref())?;
+    let connection = Connection::lazy(&config.coordinator, &config.dial)?;
     let mut client = connection.workers();
     let info = worker_info(&config);
     let registered = loop {
@@ -286,6 +286,10 @@ impl Agent {
                 tracing::warn!(error = %status.message(), "progress refused; stopping the task");
                 stop.store(true, Ordering::Relaxed);
             }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                tracing::error!(error = %status.message(), "progress refused for what it names; not sending it again");
+                *unsent = Unsent::default();
+            }
             Err(status) => {
                 tracing::warn!(error = %status.message(), "progress not delivered; will retry with the next report")
             }
@@ -296,7 +300,7 @@ impl Agent {
         let metrics: Metrics = output.metrics;
         let request = pb::CompleteTaskRequest {
             worker_id: self.worker_id.clone(),
-            lease: Some(lease),
+            lease: Some(lease.clone()),
             metrics: Some(wire::metrics_to(&metrics)),
             output: output.output,
             results: Some(wire::results_to(&output.results)),
@@ -304,7 +308,18 @@ impl Agent {
         let answer = self.deliver(|mut client, request| async move { client.complete_task(request).await.map(|_| ()) }, request).await;
         match answer {
             Ok(()) => tracing::info!(loss = metrics.loss, steps = metrics.step, "task completed"),
-            Err(status) => tracing::warn!(error = %status.message(), "completion not accepted"),
+            Err(status) if is_lease_gone(&status) || is_transient(&status) => {
+                tracing::warn!(error = %status.message(), "completion not accepted")
+            }
+            // Refused for what it names (an output outside this lease's folder): it
+            // would be refused again, so the task fails saying why.
+            Err(status) => {
+                let why = format!(
+                    "the coordinator refused this task's output: {}",
+                    status.message()
+                );
+                self.fail(lease, &WorkerError::Config(why)).await;
+            }
         }
     }
 

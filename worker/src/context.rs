@@ -80,9 +80,10 @@ impl TaskContext {
         &self.assignment.spec.storage
     }
 
-    /// Where the step keeps its outputs: `<storage>/jobs/<job>/<step>/`.
-    pub fn step_root(&self) -> Result<Location, WorkerError> {
-        let a = &self.assignment;
-        Ok(Location::open(self.storage())?.join(&format!("jobs/{}/{}", a.job_id, a.step)))
+    /// Where this lease writes everything it makes: its attempt's own folder,
+    /// `<storage>/jobs/<job>/<step>/[shard-<k>/]attempt-<epoch>`, which the coordinator
+    /// chose. What it commits must lie inside.
+    pub fn output_root(&self) -> Result<Location, WorkerError> {
+        Ok(Location::open(&self.assignment.output_root)?)
     }
 }

@@ -64,6 +64,7 @@ fn world_folder(storage: &str, source: &DataInput) -> Result<(Location, Location
         source.name, size.seed, size.train_pictures, size.image_size
     );
     let folder = Location::open(storage)?.join(&name);
+    let folder = folder.clone().within(folder.url());
     let marker = folder.join(WORLD_MARKER);
     Ok((folder, marker))
 }
@@ -148,7 +149,7 @@ pub async fn source_root(storage: &str, source: &DataInput) -> Result<Location, 
             let url = source.url.as_deref().ok_or_else(|| {
                 WorkerError::Config(format!("`{}` ({}) has no path", source.name, kind.name()))
             })?;
-            Ok(Location::open(url)?)
+            Ok(Location::open_source(url).await?)
         }
     }
 }

@@ -16,12 +16,15 @@ use crate::optim::AdamW;
 
 /// Where training resumes: the newest checkpoint of this task that verifies, else
 /// nothing. The coordinator names the newest one reported; if it is corrupt or
-/// incomplete it is refused (never loaded) and older ones are tried, newest first.
+/// incomplete it is refused (never loaded) and older ones of this task are tried, newest
+/// first, whichever earlier attempt wrote them.
 pub async fn resume_point(ctx: &TaskContext) -> Option<Loaded> {
     let newest = ctx.assignment.resume_checkpoint.as_deref()?;
     let mut candidates = vec![newest.to_string()];
-    if let Ok(root) = ctx.step_root() {
-        candidates.extend(older_checkpoints(&root.join("checkpoints"), newest).await);
+    if let Some(task_folder) = ctx.assignment.output_root.rsplit_once('/').map(|(t, _)| t)
+        && let Ok(folder) = Location::open(task_folder)
+    {
+        candidates.extend(older_checkpoints(&folder, newest).await);
     }
     for url in candidates {
         let Ok(location) = Location::open(&url) else {
@@ -36,22 +39,33 @@ pub async fn resume_point(ctx: &TaskContext) -> Option<Loaded> {
     None
 }
 
-/// Checkpoint folders under `folder` named before `newest` (names sort by step), newest first.
-async fn older_checkpoints(folder: &Location, newest: &str) -> Vec<String> {
-    let Ok(objects) = folder.list().await else {
+/// The step a checkpoint folder's name records (`.../checkpoints/step-000150`).
+fn checkpoint_step(url: &str) -> Option<u64> {
+    url.rsplit_once("/step-")?.1.parse().ok()
+}
+
+/// Checkpoint folders of every attempt under `task_folder` from before `newest`'s
+/// step, newest first (the latest attempt first among equal steps).
+async fn older_checkpoints(task_folder: &Location, newest: &str) -> Vec<String> {
+    let (Ok(objects), Some(limit)) = (task_folder.list().await, checkpoint_step(newest)) else {
         return Vec::new();
     };
-    let mut found: Vec<String> = objects
+    let attempt = |url: &str| -> u64 {
+        url.rsplit_once("/attempt-")
+            .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut found: Vec<(u64, u64, String)> = objects
         .iter()
         .filter_map(|o| {
             o.url()
                 .strip_suffix(&format!("/{}", checkpoint::MANIFEST_FILE))
         })
-        .filter(|dir| *dir < newest)
-        .map(str::to_string)
+        .filter_map(|dir| Some((checkpoint_step(dir)?, attempt(dir), dir.to_string())))
+        .filter(|(step, _, _)| *step < limit)
         .collect();
     found.sort_unstable_by(|a, b| b.cmp(a));
-    found
+    found.into_iter().map(|(_, _, dir)| dir).collect()
 }
 
 /// The checkpoint the step names as its input, verified, and written by the job and

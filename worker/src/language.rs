@@ -77,7 +77,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     };
     let fit = Fit {
         ctx,
-        root: ctx.step_root()?,
+        root: ctx.output_root()?,
         tokenizer_json: tokenizer.to_json()?,
         model: shape,
         vision: None,

@@ -341,6 +341,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_row_naming_a_picture_outside_its_data_source_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        world(dir.path()).await;
+        // A readable picture beside the source, and rows that reach for it.
+        let outside = dir.path().join("captions/images/train-000000.png");
+        std::fs::copy(&outside, dir.path().join("private.png")).unwrap();
+        let rows = [
+            r#"{"image": "images/train-000000.png", "caption": "fine"}"#,
+            r#"{"image": "../private.png", "caption": "escapes"}"#,
+            &format!(
+                r#"{{"image": "{}", "caption": "absolute"}}"#,
+                dir.path().join("private.png").display()
+            ),
+        ];
+        let file = dir.path().join("captions/hostile.jsonl");
+        std::fs::write(&file, rows.join("\n")).unwrap();
+        let url = url::Url::from_file_path(&file).unwrap();
+        let source = Location::open_source(url.as_str()).await.unwrap();
+        let (pairs, skipped) = captioned(&source, 16).await.unwrap();
+        assert_eq!((pairs.len(), skipped.count), (1, 2), "{skipped:?}");
+        assert!(
+            skipped
+                .examples
+                .iter()
+                .all(|e| e.contains("outside its data source")),
+            "{skipped:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn questions_and_unlabeled_images_load_from_their_folders() {
         let dir = tempfile::tempdir().unwrap();
         let world = world(dir.path()).await;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use outloud_core::client::Dial;
 use outloud_core::results::percent;
 use outloud_core::storage::{Location, absolute_url};
 use outloud_core::{auth, telemetry};
@@ -29,6 +30,13 @@ struct Args {
     /// File holding the bearer token (else $OUTLOUD_WORKER_TOKEN, else $OUTLOUD_TOKEN).
     #[arg(long, env = "OUTLOUD_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// The CA certificate (PEM) that signed the coordinator's, for an https:// URL
+    /// (else the system's roots).
+    #[arg(long, env = "OUTLOUD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Send the token over plain TCP beyond loopback (on a network you trust).
+    #[arg(long)]
+    insecure: bool,
     /// Torch intra-op threads.
     #[arg(long, default_value_t = 1)]
     threads: u32,
@@ -82,12 +90,13 @@ fn main() -> anyhow::Result<()> {
         return evaluate(command, device(&args.device)?);
     }
     telemetry::init("info");
+    let token = match auth::load_worker_token(args.token_file.as_deref())? {
+        Some(token) => Some(token),
+        None => auth::load_token(None)?,
+    };
     let config = AgentConfig {
         coordinator: args.coordinator,
-        token: match auth::load_worker_token(args.token_file.as_deref())? {
-            Some(token) => Some(token),
-            None => auth::load_token(None)?,
-        },
+        dial: Dial::from_flags(token, args.tls_ca.as_deref(), args.insecure)?,
         threads: args.threads,
         device: device(&args.device)?,
     };

@@ -178,7 +178,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     tracing::info!(examples = examples.len(), skipped, "examples ready");
     let fit = Fit {
         ctx,
-        root: ctx.step_root()?,
+        root: ctx.output_root()?,
         tokenizer_json: tokenizer.to_json()?,
         model: shape,
         vision: Some(vision),

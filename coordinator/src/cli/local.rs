@@ -14,7 +14,7 @@ use crate::report::Report;
 use crate::scheduler::{RunState, StepKind, TaskState};
 use crate::server::{self, ServerConfig};
 use crate::view;
-use outloud_core::client::Connection;
+use outloud_core::client::{Connection, Dial};
 
 pub struct LocalCluster {
     pub file: PathBuf,
@@ -56,13 +56,12 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = ServerConfig {
-        state_dir: state_dir.join("coordinator"),
-        lease_timeout: Duration::from_secs(5),
-        token: cluster.token.clone(),
-        worker_token: None,
-        fail_store_writes_after: None,
-    };
+    // The user's own machine: paths are not confined, plain loopback is fine.
+    let config = ServerConfig::local(
+        state_dir.join("coordinator"),
+        Duration::from_secs(5),
+        cluster.token.clone(),
+    );
     let metrics = match &cluster.metrics_listen {
         Some(addr) => Some(super::bind(addr).await?),
         None => None,
@@ -101,7 +100,7 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let connection = Connection::open(&url, cluster.token.as_deref()).await?;
+    let connection = Connection::open(&url, &Dial::token(cluster.token.as_deref())).await?;
     let outcome = async {
         let job_id = super::submit(&connection, &cluster.file).await?;
         eprintln!("job {job_id} submitted with {} workers", cluster.workers);

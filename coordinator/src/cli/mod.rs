@@ -3,22 +3,22 @@
 //! on this machine).
 
 mod local;
+mod serve;
 mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use outloud_proto::v1 as pb;
 
+use crate::admission;
 use crate::report::Report;
 use crate::scheduler::{Job, RunState, Worker};
 use crate::view::{self, JobSummary};
-use crate::{admission, server};
-use outloud_core::client::Connection;
-use outloud_core::{auth, telemetry};
+use outloud_core::auth;
+use outloud_core::client::{Connection, Dial};
 
 pub use watch::watch;
 
@@ -40,6 +40,14 @@ pub struct Args {
     /// File holding the bearer token (else $OUTLOUD_TOKEN, else none).
     #[arg(long, global = true, env = "OUTLOUD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the coordinator's, for an https:// URL
+    /// (else the system's roots).
+    #[arg(long, global = true, env = "OUTLOUD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Bearer tokens over plain TCP beyond loopback: sent (clients) or taken
+    /// (`outloud coordinator`). Only on a network you trust.
+    #[arg(long, global = true)]
+    pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -47,30 +55,7 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the coordinator.
-    Coordinator {
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        listen: String,
-        /// Where the durable state lives; restart on the same directory to continue.
-        #[arg(long, default_value = ".outloud/state")]
-        state_dir: PathBuf,
-        /// A worker silent this long (milliseconds) loses its tasks.
-        #[arg(long, default_value_t = 5000)]
-        lease_timeout_ms: u64,
-        /// Serve Prometheus metrics (`GET /metrics`) on this address.
-        #[arg(long)]
-        metrics_listen: Option<String>,
-        /// Once listening, write the addresses bound here as JSON (`{"grpc": "127.0.0.1:
-        /// 41234", "metrics": ...}`): with port 0, how a script or test learns them.
-        #[arg(long)]
-        address_file: Option<PathBuf>,
-        /// File holding the workers' own token (else $OUTLOUD_WORKER_TOKEN): with it,
-        /// only workers lease and report, and the user token only submits and reads.
-        #[arg(long)]
-        worker_token_file: Option<PathBuf>,
-        /// Test seam: state writes fail after this many succeeded.
-        #[arg(long, hide = true)]
-        fail_store_writes_after: Option<u64>,
-    },
+    Coordinator(Box<serve::Serve>),
     /// Submit a job spec.
     Submit {
         file: PathBuf,
@@ -141,7 +126,7 @@ pub enum Command {
 impl Args {
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Coordinator { .. } => "info",
+            Command::Coordinator(_) => "info",
             _ => "warn",
         }
     }
@@ -149,42 +134,17 @@ impl Args {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let token = auth::load_token(args.token_file.as_deref())?;
-    let connect = || Connection::open(&args.coordinator, token.as_deref());
+    let dial = Dial::from_flags(token.clone(), args.tls_ca.as_deref(), args.insecure)?;
+    let connect = || Connection::open(&args.coordinator, &dial);
     match args.command {
-        Command::Coordinator {
-            listen,
-            state_dir,
-            lease_timeout_ms,
-            metrics_listen,
-            address_file,
-            worker_token_file,
-            fail_store_writes_after,
-        } => {
-            let listener = bind(&listen).await?;
-            let metrics = match &metrics_listen {
-                Some(addr) => Some(bind(addr).await?),
-                None => None,
-            };
-            if let Some(file) = &address_file {
-                let bound = serde_json::json!({
-                    "grpc": listener.local_addr()?.to_string(),
-                    "metrics": metrics.as_ref().map(|m| m.local_addr()).transpose()?.map(|a| a.to_string()),
-                });
-                write_atomically(file, bound.to_string().as_bytes())?;
-            }
-            let config = server::ServerConfig {
-                state_dir,
-                lease_timeout: Duration::from_millis(lease_timeout_ms),
-                token,
-                worker_token: auth::load_worker_token(worker_token_file.as_deref())?,
-                fail_store_writes_after,
-            };
-            server::run(listener, metrics, config, telemetry::shutdown_signal()).await?;
+        Command::Coordinator(serve) => {
+            serve::run(*serve, token, args.insecure).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { file } => {
             let (yaml, source) = read_spec(&file)?;
-            match admission::admit(&yaml, &source, &working_dir()?).await {
+            let policy = admission::Policy::default();
+            match admission::admit(&yaml, &source, &working_dir()?, &policy).await {
                 Ok(_) => {
                     println!("{source}: ok");
                     Ok(ExitCode::SUCCESS)
@@ -223,13 +183,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { json } => {
-            let answer = connect()
-                .await?
-                .jobs()
-                .list_jobs(pb::ListJobsRequest {})
-                .await?
-                .into_inner();
-            let jobs: Vec<JobSummary> = serde_json::from_str(&answer.jobs_json)?;
+            let jobs = all_jobs(&connect().await?).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
             } else {
@@ -238,13 +192,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Workers { json } => {
-            let answer = connect()
-                .await?
-                .jobs()
-                .list_workers(pb::ListWorkersRequest {})
-                .await?
-                .into_inner();
-            let workers: Vec<Worker> = serde_json::from_str(&answer.workers_json)?;
+            let workers = all_workers(&connect().await?).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&workers)?);
             } else {
@@ -368,18 +316,58 @@ pub async fn submit(connection: &Connection, file: &Path) -> anyhow::Result<Stri
 
 /// Workers that have heartbeated within their lease timeout.
 async fn live_workers(connection: &Connection) -> anyhow::Result<usize> {
-    let answer = connection
-        .jobs()
-        .list_workers(pb::ListWorkersRequest {})
-        .await?
-        .into_inner();
-    let workers: Vec<Worker> = serde_json::from_str(&answer.workers_json)?;
+    let workers = all_workers(connection).await?;
     Ok(workers.iter().filter(|w| w.alive).count())
+}
+
+/// Every item of a paged list: `fetch` answers a page's JSON and the next page's token.
+async fn all_pages<T, F, Fut>(mut fetch: F) -> anyhow::Result<Vec<T>>
+where
+    T: serde::de::DeserializeOwned,
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(String, String), tonic::Status>>,
+{
+    let (mut all, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let (json, next) = fetch(page_token).await?;
+        all.extend(serde_json::from_str::<Vec<T>>(&json)?);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        page_token = next;
+    }
+}
+
+/// Every job's summary, a page at a time.
+pub async fn all_jobs(connection: &Connection) -> anyhow::Result<Vec<JobSummary>> {
+    all_pages(|page_token| async move {
+        let request = pb::ListJobsRequest {
+            page_size: 0,
+            page_token,
+        };
+        let answer = connection.jobs().list_jobs(request).await?.into_inner();
+        Ok((answer.jobs_json, answer.next_page_token))
+    })
+    .await
+}
+
+/// Every worker the coordinator knows, a page at a time.
+pub async fn all_workers(connection: &Connection) -> anyhow::Result<Vec<Worker>> {
+    all_pages(|page_token| async move {
+        let request = pb::ListWorkersRequest {
+            page_size: 0,
+            page_token,
+        };
+        let answer = connection.jobs().list_workers(request).await?.into_inner();
+        Ok((answer.workers_json, answer.next_page_token))
+    })
+    .await
 }
 
 pub async fn get_job(connection: &Connection, job_id: &str) -> anyhow::Result<Job> {
     let request = pb::GetJobRequest {
         job_id: job_id.into(),
+        ..Default::default()
     };
     let answer = connection.jobs().get_job(request).await?.into_inner();
     Ok(serde_json::from_str(&answer.job_json)?)

@@ -9,22 +9,26 @@
 //! Here: submitting, registering, leasing and reporting. [`model`]: the domain types;
 //! `outcomes`: how task outcomes move steps and jobs along, and retries; `changes`: what
 //! a call changed;
-//! `tallies`: event counts for metrics.
+//! `tallies`: event counts for metrics; `summary`: jobs cut to a size answers can carry.
 
 mod changes;
 pub mod model;
 mod outcomes;
 pub mod steps;
+mod summary;
 mod tallies;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 
 use outloud_core::results::TaskResults;
 use outloud_core::spec::JobSpec;
+use outloud_core::storage::is_within;
 
 pub use changes::{Changes, Counters};
 pub use model::*;
 pub use steps::{Input, Step, StepKind, eval_step_name, expand};
+pub use summary::StepTotals;
 pub use tallies::Tallies;
 
 /// Lease timeouts a dead worker holding nothing is kept before it is forgotten.
@@ -130,6 +134,18 @@ impl Scheduler {
         self.jobs.values()
     }
 
+    /// Jobs in id order, from just after `after` ("" for the first).
+    pub fn jobs_after<'a>(&'a self, after: &'a str) -> impl Iterator<Item = &'a Job> + 'a {
+        let from = (Bound::Excluded(after), Bound::Unbounded);
+        self.jobs.range::<str, _>(from).map(|(_, job)| job)
+    }
+
+    /// Workers in id order, from just after `after` ("" for the first).
+    pub fn workers_after<'a>(&'a self, after: &'a str) -> impl Iterator<Item = &'a Worker> + 'a {
+        let from = (Bound::Excluded(after), Bound::Unbounded);
+        self.workers.range::<str, _>(from).map(|(_, worker)| worker)
+    }
+
     pub fn worker(&self, id: &str) -> Option<&Worker> {
         self.workers.get(id)
     }
@@ -167,6 +183,7 @@ impl Scheduler {
             error: None,
             steps,
             history: Vec::new(),
+            history_omitted: 0,
         };
         self.jobs.insert(id.clone(), job);
         self.changes.jobs.insert(id.clone());
@@ -280,6 +297,7 @@ impl Scheduler {
                 step: step.name.clone(),
                 shards: step.tasks.len() as u32,
                 spec: step.work.clone(),
+                output_root: step.attempt_root(&id, lease.epoch),
                 resume_checkpoint: resume_checkpoint.clone(),
                 input_checkpoint: job.input_checkpoint(id.step as usize),
                 input_step: job
@@ -326,6 +344,28 @@ impl Scheduler {
         Ok(task)
     }
 
+    /// Refuses `url` unless it lies in the folder of the lease that names it: what a
+    /// lease commits or reports as a checkpoint is its own attempt's, never another's.
+    /// An empty output (a no-op task) commits nothing.
+    fn check_fenced(&self, lease: &LeaseRef, url: &str) -> Result<(), SchedulerError> {
+        let Some(step) = self
+            .jobs
+            .get(&lease.task.job)
+            .and_then(|job| job.steps.get(lease.task.step as usize))
+        else {
+            return Err(SchedulerError::UnknownTask(lease.task.to_string()));
+        };
+        let root = step.attempt_root(&lease.task, lease.epoch);
+        if step.fences_outputs() && !url.is_empty() && !is_within(url, &root) {
+            return Err(SchedulerError::OutsideAttempt {
+                task: lease.task.to_string(),
+                url: url.into(),
+                root,
+            });
+        }
+        Ok(())
+    }
+
     fn held_task(
         &mut self,
         worker_id: &str,
@@ -352,6 +392,10 @@ impl Scheduler {
         resumed_from_step: Option<u64>,
         now: Millis,
     ) -> Result<(), SchedulerError> {
+        self.check_lease(worker_id, lease)?;
+        if let Some(checkpoint) = &checkpoint {
+            self.check_fenced(lease, checkpoint)?;
+        }
         let task = self.held_task(worker_id, lease, now)?;
         task.metrics = metrics;
         task.first_loss.get_or_insert(metrics.loss);
@@ -388,6 +432,9 @@ impl Scheduler {
         results: TaskResults,
         now: Millis,
     ) -> Result<(), SchedulerError> {
+        // The lease first: a stale epoch hears that it is stale, whatever it names.
+        self.check_lease(worker_id, lease)?;
+        self.check_fenced(lease, &output)?;
         let task = self.held_task(worker_id, lease, now)?;
         task.metrics = metrics;
         task.results = results;

@@ -27,7 +27,7 @@ use super::steps::{Input, Step, StepKind};
 /// Milliseconds since the Unix epoch. The scheduler never reads a clock: callers pass it.
 pub type Millis = u64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Pending,
@@ -126,8 +126,15 @@ pub struct Job {
     pub finished_at: Option<Millis>,
     pub error: Option<String>,
     pub steps: Vec<Step>,
-    /// Everything that happened to the job, oldest first.
+    /// Everything that happened to the job, oldest first (in a summary, the newest).
     pub history: Vec<Event>,
+    /// Events a summary left out ([`Job::summarised`]); 0 in the scheduler's own jobs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub history_omitted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Job {
@@ -327,6 +334,13 @@ pub enum SchedulerError {
         task: String,
         epoch: u64,
         worker: String,
+    },
+    /// A commit or checkpoint outside the folder of the lease that reports it.
+    #[error("task {task}: `{url}` is not inside this lease's folder `{root}`")]
+    OutsideAttempt {
+        task: String,
+        url: String,
+        root: String,
     },
     #[error("job `{0}` has already finished")]
     JobFinished(String),

@@ -93,6 +93,14 @@ fn check(
                         );
                     }
                     TaskState::Succeeded { output } => {
+                        // What is committed is the committing lease's own attempt.
+                        let root = step.attempt_root(&task.id, task.epoch);
+                        assert!(
+                            !step.fences_outputs()
+                                || outloud_core::storage::is_within(output, &root),
+                            "{}: committed {output} outside {root}",
+                            task.id
+                        );
                         let first = committed
                             .entry(task.id.clone())
                             .or_insert_with(|| output.clone());
@@ -144,31 +152,34 @@ proptest! {
                     if let Some(w) = pick(&workers, w)
                         && let Ok(Some(a)) = s.lease(&w, now)
                     {
-                        leases.push((w, a.lease));
+                        leases.push((w, a.lease, a.output_root));
                     }
                 }
                 Call::Progress(w, l) => {
-                    if let (Some(w), Some((_, lease))) = (pick(&workers, w), pick(&leases, l)) {
-                        let _ = s.report_progress(&w, &lease, Metrics::default(), Some("c".into()), None, now);
+                    if let (Some(w), Some((_, lease, root))) = (pick(&workers, w), pick(&leases, l)) {
+                        let checkpoint = format!("{root}/checkpoints/step-1");
+                        let _ = s.report_progress(&w, &lease, Metrics::default(), Some(checkpoint), None, now);
                     }
                 }
                 Call::Complete(w, l) => {
                     // Usually the holder, sometimes another worker or a stale lease.
-                    if let Some((holder, lease)) = pick(&leases, l) {
+                    // Usually in its own folder, sometimes in another lease's.
+                    if let Some((holder, lease, root)) = pick(&leases, l) {
+                        let root = if w % 5 == 0 { pick(&leases, w / 5).unwrap().2 } else { root };
                         let w = if w % 4 == 0 { pick(&workers, w).unwrap() } else { holder };
-                        let output = format!("out/{}/{}", lease.task, lease.epoch);
+                        let output = format!("{root}/final");
                         let _ = s.complete(&w, &lease, Metrics::default(), output, Default::default(), now);
                     }
                 }
                 Call::Fail(w, l, kind) => {
-                    if let (Some(w), Some((_, lease))) = (pick(&workers, w), pick(&leases, l)) {
+                    if let (Some(w), Some((_, lease, _))) = (pick(&workers, w), pick(&leases, l)) {
                         let failure = [Failure::Fatal, Failure::Retryable, Failure::HandedBack][kind as usize % 3];
                         let _ = s.fail(&w, &lease, "boom".into(), failure, now);
                     }
                 }
                 Call::Heartbeat(w) => {
                     if let Some(w) = pick(&workers, w) {
-                        let held: Vec<LeaseRef> = leases.iter().filter(|(h, _)| *h == w).map(|(_, l)| l.clone()).collect();
+                        let held: Vec<LeaseRef> = leases.iter().filter(|(h, _, _)| *h == w).map(|(_, l, _)| l.clone()).collect();
                         let _ = s.heartbeat(&w, &held, now);
                     }
                 }

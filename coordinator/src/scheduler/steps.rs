@@ -15,10 +15,13 @@ use std::collections::BTreeMap;
 
 use outloud_core::results::TaskResults;
 use outloud_core::spec::JobSpec;
+use outloud_core::storage::join_url;
+use outloud_core::task::attempt_folder;
 use outloud_core::task_spec::TaskSpec;
 use serde::{Deserialize, Serialize};
 
 use super::model::{Metrics, RunState, Task, TaskId};
+use super::summary::StepTotals;
 
 /// What a step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +65,25 @@ pub struct Step {
     pub attempts: u32,
     /// What each of its tasks is given, resolved when the job was admitted.
     pub work: TaskSpec,
+    /// Figures over all of its tasks, in a summary that lists only some of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totals: Option<StepTotals>,
+}
+
+impl Step {
+    /// The folder the lease of `task` under `epoch` writes into (see
+    /// [`outloud_core::task::attempt_folder`]).
+    pub fn attempt_root(&self, task: &TaskId, epoch: u64) -> String {
+        let folder = attempt_folder(task, &self.name, self.tasks.len() as u32, epoch);
+        join_url(&self.work.storage, &folder)
+    }
+
+    /// Whether what the step's tasks commit must lie in their attempt's folder. Prepare
+    /// tasks are the exception: they write data sources to shared, content-named places
+    /// (`data/<source>-seed<n>...`) with atomic puts of the same bytes whoever writes.
+    pub fn fences_outputs(&self) -> bool {
+        !matches!(self.kind, StepKind::Prepare)
+    }
 }
 
 /// The name of the eval step after phase `phase` ('.' never appears in phase names).
@@ -150,6 +172,7 @@ impl Step {
             tasks,
             attempts: 1,
             work,
+            totals: None,
         }
     }
 
@@ -159,6 +182,9 @@ impl Step {
 
     /// The step's metrics: sums over its tasks, the step of the slowest.
     pub fn metrics(&self) -> Metrics {
+        if let Some(totals) = &self.totals {
+            return totals.metrics;
+        }
         let mut total = Metrics {
             step: u64::MAX,
             ..Metrics::default()
@@ -179,11 +205,17 @@ impl Step {
     }
 
     pub fn first_loss(&self) -> Option<f64> {
+        if let Some(totals) = &self.totals {
+            return totals.first_loss;
+        }
         self.tasks.iter().find_map(|t| t.first_loss)
     }
 
     /// What its tasks reported, together.
     pub fn results(&self) -> TaskResults {
+        if let Some(totals) = &self.totals {
+            return totals.results.clone();
+        }
         let mut all = TaskResults::default();
         for task in &self.tasks {
             all.absorb(&task.results);

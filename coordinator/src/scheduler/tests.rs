@@ -29,12 +29,17 @@ fn evaluates(a: &Assignment) -> bool {
     matches!(a.spec.work, Work::Evaluate(_))
 }
 
+/// What a task commits: its final checkpoint, in its attempt's folder.
+fn output(a: &Assignment) -> String {
+    format!("{}/final", a.output_root)
+}
+
 fn done(s: &mut Scheduler, w: &str, a: &Assignment, now: Millis) {
     s.complete(
         w,
         &a.lease,
         Metrics::default(),
-        format!("out/{}", a.lease.task),
+        output(a),
         Default::default(),
         now,
     )
@@ -58,7 +63,7 @@ fn phases_run_in_order_and_the_job_succeeds() {
     assert_eq!(c.step, "two");
     assert_eq!(
         c.input_checkpoint.as_deref(),
-        Some(&*format!("out/{job}/0/0"))
+        Some(&*format!("/tmp/x/jobs/{job}/one/shard-0/attempt-1/final"))
     );
     assert_eq!(s.job(&job).unwrap().state, RunState::Running);
     done(&mut s, &w, &c, 6);
@@ -74,12 +79,12 @@ fn a_silent_worker_loses_its_lease_and_its_late_reports_are_refused() {
     let (w1, w2) = (worker(&mut s, "a"), worker(&mut s, "b"));
     let job = s.submit(spec(&[("one", 1)]), 0).unwrap();
     let first = s.lease(&w1, 0).unwrap().unwrap();
-    let checkpoint = Some("ckpt/step-10".to_string());
+    let checkpoint = Some(format!("{}/checkpoints/step-10", first.output_root));
     let metrics = Metrics {
         step: 10,
         ..Metrics::default()
     };
-    s.report_progress(&w1, &first.lease, metrics, checkpoint, None, 500)
+    s.report_progress(&w1, &first.lease, metrics, checkpoint.clone(), None, 500)
         .unwrap();
     s.heartbeat(&w2, &[], 1_400).unwrap();
     // w1 last spoke at 500: at 1_501 its lease is gone, w2 is still fine.
@@ -88,7 +93,11 @@ fn a_silent_worker_loses_its_lease_and_its_late_reports_are_refused() {
     assert_eq!(lost, vec![first.lease.clone()]);
     let second = s.lease(&w2, 1_600).unwrap().unwrap();
     assert_eq!(second.lease.epoch, first.lease.epoch + 1);
-    assert_eq!(second.resume_checkpoint.as_deref(), Some("ckpt/step-10"));
+    assert_eq!(second.resume_checkpoint, checkpoint);
+    assert_ne!(
+        second.output_root, first.output_root,
+        "each lease writes apart"
+    );
     // The zombie wakes up: every report under its old epoch is refused.
     let stale = s.report_progress(&w1, &first.lease, Metrics::default(), None, None, 1_700);
     assert!(matches!(stale, Err(SchedulerError::StaleLease { .. })));
@@ -96,11 +105,34 @@ fn a_silent_worker_loses_its_lease_and_its_late_reports_are_refused() {
         &w1,
         &first.lease,
         Metrics::default(),
-        "x".into(),
+        output(&first),
         Default::default(),
         1_700,
     );
     assert!(matches!(stale, Err(SchedulerError::StaleLease { .. })));
+    // Nor may the new lease commit (or report) what is not in its own folder.
+    for elsewhere in [
+        output(&first),
+        format!("{}/../attempt-9", second.output_root),
+    ] {
+        let outside = s.complete(
+            &w2,
+            &second.lease,
+            Metrics::default(),
+            elsewhere.clone(),
+            Default::default(),
+            1_750,
+        );
+        assert!(
+            matches!(outside, Err(SchedulerError::OutsideAttempt { .. })),
+            "{elsewhere}: {outside:?}"
+        );
+        let progress = s.report_progress(&w2, &second.lease, metrics, Some(elsewhere), None, 1_750);
+        assert!(matches!(
+            progress,
+            Err(SchedulerError::OutsideAttempt { .. })
+        ));
+    }
     assert_eq!(
         s.heartbeat(&w1, std::slice::from_ref(&first.lease), 1_700)
             .unwrap(),
@@ -322,24 +354,18 @@ fn eval_steps_follow_their_phase_beside_the_next_one() {
     assert_eq!((eval.step.as_str(), evaluates(eval)), ("one.eval", true));
     assert_eq!((two.step.as_str(), evaluates(two)), ("two", false));
     assert_eq!(two.spec.train_spec().unwrap().steps, 1);
-    let one_output = format!("out/{job}/1/0");
+    let one_output = output(&one);
     assert_eq!(eval.input_checkpoint.as_deref(), Some(&*one_output));
     assert_eq!(two.input_checkpoint.as_deref(), Some(&*one_output));
     // Step three waits for two, never for an eval step.
     done(&mut s, &w, two, 4);
     let three = s.lease(&w, 5).unwrap().unwrap();
     assert_eq!(three.step, "three");
-    assert_eq!(
-        three.input_checkpoint.as_deref(),
-        Some(&*format!("out/{job}/3/0"))
-    );
+    assert_eq!(three.input_checkpoint, Some(output(two)));
     done(&mut s, &w, &three, 6);
     let last_eval = s.lease(&w, 7).unwrap().unwrap();
     assert_eq!(last_eval.step, "three.eval");
-    assert_eq!(
-        last_eval.input_checkpoint.as_deref(),
-        Some(&*format!("out/{job}/4/0"))
-    );
+    assert_eq!(last_eval.input_checkpoint, Some(output(&three)));
     done(&mut s, &w, &last_eval, 8);
     // Every phase is done but one.eval: the job waits for it.
     assert_eq!(s.job(&job).unwrap().state, RunState::Running);
@@ -461,7 +487,7 @@ fn tree() -> JobSpec {
 #[test]
 fn branches_lease_in_parallel() {
     let mut s = scheduler();
-    let job = s.submit(tree(), 0).unwrap();
+    s.submit(tree(), 0).unwrap();
     let (w1, w2) = (worker(&mut s, "1"), worker(&mut s, "2"));
     let root = s.lease(&w1, 1).unwrap().unwrap();
     assert!(s.lease(&w2, 1).unwrap().is_none());
@@ -481,10 +507,8 @@ fn branches_lease_in_parallel() {
         Some("a"),
         "whose manifest the worker checks"
     );
-    assert_eq!(
-        a2.input_checkpoint.as_deref(),
-        Some(&*format!("out/{job}/1/0"))
-    );
+    let a = if first.step == "a" { &first } else { &second };
+    assert_eq!(a2.input_checkpoint, Some(output(a)));
 }
 
 #[test]

@@ -201,6 +201,7 @@ impl JobRecord {
             error: self.error,
             steps,
             history: Vec::new(),
+            history_omitted: 0,
         }
     }
 }
@@ -540,7 +541,8 @@ mod tests {
             loss: 2.5,
             ..Metrics::default()
         };
-        s.report_progress(&w, &a.lease, metrics, Some("c".into()), None, 3)
+        let checkpoint = format!("{}/checkpoints/step-000005", a.output_root);
+        s.report_progress(&w, &a.lease, metrics, Some(checkpoint), None, 3)
             .unwrap();
         let changes = s.take_changes();
         committer

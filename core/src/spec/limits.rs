@@ -4,19 +4,46 @@
 
 use super::JobSpec;
 
-/// Bytes of YAML a spec may have.
-pub const MAX_SPEC_BYTES: usize = 256 * 1024;
-pub const MAX_PHASES: usize = 64;
-pub const MAX_DATA_SOURCES: usize = 64;
-pub const MAX_BENCHMARK_SOURCES: usize = 64;
-/// Tasks of one step (each is a record the coordinator keeps and leases).
-pub const MAX_SHARDS: u32 = 10_000;
-pub const MAX_STEPS: u64 = 1_000_000_000;
-/// Words one phase, one generated source or the whole budget may name.
-pub const MAX_WORDS: u64 = 1_000_000_000_000;
-pub const MAX_PICTURES: u64 = 100_000_000;
-pub const MAX_BATCH_SIZE: u32 = 65_536;
-pub const MAX_ATTEMPTS: u32 = 100;
+/// What one spec may ask for. The defaults suit a shared coordinator; an operator sets
+/// others with the coordinator's flags (`outloud coordinator --max-shards ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of YAML.
+    pub spec_bytes: usize,
+    pub phases: usize,
+    pub data_sources: usize,
+    pub benchmark_sources: usize,
+    /// Tasks of one step (each is a record the coordinator keeps and leases).
+    pub shards: u32,
+    /// Tasks of the whole job, every step's shards together.
+    pub tasks: u64,
+    /// Optimizer steps of one phase (and its warm-up and checkpoint intervals).
+    pub steps: u64,
+    /// Words one phase, one generated source or the whole budget may name.
+    pub words: u64,
+    pub pictures: u64,
+    pub batch_size: u32,
+    pub attempts: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            spec_bytes: 256 * 1024,
+            phases: 64,
+            data_sources: 64,
+            benchmark_sources: 64,
+            shards: 10_000,
+            tasks: 20_000,
+            steps: 1_000_000_000,
+            words: 1_000_000_000_000,
+            pictures: 100_000_000,
+            batch_size: 65_536,
+            attempts: 100,
+        }
+    }
+}
+
 /// Model dimensions: (field, most).
 const MODEL: [(&str, u32); 5] = [
     ("vocab_size", 1 << 20),
@@ -38,7 +65,8 @@ fn over<T: PartialOrd + std::fmt::Display>(value: T, most: T) -> Option<String> 
 }
 
 /// What in `spec` is over a bound, as (field path, message).
-pub fn problems(spec: &JobSpec) -> Vec<(String, String)> {
+pub fn problems(spec: &JobSpec, limits: &Limits) -> Vec<(String, String)> {
+    let l = limits;
     let mut found = Vec::new();
     let mut check = |field: String, problem: Option<String>| {
         if let Some(message) = problem {
@@ -47,37 +75,42 @@ pub fn problems(spec: &JobSpec) -> Vec<(String, String)> {
     };
     check(
         "phases".into(),
-        over(spec.phases.len(), MAX_PHASES).map(|m| format!("{m} phases")),
+        over(spec.phases.len(), l.phases).map(|m| format!("{m} phases")),
     );
     check(
         "data".into(),
-        over(spec.data.len(), MAX_DATA_SOURCES).map(|m| format!("{m} sources")),
+        over(spec.data.len(), l.data_sources).map(|m| format!("{m} sources")),
     );
-    check("word_budget".into(), over(spec.word_budget, MAX_WORDS));
+    check("word_budget".into(), over(spec.word_budget, l.words));
     for (i, source) in spec.data.iter().enumerate() {
         check(
             format!("data[{i}].words"),
-            source.words.and_then(|w| over(w, MAX_WORDS)),
+            source.words.and_then(|w| over(w, l.words)),
         );
-        let pictures = source.pictures.and_then(|p| over(p, MAX_PICTURES));
+        let pictures = source.pictures.and_then(|p| over(p, l.pictures));
         check(format!("data[{i}].pictures"), pictures);
     }
     for (i, phase) in spec.phases.iter().enumerate() {
         let field = |name: &str| format!("phases[{i}].{name}");
-        check(field("shards"), over(phase.shards, MAX_SHARDS));
-        check(field("steps"), over(phase.steps, MAX_STEPS));
-        check(field("words"), phase.words.and_then(|w| over(w, MAX_WORDS)));
-        check(field("batch_size"), over(phase.batch_size, MAX_BATCH_SIZE));
-        check(field("warmup_steps"), over(phase.warmup_steps, MAX_STEPS));
+        check(field("shards"), over(phase.shards, l.shards));
+        check(field("steps"), over(phase.steps, l.steps));
+        check(field("words"), phase.words.and_then(|w| over(w, l.words)));
+        check(field("batch_size"), over(phase.batch_size, l.batch_size));
+        check(field("warmup_steps"), over(phase.warmup_steps, l.steps));
         check(
             field("checkpoint_every"),
-            over(phase.checkpoint_every, MAX_STEPS),
+            over(phase.checkpoint_every, l.steps),
         );
-        check(
-            field("max_attempts"),
-            over(phase.max_attempts, MAX_ATTEMPTS),
-        );
+        check(field("max_attempts"), over(phase.max_attempts, l.attempts));
     }
+    // Shards multiply: each step of each phase (and its eval step) keeps its tasks.
+    let tasks = spec
+        .phases
+        .iter()
+        .map(|p| u64::from(p.shards))
+        .fold(0u64, u64::saturating_add);
+    let problem = over(tasks, l.tasks).map(|m| format!("{m} tasks in all, every phase's shards"));
+    check("phases".into(), problem);
     let model = &spec.model;
     let given = [
         model.vocab_size,
@@ -103,15 +136,15 @@ pub fn problems(spec: &JobSpec) -> Vec<(String, String)> {
     }
     if let Some(evaluation) = &spec.evaluation {
         let sources = evaluation.benchmarks.len();
-        let problem = over(sources, MAX_BENCHMARK_SOURCES).map(|m| format!("{m} sources"));
+        let problem = over(sources, l.benchmark_sources).map(|m| format!("{m} sources"));
         check("evaluation.benchmarks".into(), problem);
         check(
             "evaluation.batch_size".into(),
-            over(evaluation.batch_size, MAX_BATCH_SIZE),
+            over(evaluation.batch_size, l.batch_size),
         );
         check(
             "evaluation.max_attempts".into(),
-            over(evaluation.max_attempts, MAX_ATTEMPTS),
+            over(evaluation.max_attempts, l.attempts),
         );
     }
     found

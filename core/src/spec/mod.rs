@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage;
 pub use eval::{BenchmarkSource, EvaluationSpec};
+pub use limits::Limits;
 pub use locate::Locator;
 pub use model::{ModelShape, ModelSpec, VisionEncoder, VisionSpec};
 
@@ -247,9 +248,15 @@ impl fmt::Display for SpecErrors {
     }
 }
 
-/// Parses and checks a spec. `source_name` is what errors call the file.
+/// Parses and checks a spec within the default [`Limits`]. `source_name` is what errors
+/// call the file.
 pub fn parse(yaml: &str, source_name: &str) -> Result<JobSpec, SpecErrors> {
-    if yaml.len() > limits::MAX_SPEC_BYTES {
+    parse_within(yaml, source_name, &Limits::default())
+}
+
+/// Parses and checks a spec within `limits`.
+pub fn parse_within(yaml: &str, source_name: &str, limits: &Limits) -> Result<JobSpec, SpecErrors> {
+    if yaml.len() > limits.spec_bytes {
         return Err(SpecErrors(vec![SpecError {
             source_name: source_name.into(),
             line: 1,
@@ -258,13 +265,13 @@ pub fn parse(yaml: &str, source_name: &str) -> Result<JobSpec, SpecErrors> {
             message: format!(
                 "the spec is {} bytes; at most {} are read",
                 yaml.len(),
-                limits::MAX_SPEC_BYTES
+                limits.spec_bytes
             ),
         }]));
     }
     let spec: JobSpec = serde_yaml::from_str(yaml).map_err(|e| from_serde(&e, source_name))?;
     let locator = Locator::new(yaml);
-    let problems = spec.problems();
+    let problems = spec.problems(limits);
     if problems.is_empty() {
         return Ok(spec);
     }
@@ -320,9 +327,9 @@ fn explain_negative(message: &str) -> Option<String> {
 
 impl JobSpec {
     /// Semantic problems, as (field path, message).
-    fn problems(&self) -> Vec<(String, String)> {
+    fn problems(&self, limits: &Limits) -> Vec<(String, String)> {
         // Sizes first: the checks below may multiply them.
-        let over = limits::problems(self);
+        let over = limits::problems(self, limits);
         if !over.is_empty() {
             return over;
         }

@@ -260,7 +260,7 @@ async fn find_benchmarks(
     let (mut found, mut ignored) = (Vec::new(), Vec::new());
     for source in &evaluation.benchmarks {
         let root = match &source.files {
-            BenchmarkFiles::Url(url) => Location::open(url)?,
+            BenchmarkFiles::Url(url) => Location::open_source(url).await?,
             BenchmarkFiles::World(world) => data::source_root(storage, world)
                 .await?
                 .join(crate::world::EVAL_FOLDER),
@@ -350,7 +350,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         benchmarks: scored,
         ignored,
     };
-    let place = ctx.step_root()?.join("results.json");
+    let place = ctx.output_root()?.join("results.json");
     let json = serde_json::to_vec_pretty(&results).map_err(|e| WorkerError::Data(e.to_string()))?;
     ctx.runtime.block_on(place.put(json))?;
     let non_finite: usize = results

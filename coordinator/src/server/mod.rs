@@ -3,24 +3,31 @@
 //! Every handler unpacks the request, calls one scheduler method under the lock, queues
 //! the records that call changed for the group-commit writer, and answers only once
 //! they are on disk. A background ticker expires the leases of silent workers.
+//! `workers`: the Workers service; `jobs`: the Jobs service; `answers`: keeping answers
+//! within the message size (summaries, pages).
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use outloud_proto::v1 as pb;
-use outloud_proto::v1::jobs_server::{Jobs, JobsServer};
-use outloud_proto::v1::workers_server::{Workers, WorkersServer};
+mod answers;
+mod jobs;
+mod workers;
+
+use outloud_proto::v1::jobs_server::JobsServer;
+use outloud_proto::v1::workers_server::WorkersServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status};
+use tonic::Status;
+use tonic::transport::{Identity, ServerTlsConfig};
 
-use crate::admission::admit;
+use crate::admission::Policy;
 use crate::scheduler::{Millis, Scheduler, SchedulerConfig, SchedulerError};
 use crate::store::{Batch, Committer, Store};
-use crate::wire;
+use jobs::JobService;
 use outloud_core::auth::RequireToken;
+use workers::WorkerService;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -32,6 +39,31 @@ pub struct ServerConfig {
     pub worker_token: Option<String>,
     /// Test seam: state writes fail after this many (see [`Store::failing_after`]).
     pub fail_store_writes_after: Option<u64>,
+    /// What a submitted spec may ask for and name.
+    pub admission: Policy,
+    /// The largest message either way; answers are summarised or paged to fit.
+    pub max_message_bytes: usize,
+    /// Certificate chain and private key (PEM files): serve TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// The default of `--max-message-bytes`: tonic's own default for what a client decodes.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+impl ServerConfig {
+    /// A plain loopback coordinator with the default limits, on `state_dir`.
+    pub fn local(state_dir: PathBuf, lease_timeout: Duration, token: Option<String>) -> Self {
+        Self {
+            state_dir,
+            lease_timeout,
+            token,
+            worker_token: None,
+            fail_store_writes_after: None,
+            admission: Policy::default(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            tls: None,
+        }
+    }
 }
 
 pub fn now_ms() -> Millis {
@@ -64,6 +96,8 @@ struct Coordinator {
     stop: tokio::sync::Notify,
     heartbeat_interval: Duration,
     lease_timeout: Duration,
+    admission: Policy,
+    max_message_bytes: usize,
 }
 
 impl Coordinator {
@@ -111,6 +145,7 @@ fn status_of(error: SchedulerError) -> Status {
         | SchedulerError::UnknownJob(_)
         | SchedulerError::UnknownTask(_)
         | SchedulerError::UnknownStep(_) => Status::not_found(error.to_string()),
+        SchedulerError::OutsideAttempt { .. } => Status::invalid_argument(error.to_string()),
         SchedulerError::NotRetryable(_) => Status::failed_precondition(error.to_string()),
         SchedulerError::StaleLease { .. } | SchedulerError::JobFinished(_) => {
             Status::failed_precondition(error.to_string())
@@ -152,6 +187,8 @@ pub async fn run(
         stop: tokio::sync::Notify::new(),
         heartbeat_interval: config.lease_timeout / 4,
         lease_timeout: config.lease_timeout,
+        admission: config.admission.clone(),
+        max_message_bytes: config.max_message_bytes,
     });
     tracing::info!(
         addr = %listener.local_addr()?,
@@ -172,15 +209,25 @@ pub async fn run(
     health.set_serving::<JobsServer<JobService>>().await;
     let auth = RequireToken::new(config.token.clone());
     let worker_auth = RequireToken::new(config.worker_token.clone().or(config.token.clone()));
-    let serving = tonic::transport::Server::builder()
+    let most = config.max_message_bytes;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &config.tls {
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity(cert, key)?))?;
+    }
+    let workers = WorkersServer::new(WorkerService(coordinator.clone()))
+        .max_decoding_message_size(most)
+        .max_encoding_message_size(most);
+    let jobs = JobsServer::new(JobService(coordinator.clone()))
+        .max_decoding_message_size(most)
+        .max_encoding_message_size(most);
+    let serving = builder
         .add_service(health_service)
-        .add_service(WorkersServer::with_interceptor(
-            WorkerService(coordinator.clone()),
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            workers,
             worker_auth,
         ))
-        .add_service(JobsServer::with_interceptor(
-            JobService(coordinator.clone()),
-            auth,
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            jobs, auth,
         ))
         .serve_with_incoming_shutdown(incoming(listener), shutdown);
     // A failed state write stops the server at once: a graceful stop would wait for
@@ -201,6 +248,14 @@ pub async fn run(
         config.state_dir.display()
     );
     Ok(())
+}
+
+/// The server's certificate chain and key, read from PEM files.
+fn identity(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<Identity> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
+    };
+    Ok(Identity::from_pem(read(cert)?, read(key)?))
 }
 
 /// Accepted connections with Nagle's algorithm off: small request/answer pairs would
@@ -231,219 +286,5 @@ async fn expire_leases(coordinator: Arc<Coordinator>) {
             }
             Err(e) => tracing::error!(error = %e, "expiring leases"),
         }
-    }
-}
-
-struct WorkerService(Arc<Coordinator>);
-
-#[tonic::async_trait]
-impl Workers for WorkerService {
-    async fn register(
-        &self,
-        request: Request<pb::RegisterRequest>,
-    ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let info = wire::worker_info_from(request.into_inner().info);
-        let worker_id = self.0.mutate(|s, now| s.register(info, now)).await?;
-        tracing::info!(worker = %worker_id, "worker registered");
-        Ok(Response::new(pb::RegisterResponse {
-            worker_id,
-            heartbeat_interval_ms: self.0.heartbeat_interval.as_millis() as u64,
-            lease_timeout_ms: self.0.lease_timeout.as_millis() as u64,
-        }))
-    }
-
-    async fn heartbeat(
-        &self,
-        request: Request<pb::HeartbeatRequest>,
-    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let request = request.into_inner();
-        let held = request
-            .leases
-            .into_iter()
-            .map(|l| wire::lease_from(Some(l)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let revoked = self
-            .0
-            .mutate(|s, now| s.heartbeat(&request.worker_id, &held, now))
-            .await?
-            .map_err(status_of)?;
-        Ok(Response::new(pb::HeartbeatResponse {
-            revoked: revoked.iter().map(outloud_core::wire::lease_to).collect(),
-        }))
-    }
-
-    async fn lease_task(
-        &self,
-        request: Request<pb::LeaseTaskRequest>,
-    ) -> Result<Response<pb::LeaseTaskResponse>, Status> {
-        let worker = request.into_inner().worker_id;
-        let assignment = self
-            .0
-            .mutate(|s, now| s.lease(&worker, now))
-            .await?
-            .map_err(status_of)?;
-        if let Some(a) = &assignment {
-            tracing::info!(job = %a.job_id, step = %a.step, task = %a.lease.task, epoch = a.lease.epoch, worker = %worker, "task leased");
-        }
-        Ok(Response::new(pb::LeaseTaskResponse {
-            task: assignment.as_ref().map(outloud_core::wire::assignment_to),
-        }))
-    }
-
-    async fn report_progress(
-        &self,
-        request: Request<pb::ReportProgressRequest>,
-    ) -> Result<Response<pb::ReportProgressResponse>, Status> {
-        let r = request.into_inner();
-        let lease = wire::lease_from(r.lease)?;
-        let metrics = outloud_core::wire::metrics_from(r.metrics);
-        self.0
-            .mutate(|s, now| {
-                s.report_progress(
-                    &r.worker_id,
-                    &lease,
-                    metrics,
-                    r.checkpoint,
-                    r.resumed_from_step,
-                    now,
-                )
-            })
-            .await?
-            .map_err(status_of)?;
-        Ok(Response::new(pb::ReportProgressResponse {}))
-    }
-
-    async fn complete_task(
-        &self,
-        request: Request<pb::CompleteTaskRequest>,
-    ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
-        let r = request.into_inner();
-        let lease = wire::lease_from(r.lease)?;
-        let metrics = outloud_core::wire::metrics_from(r.metrics);
-        self.0
-            .mutate(|s, now| {
-                s.complete(
-                    &r.worker_id,
-                    &lease,
-                    metrics,
-                    r.output,
-                    outloud_core::wire::results_from(r.results),
-                    now,
-                )
-            })
-            .await?
-            .map_err(status_of)?;
-        Ok(Response::new(pb::CompleteTaskResponse {}))
-    }
-
-    async fn fail_task(
-        &self,
-        request: Request<pb::FailTaskRequest>,
-    ) -> Result<Response<pb::FailTaskResponse>, Status> {
-        let r = request.into_inner();
-        let failure = wire::failure_from(&r);
-        let lease = wire::lease_from(r.lease)?;
-        tracing::warn!(task = %lease.task, worker = %r.worker_id, error = %r.error, ?failure, "task given up");
-        self.0
-            .mutate(|s, now| s.fail(&r.worker_id, &lease, r.error, failure, now))
-            .await?
-            .map_err(status_of)?;
-        Ok(Response::new(pb::FailTaskResponse {}))
-    }
-}
-
-struct JobService(Arc<Coordinator>);
-
-#[tonic::async_trait]
-impl Jobs for JobService {
-    async fn submit_job(
-        &self,
-        request: Request<pb::SubmitJobRequest>,
-    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let r = request.into_inner();
-        let spec = admit(&r.spec_yaml, &r.source_name, &r.working_dir)
-            .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let job_id = self
-            .0
-            .mutate(|s, now| s.submit(spec, now))
-            .await?
-            .map_err(status_of)?;
-        tracing::info!(job = %job_id, "job submitted");
-        Ok(Response::new(pb::SubmitJobResponse { job_id }))
-    }
-
-    async fn validate_job(
-        &self,
-        request: Request<pb::ValidateJobRequest>,
-    ) -> Result<Response<pb::ValidateJobResponse>, Status> {
-        let r = request.into_inner();
-        admit(&r.spec_yaml, &r.source_name, &r.working_dir)
-            .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Response::new(pb::ValidateJobResponse {}))
-    }
-
-    async fn get_job(
-        &self,
-        request: Request<pb::GetJobRequest>,
-    ) -> Result<Response<pb::GetJobResponse>, Status> {
-        let id = request.into_inner().job_id;
-        let scheduler = self.0.lock();
-        let job = scheduler
-            .job(&id)
-            .ok_or_else(|| status_of(SchedulerError::UnknownJob(id.clone())))?;
-        Ok(Response::new(pb::GetJobResponse {
-            job_json: json(job),
-        }))
-    }
-
-    async fn list_jobs(
-        &self,
-        _: Request<pb::ListJobsRequest>,
-    ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let scheduler = self.0.lock();
-        let jobs: Vec<_> = scheduler.jobs().map(crate::view::JobSummary::of).collect();
-        Ok(Response::new(pb::ListJobsResponse {
-            jobs_json: json(&jobs),
-        }))
-    }
-
-    async fn retry_job(
-        &self,
-        request: Request<pb::RetryJobRequest>,
-    ) -> Result<Response<pb::RetryJobResponse>, Status> {
-        let r = request.into_inner();
-        let steps = self
-            .0
-            .mutate(|s, now| s.retry(&r.job_id, r.step.as_deref(), now))
-            .await?
-            .map_err(status_of)?;
-        tracing::info!(job = %r.job_id, steps = ?steps, "steps retried");
-        Ok(Response::new(pb::RetryJobResponse { steps }))
-    }
-
-    async fn cancel_job(
-        &self,
-        request: Request<pb::CancelJobRequest>,
-    ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let id = request.into_inner().job_id;
-        self.0
-            .mutate(|s, now| s.cancel(&id, now))
-            .await?
-            .map_err(status_of)?;
-        tracing::info!(job = %id, "job cancelled");
-        Ok(Response::new(pb::CancelJobResponse {}))
-    }
-
-    async fn list_workers(
-        &self,
-        _: Request<pb::ListWorkersRequest>,
-    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let scheduler = self.0.lock();
-        let workers: Vec<_> = scheduler.workers().collect();
-        Ok(Response::new(pb::ListWorkersResponse {
-            workers_json: json(&workers),
-        }))
     }
 }
