@@ -285,15 +285,16 @@ mod tests {
         assert_eq!(url.as_str(), "s3://bucket/root");
     }
 
+    /// A `file://` location on a fresh temporary folder.
+    fn temp_root(dir: &tempfile::TempDir) -> Location {
+        let url = absolute_url(".", dir.path().to_str().unwrap()).unwrap();
+        Location::open(url.as_str()).unwrap()
+    }
+
     #[tokio::test]
     async fn put_get_and_list_through_a_file_url() {
         let dir = tempfile::tempdir().unwrap();
-        let root = Location::open(
-            absolute_url(".", dir.path().to_str().unwrap())
-                .unwrap()
-                .as_str(),
-        )
-        .unwrap();
+        let root = temp_root(&dir);
         root.join("a/one.txt").put(b"1".to_vec()).await.unwrap();
         root.join("a/two.txt").put(b"22".to_vec()).await.unwrap();
         assert_eq!(root.join("a/two.txt").get().await.unwrap(), b"22");
@@ -319,12 +320,7 @@ mod tests {
     #[tokio::test]
     async fn names_read_from_a_data_source_stay_inside_it() {
         let dir = tempfile::tempdir().unwrap();
-        let root = Location::open(
-            absolute_url(".", dir.path().to_str().unwrap())
-                .unwrap()
-                .as_str(),
-        )
-        .unwrap();
+        let root = temp_root(&dir);
         root.join("secret.txt").put(b"s".to_vec()).await.unwrap();
         root.join("set/images/a.png")
             .put(b"a".to_vec())
