@@ -78,7 +78,7 @@ pub fn job_table(job: &Job) -> String {
         let (progress, trains) = match step.kind {
             StepKind::Train { .. } => (format!("{}/{}", m.step, m.total_steps), true),
             StepKind::Evaluate { .. } => (format!("{}/{}", m.items, m.total_items), false),
-            StepKind::Prepare => {
+            StepKind::Prepare | StepKind::Synthesize { .. } => {
                 let done = step
                     .tasks
                     .iter()
@@ -139,6 +139,13 @@ pub fn results_line(results: &TaskResults) -> String {
     }
     for source in &results.sources {
         shown.push(format!("{} {} files", source.name, source.files));
+    }
+    let made = &results.counts.synthesis;
+    if !made.is_empty() {
+        shown.push(format!(
+            "{} captions of {} pictures, {} kept (removed: {} short, {} long, {} duplicates, {} unlikely)",
+            made.captions, made.pictures, made.kept, made.too_short, made.too_long, made.duplicates, made.unlikely
+        ));
     }
     shown.join(", ")
 }

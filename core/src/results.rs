@@ -76,6 +76,51 @@ pub struct Counts {
     /// Training pictures that were corrupt, missing or without features.
     #[serde(default)]
     pub images_skipped: u64,
+    /// Self-synthesis: what a synthesize shard captioned, and what its filters removed.
+    #[serde(default, skip_serializing_if = "SynthesisCounts::is_empty")]
+    pub synthesis: SynthesisCounts,
+}
+
+/// A synthesize shard's captions: made, kept, and removed by each filter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SynthesisCounts {
+    pub pictures: u64,
+    pub captions: u64,
+    pub kept: u64,
+    pub too_short: u64,
+    pub too_long: u64,
+    pub duplicates: u64,
+    pub unlikely: u64,
+}
+
+impl SynthesisCounts {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    fn add(&mut self, other: &Self) {
+        self.pictures += other.pictures;
+        self.captions += other.captions;
+        self.kept += other.kept;
+        self.too_short += other.too_short;
+        self.too_long += other.too_long;
+        self.duplicates += other.duplicates;
+        self.unlikely += other.unlikely;
+    }
+}
+
+impl ProbeScore {
+    /// This score and `other`'s as one, weighted by their items.
+    fn merge(&mut self, other: &ProbeScore) {
+        let total = (self.items + other.items).max(1) as f64;
+        let (a, b) = (self.items as f64 / total, other.items as f64 / total);
+        self.value = a * self.value + b * other.value;
+        self.chance = match (self.chance, other.chance) {
+            (Some(x), Some(y)) => Some(a * x + b * y),
+            (x, y) => x.or(y),
+        };
+        self.items += other.items;
+    }
 }
 
 impl TaskResults {
@@ -109,11 +154,18 @@ impl TaskResults {
     /// Adds another task's results (a step of several shards reports their union).
     pub fn absorb(&mut self, other: &TaskResults) {
         self.benchmarks.extend(other.benchmarks.iter().cloned());
-        self.probes.extend(other.probes.iter().cloned());
+        // The same probe from several shards: one score, weighted by items.
+        for probe in &other.probes {
+            match self.probes.iter_mut().find(|p| p.name == probe.name) {
+                Some(mine) => mine.merge(probe),
+                None => self.probes.push(probe.clone()),
+            }
+        }
         self.sources.extend(other.sources.iter().cloned());
         self.counts.items_scored += other.counts.items_scored;
         self.counts.items_unusable += other.counts.items_unusable;
         self.counts.images_skipped += other.counts.images_skipped;
+        self.counts.synthesis.add(&other.counts.synthesis);
     }
 }
 

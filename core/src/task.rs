@@ -12,7 +12,7 @@ use crate::task_spec::TaskSpec;
 /// any other version with a message that says which side to upgrade, instead of failing
 /// somewhere inside the task. Bump it when a worker of the previous version would
 /// misread an assignment.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// `<job id>/<step index>/<shard>`: every task of every job, unambiguously.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -7,7 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{DataKind, DataSource, JobSpec, ModelShape, PhaseKind, VisionSpec};
+use crate::spec::{
+    DataKind, DataSource, Decoding, Filters, JobSpec, ModelShape, PhaseKind, VisionSpec,
+};
 
 /// Picture side of a generated world when the model has no vision path to say it.
 const DEFAULT_WORLD_IMAGE_SIZE: u32 = 32;
@@ -28,6 +30,8 @@ pub enum Work {
     Prepare(PrepareSpec),
     Train(TrainSpec),
     Evaluate(EvaluateSpec),
+    /// Captions shard `i` of unlabeled pictures with the input checkpoint (phase 3a).
+    Synthesize(SynthesizeSpec),
     /// Does no work: exercises the control plane.
     Noop,
 }
@@ -42,12 +46,31 @@ pub enum TrainKind {
     VisionLanguage,
     /// Phase 4: answering questions about pictures.
     Tasks,
+    /// Phase 3b: the language part learns from its own captions mixed with real text;
+    /// the vision path is carried over as it was.
+    SelfSynthesis,
 }
 
 impl TrainKind {
+    /// Whether the checkpoint it makes has a vision path.
     pub fn sees_pictures(self) -> bool {
         !matches!(self, TrainKind::Language)
     }
+}
+
+/// Phase 3a: what a synthesize shard captions and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SynthesizeSpec {
+    pub model: ModelShape,
+    pub vision: VisionSpec,
+    /// The unlabeled pictures (a world's unlabeled set, a folder, tar shards, features);
+    /// the task's shard takes every `shards`-th of them, by name.
+    pub images: DataInput,
+    pub decoding: Decoding,
+    pub filters: Filters,
+    pub seed: u64,
+    /// Which round of the phase (1-based).
+    pub round: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +139,17 @@ pub struct DataInput {
     pub pictures: Option<u64>,
     /// Picture side in pixels of a generated world.
     pub image_size: u32,
+    /// The share of batches drawn from this source, against the phase's others.
+    #[serde(default = "unit_weight")]
+    pub weight: f64,
+    /// Captions a synthesize step committed (its shards' JSONL files): filled in when a
+    /// task that reads them is leased.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<String>,
+}
+
+fn unit_weight() -> f64 {
+    1.0
 }
 
 impl DataInput {
@@ -131,6 +165,23 @@ impl DataInput {
                 .model
                 .vision
                 .map_or(DEFAULT_WORLD_IMAGE_SIZE, |v| v.image_size),
+            weight: 1.0,
+            parts: Vec::new(),
+        }
+    }
+
+    /// The captions self-synthesis phase `name` makes, before they exist.
+    fn synthetic(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            kind: DataKind::ImageCaptions,
+            url: None,
+            seed: 0,
+            words: None,
+            pictures: None,
+            image_size: 0,
+            weight: 1.0,
+            parts: Vec::new(),
         }
     }
 }
@@ -148,18 +199,18 @@ impl TaskSpec {
             PhaseKind::Language => TrainKind::Language,
             PhaseKind::VisionLanguage => TrainKind::VisionLanguage,
             PhaseKind::Tasks => TrainKind::Tasks,
-            PhaseKind::SelfSynthesis => {
-                return Err(format!(
-                    "phase `{}`: no worker runs self_synthesis yet",
-                    phase.name
-                ));
-            }
+            PhaseKind::SelfSynthesis => TrainKind::SelfSynthesis,
         };
-        let data = phase
-            .data
-            .iter()
-            .map(|name| spec.data_input(name))
-            .collect::<Result<_, _>>()?;
+        let mut data = Vec::new();
+        for entry in &phase.data {
+            let mut input = if spec.is_synthetic_source(index, &entry.source) {
+                DataInput::synthetic(&entry.source)
+            } else {
+                spec.data_input(&entry.source)?
+            };
+            input.weight = entry.weight;
+            data.push(input);
+        }
         Ok(spec.task(Work::Train(TrainSpec {
             kind,
             model: spec.model.shape()?,
@@ -172,6 +223,31 @@ impl TaskSpec {
             warmup_steps: phase.warmup_steps,
             checkpoint_every: phase.checkpoint_every,
             seed: phase.seed,
+        })))
+    }
+
+    /// What a synthesize shard of self-synthesis phase `index` needs, in `round`.
+    pub fn synthesize(spec: &JobSpec, index: usize, round: u32) -> Result<Self, String> {
+        let phase = spec
+            .phases
+            .get(index)
+            .ok_or_else(|| format!("the spec has no phase {index}"))?;
+        let synthesis = phase
+            .synthesis
+            .as_ref()
+            .ok_or_else(|| format!("phase `{}` has no `synthesis`", phase.name))?;
+        let vision = spec
+            .model
+            .vision
+            .ok_or("self-synthesis needs `model.vision`")?;
+        Ok(spec.task(Work::Synthesize(SynthesizeSpec {
+            model: spec.model.shape()?,
+            vision,
+            images: spec.data_input(&synthesis.images)?,
+            decoding: synthesis.decoding,
+            filters: synthesis.filters,
+            seed: phase.seed,
+            round,
         })))
     }
 

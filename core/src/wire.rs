@@ -6,12 +6,16 @@
 
 use outloud_proto::v1 as pb;
 
-use crate::results::{BenchmarkScore, Counts, ProbeScore, ScoreMode, SourceReport, TaskResults};
-use crate::spec::{DataKind, ModelShape, VisionEncoder, VisionSpec};
+use crate::results::{
+    BenchmarkScore, Counts, ProbeScore, ScoreMode, SourceReport, SynthesisCounts, TaskResults,
+};
+use crate::spec::{
+    DataKind, Decoding, DecodingStrategy, Filters, ModelShape, VisionEncoder, VisionSpec,
+};
 use crate::task::{Assignment, LeaseRef, Metrics, PROTOCOL_VERSION, TaskId};
 use crate::task_spec::{
-    BenchmarkFiles, BenchmarkInput, DataInput, EvaluateSpec, PrepareSpec, TaskSpec, TrainKind,
-    TrainSpec, Work,
+    BenchmarkFiles, BenchmarkInput, DataInput, EvaluateSpec, PrepareSpec, SynthesizeSpec, TaskSpec,
+    TrainKind, TrainSpec, Work,
 };
 
 pub fn lease_from(lease: Option<pb::LeaseRef>) -> Result<LeaseRef, String> {
@@ -110,6 +114,7 @@ pub fn task_spec_to(spec: &TaskSpec) -> pb::TaskSpec {
             batch_size: e.batch_size,
             features: e.features.iter().map(data_to).collect(),
         }),
+        Work::Synthesize(y) => W::Synthesize(synthesize_to(y)),
         Work::Noop => W::Noop(pb::NoopSpec {}),
     };
     pb::TaskSpec {
@@ -142,6 +147,7 @@ pub fn task_spec_from(spec: pb::TaskSpec) -> Result<TaskSpec, String> {
                 .map(data_from)
                 .collect::<Result<_, _>>()?,
         }),
+        W::Synthesize(y) => Work::Synthesize(synthesize_from(y)?),
         W::Noop(_) => Work::Noop,
     };
     Ok(TaskSpec {
@@ -151,10 +157,16 @@ pub fn task_spec_from(spec: pb::TaskSpec) -> Result<TaskSpec, String> {
 }
 
 /// Each domain enum paired with its wire values: one table serves both directions.
-const TRAIN_KINDS: [(TrainKind, pb::TrainKind); 3] = [
+const TRAIN_KINDS: [(TrainKind, pb::TrainKind); 4] = [
     (TrainKind::Language, pb::TrainKind::Language),
     (TrainKind::VisionLanguage, pb::TrainKind::VisionLanguage),
     (TrainKind::Tasks, pb::TrainKind::Tasks),
+    (TrainKind::SelfSynthesis, pb::TrainKind::SelfSynthesis),
+];
+const STRATEGIES: [(DecodingStrategy, pb::Strategy); 3] = [
+    (DecodingStrategy::Greedy, pb::Strategy::Greedy),
+    (DecodingStrategy::Temperature, pb::Strategy::Temperature),
+    (DecodingStrategy::TopP, pb::Strategy::TopP),
 ];
 const ENCODERS: [(VisionEncoder, pb::VisionEncoder); 2] = [
     (VisionEncoder::Vit, pb::VisionEncoder::Vit),
@@ -195,16 +207,80 @@ fn from_wire<D: Copy, W: Into<i32> + Copy>(
         .ok_or_else(|| format!("unknown {what} {value}"))
 }
 
+fn shape_to(m: &ModelShape) -> pb::ModelShape {
+    pb::ModelShape {
+        vocab_size: m.vocab_size,
+        context: m.context,
+        d_model: m.d_model,
+        n_layers: m.n_layers,
+        n_heads: m.n_heads,
+    }
+}
+
+fn shape_from(m: Option<pb::ModelShape>) -> Result<ModelShape, String> {
+    let m = m.ok_or("the task spec has no model shape")?;
+    Ok(ModelShape {
+        vocab_size: m.vocab_size,
+        context: m.context,
+        d_model: m.d_model,
+        n_layers: m.n_layers,
+        n_heads: m.n_heads,
+    })
+}
+
+fn synthesize_to(y: &SynthesizeSpec) -> pb::SynthesizeSpec {
+    let (d, f) = (&y.decoding, &y.filters);
+    pb::SynthesizeSpec {
+        model: Some(shape_to(&y.model)),
+        vision: Some(vision_to(&y.vision)),
+        images: Some(data_to(&y.images)),
+        decoding: Some(pb::Decoding {
+            strategy: to_wire(&STRATEGIES, d.strategy),
+            temperature: d.temperature,
+            top_p: d.top_p,
+            max_tokens: d.max_tokens,
+            captions_per_image: d.captions_per_image,
+        }),
+        filters: Some(pb::Filters {
+            min_words: f.min_words,
+            max_words: f.max_words,
+            dedupe: f.dedupe,
+            min_logprob: f.min_logprob,
+        }),
+        seed: y.seed,
+        round: y.round,
+    }
+}
+
+fn synthesize_from(y: pb::SynthesizeSpec) -> Result<SynthesizeSpec, String> {
+    let d = y.decoding.ok_or("the synthesize spec has no decoding")?;
+    let f = y.filters.unwrap_or_default();
+    Ok(SynthesizeSpec {
+        model: shape_from(y.model)?,
+        vision: vision_from(y.vision.ok_or("the synthesize spec has no vision path")?)?,
+        images: data_from(y.images.ok_or("the synthesize spec names no pictures")?)?,
+        decoding: Decoding {
+            strategy: from_wire(&STRATEGIES, d.strategy, "decoding strategy")?,
+            temperature: d.temperature,
+            top_p: d.top_p,
+            max_tokens: d.max_tokens,
+            captions_per_image: d.captions_per_image,
+        },
+        filters: Filters {
+            min_words: f.min_words,
+            max_words: f.max_words,
+            dedupe: f.dedupe,
+            min_logprob: f.min_logprob,
+        },
+        seed: y.seed,
+        round: y.round,
+    })
+}
+
 fn train_to(t: &TrainSpec) -> pb::TrainSpec {
     pb::TrainSpec {
         kind: to_wire(&TRAIN_KINDS, t.kind),
-        model: Some(pb::ModelShape {
-            vocab_size: t.model.vocab_size,
-            context: t.model.context,
-            d_model: t.model.d_model,
-            n_layers: t.model.n_layers,
-            n_heads: t.model.n_heads,
-        }),
+        model: Some(shape_to(&t.model)),
         vision: t.vision.as_ref().map(vision_to),
         data: t.data.iter().map(data_to).collect(),
         steps: t.steps,
@@ -219,16 +295,9 @@ fn train_to(t: &TrainSpec) -> pb::TrainSpec {
 
 fn train_from(t: pb::TrainSpec) -> Result<TrainSpec, String> {
     let kind = from_wire(&TRAIN_KINDS, t.kind, "training kind")?;
-    let m = t.model.ok_or("the training spec has no model shape")?;
     Ok(TrainSpec {
         kind,
-        model: ModelShape {
-            vocab_size: m.vocab_size,
-            context: m.context,
-            d_model: m.d_model,
-            n_layers: m.n_layers,
-            n_heads: m.n_heads,
-        },
+        model: shape_from(t.model)?,
         vision: t.vision.map(vision_from).transpose()?,
         data: t
             .data
@@ -280,6 +349,8 @@ fn data_to(d: &DataInput) -> pb::DataInput {
         words: d.words,
         pictures: d.pictures,
         image_size: d.image_size,
+        weight: d.weight,
+        parts: d.parts.clone(),
     }
 }
 
@@ -294,6 +365,8 @@ fn data_from(d: pb::DataInput) -> Result<DataInput, String> {
         words: d.words,
         pictures: d.pictures,
         image_size: d.image_size,
+        weight: d.weight,
+        parts: d.parts,
     })
 }
 
@@ -321,6 +394,30 @@ fn benchmark_input_from(b: pb::BenchmarkInput) -> Result<BenchmarkInput, String>
         images: b.images,
         limit: b.limit,
     })
+}
+
+fn synthesis_counts_to(c: &SynthesisCounts) -> pb::SynthesisCounts {
+    pb::SynthesisCounts {
+        pictures: c.pictures,
+        captions: c.captions,
+        kept: c.kept,
+        too_short: c.too_short,
+        too_long: c.too_long,
+        duplicates: c.duplicates,
+        unlikely: c.unlikely,
+    }
+}
+
+fn synthesis_counts_from(c: pb::SynthesisCounts) -> SynthesisCounts {
+    SynthesisCounts {
+        pictures: c.pictures,
+        captions: c.captions,
+        kept: c.kept,
+        too_short: c.too_short,
+        too_long: c.too_long,
+        duplicates: c.duplicates,
+        unlikely: c.unlikely,
+    }
 }
 
 pub fn results_to(r: &TaskResults) -> pb::TaskResults {
@@ -354,6 +451,7 @@ pub fn results_to(r: &TaskResults) -> pb::TaskResults {
             items_scored: r.counts.items_scored,
             items_unusable: r.counts.items_unusable,
             images_skipped: r.counts.images_skipped,
+            synthesis: Some(synthesis_counts_to(&r.counts.synthesis)),
         }),
         sources: r
             .sources
@@ -399,6 +497,7 @@ pub fn results_from(r: Option<pb::TaskResults>) -> TaskResults {
             items_scored: counts.items_scored,
             items_unusable: counts.items_unusable,
             images_skipped: counts.images_skipped,
+            synthesis: synthesis_counts_from(counts.synthesis.unwrap_or_default()),
         },
         sources: r
             .sources
@@ -499,6 +598,15 @@ mod tests {
                 items_scored: 10,
                 items_unusable: 1,
                 images_skipped: 2,
+                synthesis: SynthesisCounts {
+                    pictures: 4,
+                    captions: 8,
+                    kept: 5,
+                    too_short: 1,
+                    too_long: 0,
+                    duplicates: 2,
+                    unlikely: 0,
+                },
             },
             sources: vec![SourceReport {
                 name: "book".into(),

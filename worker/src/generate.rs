@@ -140,6 +140,23 @@ fn collect(next: &Tensor, stop: i64, out: &mut [Vec<i64>], done: &mut [bool]) ->
     done.iter().all(|d| *d)
 }
 
+/// A decoded continuation and how likely the model found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub tokens: Vec<i64>,
+    /// Summed log-probability (under the model, before temperature or top-p) of every
+    /// token picked, the stop token included when it was picked.
+    pub logprob: f64,
+    pub picked: usize,
+}
+
+impl Decoded {
+    /// Mean log-probability per picked token.
+    pub fn mean_logprob(&self) -> f64 {
+        self.logprob / self.picked.max(1) as f64
+    }
+}
+
 /// New tokens for every prompt, decoded with the KV cache. `prefix` (B, N, C): visual
 /// tokens each prompt follows, for captions and answers about pictures.
 pub fn generate(
@@ -149,6 +166,18 @@ pub fn generate(
     sampling: &Sampling,
     stop: i64,
 ) -> Result<Vec<Vec<i64>>, WorkerError> {
+    let decoded = generate_scored(model, prefix, prompts, sampling, stop)?;
+    Ok(decoded.into_iter().map(|d| d.tokens).collect())
+}
+
+/// [`generate`], with each continuation's log-probability.
+pub fn generate_scored(
+    model: &Gpt,
+    prefix: Option<&Tensor>,
+    prompts: &[Vec<i64>],
+    sampling: &Sampling,
+    stop: i64,
+) -> Result<Vec<Decoded>, WorkerError> {
     check_room(model, prefix, prompts, sampling)?;
     tch::no_grad(|| {
         let batch = left_pad(prompts, stop, model.device());
@@ -163,8 +192,10 @@ pub fn generate(
         let mut last = logits.select(1, -1); // (B, vocab)
         let mut position = positions.select(1, -1); // (B)
         let (mut out, mut done) = (vec![Vec::new(); prompts.len()], vec![false; prompts.len()]);
+        let mut scores = vec![(0.0, 0); prompts.len()];
         for _ in 0..sampling.max_new_tokens {
             let next = pick(&last, sampling);
+            score(&last, &next, &done, &mut scores);
             if collect(&next, stop, &mut out, &mut done) {
                 break;
             }
@@ -183,8 +214,33 @@ pub fn generate(
             );
             last = logits.select(1, 0);
         }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .zip(scores)
+            .map(|(tokens, (logprob, picked))| Decoded {
+                tokens,
+                logprob,
+                picked,
+            })
+            .collect())
     })
+}
+
+/// Adds the log-probability of each unfinished row's picked token to its score.
+fn score(logits: &Tensor, picked: &Tensor, done: &[bool], scores: &mut [(f64, usize)]) {
+    let logprobs = logits
+        .to_kind(Kind::Float)
+        .log_softmax(-1, Kind::Float)
+        .gather(-1, &picked.unsqueeze(-1), false)
+        .squeeze_dim(-1)
+        .to_device(Device::Cpu);
+    let logprobs: Vec<f32> = Vec::try_from(logprobs).expect("log-probabilities are f32");
+    for ((score, lp), finished) in scores.iter_mut().zip(logprobs).zip(done) {
+        if !*finished {
+            score.0 += f64::from(lp);
+            score.1 += 1;
+        }
+    }
 }
 
 /// The same decoding without a cache: every step recomputes the whole sequence. The

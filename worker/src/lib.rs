@@ -10,6 +10,9 @@
 //! - [`fit`]: the training loop every phase shares (steps, checkpoints, resume).
 //! - [`language`]: phase 1, language bootstrapping.
 //! - [`multimodal`]: phases 2 and 4, captioning and question answering.
+//! - [`dreams`]: phase 3, self-synthesis: sharded captioning of unlabeled pictures
+//!   (filtered, committed once a shard), then training on the captions and real text.
+//! - [`mix`]: weighted mixing of a phase's sources, reproducible by seed.
 //! - [`prompts`]: how captions and questions are taught and asked.
 //! - [`visual`]: what the encoder reads for a picture (pixels, or precomputed features).
 //! - [`probes`]: held-out caption accuracy after phase 2, with its chance level.
@@ -33,6 +36,7 @@ pub mod checkpoint;
 pub mod context;
 pub mod corpus;
 pub mod data;
+pub mod dreams;
 pub mod error;
 pub mod eval;
 pub mod fit;
@@ -40,6 +44,7 @@ pub mod generate;
 pub mod inputs;
 pub mod language;
 pub mod loaders;
+pub mod mix;
 pub mod model;
 pub mod multimodal;
 pub mod optim;

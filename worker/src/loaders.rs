@@ -249,9 +249,25 @@ pub async fn unlabeled(
     location: &Location,
     size: u32,
 ) -> Result<(Vec<Unlabeled>, Skipped), WorkerError> {
+    unlabeled_files(location.objects().await?, size).await
+}
+
+/// The picture files (images and tar shards) of a folder, by name: what a synthesize
+/// step splits into shards, a file each (a tar shard stays whole).
+pub async fn picture_files(location: &Location) -> Result<Vec<Location>, WorkerError> {
+    let mut files = location.objects().await?;
+    files.retain(|f| is_image(f.url()) || f.url().ends_with(".tar"));
+    Ok(files)
+}
+
+/// Images from these files (image files and/or tar shards).
+pub async fn unlabeled_files(
+    files: Vec<Location>,
+    size: u32,
+) -> Result<(Vec<Unlabeled>, Skipped), WorkerError> {
     let mut out = Vec::new();
     let mut skipped = Skipped::default();
-    for file in location.objects().await? {
+    for file in files {
         if is_image(file.url()) {
             let bytes = file.get().await.map_err(|e| e.to_string());
             if let Some(pixels) = decode_counted(file.url(), bytes, size, &mut skipped) {

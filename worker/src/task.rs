@@ -5,7 +5,7 @@ use outloud_core::task_spec::{TrainKind, Work};
 
 use crate::context::{TaskContext, TaskOutput};
 use crate::error::WorkerError;
-use crate::{eval, language, multimodal, prepare};
+use crate::{dreams, eval, language, multimodal, prepare};
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     match &ctx.assignment.spec.work {
@@ -14,7 +14,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         Work::Train(train) => match train.kind {
             TrainKind::Language => language::run(ctx),
             TrainKind::VisionLanguage | TrainKind::Tasks => multimodal::run(ctx),
+            TrainKind::SelfSynthesis => dreams::train::run(ctx),
         },
+        Work::Synthesize(_) => dreams::synthesize(ctx),
         Work::Noop => Ok(TaskOutput {
             output: String::new(),
             metrics: Metrics::default(),

@@ -152,6 +152,12 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
                 step.name,
                 step.results().sources.len()
             ),
+            StepKind::Synthesize { .. } => println!(
+                "{}: {} captions kept of {} pictures in {took:.1} s",
+                step.name,
+                step.results().counts.synthesis.kept,
+                step.results().counts.synthesis.pictures
+            ),
             StepKind::Evaluate { .. } => println!(
                 "{}: {} items scored in {took:.1} s ({:.0}/s)",
                 step.name,

@@ -296,7 +296,9 @@ impl Scheduler {
                 job_id: job.id.clone(),
                 step: step.name.clone(),
                 shards: step.tasks.len() as u32,
-                spec: step.work.clone(),
+                spec: job
+                    .task_spec(id.step as usize)
+                    .unwrap_or_else(|| step.work.clone()),
                 output_root: step.attempt_root(&id, lease.epoch),
                 resume_checkpoint: resume_checkpoint.clone(),
                 input_checkpoint: job.input_checkpoint(id.step as usize),
@@ -572,5 +574,7 @@ impl Scheduler {
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod synthesis_tests;
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,7 @@ use std::fmt;
 use outloud_core::results::TaskResults;
 use outloud_core::spec::JobSpec;
 pub use outloud_core::task::{Assignment, LeaseRef, Metrics, TaskId};
+use outloud_core::task_spec::{TaskSpec, Work};
 use serde::{Deserialize, Serialize};
 
 use super::steps::{Input, Step, StepKind};
@@ -190,6 +191,38 @@ impl Job {
         }
     }
 
+    /// What a task of step `index` is given: the step's resolved spec, with the captions
+    /// that the synthesize steps it reads have committed, by now, filled in.
+    pub fn task_spec(&self, index: usize) -> Option<TaskSpec> {
+        let step = self.steps.get(index)?;
+        let mut spec = step.work.clone();
+        let Work::Train(train) = &mut spec.work else {
+            return Some(spec);
+        };
+        for input in &step.inputs {
+            let Input::Outputs(source) = input else {
+                continue;
+            };
+            let source = self.steps.get(*source as usize)?;
+            let StepKind::Synthesize { phase, .. } = source.kind else {
+                continue;
+            };
+            let name = &self.spec.phases.get(phase as usize)?.name;
+            let parts: Vec<String> = source
+                .tasks
+                .iter()
+                .filter_map(|t| match &t.state {
+                    TaskState::Succeeded { output } if !output.is_empty() => Some(output.clone()),
+                    _ => None,
+                })
+                .collect();
+            for data in train.data.iter_mut().filter(|d| &d.name == name) {
+                data.parts = parts.clone();
+            }
+        }
+        Some(spec)
+    }
+
     /// Leases a task of step `index` may lose before the job fails.
     pub fn max_attempts(&self, index: usize) -> u32 {
         let Some(step) = self.steps.get(index) else {
@@ -197,7 +230,9 @@ impl Job {
         };
         match (step.kind, &self.spec.evaluation) {
             (StepKind::Evaluate { .. }, Some(evaluation)) => evaluation.max_attempts,
-            (StepKind::Train { phase }, _) => self.spec.phases[phase as usize].max_attempts,
+            (StepKind::Train { phase } | StepKind::Synthesize { phase, .. }, _) => {
+                self.spec.phases[phase as usize].max_attempts
+            }
             _ => PREPARE_ATTEMPTS,
         }
     }

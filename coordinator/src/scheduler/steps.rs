@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use outloud_core::results::TaskResults;
-use outloud_core::spec::JobSpec;
+use outloud_core::spec::{JobSpec, PhaseKind};
 use outloud_core::storage::join_url;
 use outloud_core::task::attempt_folder;
 use outloud_core::task_spec::TaskSpec;
@@ -33,6 +33,9 @@ pub enum StepKind {
     Train { phase: u32 },
     /// Scores the final checkpoint of spec phase `phase` on the job's benchmarks.
     Evaluate { phase: u32 },
+    /// Captions unlabeled pictures for round `round` (1-based) of self-synthesis phase
+    /// `phase`: a shard per slice of the pictures, each committing one JSONL file.
+    Synthesize { phase: u32, round: u32 },
 }
 
 /// What a step reads from another step (by index in the job's steps).
@@ -91,6 +94,20 @@ pub fn eval_step_name(phase: &str) -> String {
     format!("{phase}.eval")
 }
 
+/// The names of round `round` of `rounds` of a self-synthesis phase: its synthesize
+/// step and its training step. The last round's training step has the phase's name.
+pub fn round_names(phase: &str, round: u32, rounds: u32) -> (String, String) {
+    if rounds == 1 {
+        return (format!("{phase}.synthesize"), phase.to_string());
+    }
+    let train = if round == rounds {
+        phase.to_string()
+    } else {
+        format!("{phase}.r{round}")
+    };
+    (format!("{phase}.r{round}.synthesize"), train)
+}
+
 /// The name of the data preparation step.
 pub const PREPARE: &str = "prepare";
 
@@ -111,38 +128,124 @@ pub fn expand(job_id: &str, spec: &JobSpec) -> Result<Vec<Step>, String> {
         ));
         Input::Outputs(0)
     });
-    // Where each phase's training step will be: `from` may name a later phase.
+    // Where each phase's (last) training step will be: `from` may name a later phase.
     let mut at = BTreeMap::new();
     let mut next = steps.len() as u32;
     for (index, phase) in spec.phases.iter().enumerate() {
-        at.insert(phase.name.as_str(), next);
-        next += 1 + u32::from(spec.evaluates_after(index));
+        // A self-synthesis phase: a synthesize and a training step per round.
+        let own = match synthesis_rounds(spec, index) {
+            0 => 1,
+            rounds => 2 * rounds,
+        };
+        at.insert(phase.name.as_str(), next + own - 1);
+        next += own + u32::from(spec.evaluates_after(index));
     }
     for (index, phase) in spec.phases.iter().enumerate() {
+        let mut from = spec.starts_from(index).map(|name| at[name]);
+        let rounds = synthesis_rounds(spec, index);
+        for round in 1..=rounds {
+            from = Some(expand_round(
+                job_id, spec, index, round, from, prepared, &mut steps,
+            )?);
+        }
+        if rounds > 0 {
+            continue; // the last round's training step is the phase's
+        }
         let train = at[phase.name.as_str()];
         let mut inputs: Vec<Input> = prepared.into_iter().collect();
-        if let Some(from) = spec.starts_from(index) {
-            inputs.push(Input::Checkpoint(at[from]));
-        }
+        inputs.extend(from.map(Input::Checkpoint));
         let kind = StepKind::Train {
             phase: index as u32,
         };
         let work = TaskSpec::train(spec, index)?;
         let step = Step::new(job_id, train, &phase.name, kind, phase.shards, work);
         steps.push(Step { inputs, ..step });
-        if spec.evaluates_after(index) {
-            let kind = StepKind::Evaluate {
-                phase: index as u32,
-            };
-            let work = TaskSpec::evaluate(spec)?;
-            let name = eval_step_name(&phase.name);
-            let step = Step::new(job_id, train + 1, &name, kind, 1, work);
-            let mut inputs: Vec<Input> = prepared.into_iter().collect();
-            inputs.push(Input::Checkpoint(train));
-            steps.push(Step { inputs, ..step });
-        }
+        push_evaluation(job_id, spec, index, train, prepared, &mut steps)?;
     }
     Ok(steps)
+}
+
+/// Rounds of synthesize-then-train phase `index` expands into (0: not self-synthesis).
+fn synthesis_rounds(spec: &JobSpec, index: usize) -> u32 {
+    let phase = &spec.phases[index];
+    match phase.synthesis {
+        Some(_) if phase.kind == PhaseKind::SelfSynthesis => phase.rounds,
+        _ => 0,
+    }
+}
+
+/// Round `round` of self-synthesis phase `index`: a synthesize step captioning with
+/// checkpoint `from`, then a training step from the same checkpoint on those captions
+/// mixed with the phase's other data. Answers the training step's index; the last round
+/// also gets the phase's eval step.
+fn expand_round(
+    job_id: &str,
+    spec: &JobSpec,
+    index: usize,
+    round: u32,
+    from: Option<u32>,
+    prepared: Option<Input>,
+    steps: &mut Vec<Step>,
+) -> Result<u32, String> {
+    let phase = &spec.phases[index];
+    let synthesis = phase.synthesis.as_ref().ok_or("no synthesis block")?;
+    let (synthesize_name, train_name) = round_names(&phase.name, round, phase.rounds);
+    let mut inputs: Vec<Input> = prepared.into_iter().collect();
+    inputs.extend(from.map(Input::Checkpoint));
+    let synthesize = steps.len() as u32;
+    let kind = StepKind::Synthesize {
+        phase: index as u32,
+        round,
+    };
+    let work = TaskSpec::synthesize(spec, index, round)?;
+    let step = Step::new(
+        job_id,
+        synthesize,
+        &synthesize_name,
+        kind,
+        synthesis.shards,
+        work,
+    );
+    steps.push(Step {
+        inputs: inputs.clone(),
+        ..step
+    });
+    let train = steps.len() as u32;
+    inputs.push(Input::Outputs(synthesize));
+    let kind = StepKind::Train {
+        phase: index as u32,
+    };
+    let work = TaskSpec::train(spec, index)?;
+    let step = Step::new(job_id, train, &train_name, kind, 1, work);
+    steps.push(Step { inputs, ..step });
+    if round == phase.rounds {
+        push_evaluation(job_id, spec, index, train, prepared, steps)?;
+    }
+    Ok(train)
+}
+
+/// The eval step after training step `train` of phase `index`, when the spec has one.
+fn push_evaluation(
+    job_id: &str,
+    spec: &JobSpec,
+    index: usize,
+    train: u32,
+    prepared: Option<Input>,
+    steps: &mut Vec<Step>,
+) -> Result<(), String> {
+    if !spec.evaluates_after(index) {
+        return Ok(());
+    }
+    let kind = StepKind::Evaluate {
+        phase: index as u32,
+    };
+    let work = TaskSpec::evaluate(spec)?;
+    let name = eval_step_name(&spec.phases[index].name);
+    let step = Step::new(job_id, train + 1, &name, kind, 1, work);
+    let mut inputs: Vec<Input> = prepared.into_iter().collect();
+    inputs.push(Input::Checkpoint(train));
+    steps.push(Step { inputs, ..step });
+    Ok(())
 }
 
 impl Step {

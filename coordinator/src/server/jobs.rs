@@ -59,7 +59,7 @@ impl Jobs for JobService {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let r = request.into_inner();
-        let scheduler = self.0.lock();
+        let scheduler = self.0.serving()?;
         let job = scheduler
             .job(&r.job_id)
             .ok_or_else(|| status_of(SchedulerError::UnknownJob(r.job_id.clone())))?;
@@ -75,7 +75,7 @@ impl Jobs for JobService {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = request.into_inner();
-        let scheduler = self.0.lock();
+        let scheduler = self.0.serving()?;
         let jobs = scheduler
             .jobs_after(&r.page_token)
             .map(|job| (job.id.as_str(), JobSummary::of(job)));
@@ -119,7 +119,7 @@ impl Jobs for JobService {
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let r = request.into_inner();
-        let scheduler = self.0.lock();
+        let scheduler = self.0.serving()?;
         let workers = scheduler
             .workers_after(&r.page_token)
             .map(|worker| (worker.id.as_str(), worker));

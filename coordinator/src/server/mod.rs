@@ -132,6 +132,16 @@ impl Coordinator {
         }
     }
 
+    /// The scheduler for a read, unless a state write failed: then memory may hold what
+    /// disk does not, and nothing is answered from it.
+    fn serving(&self) -> Result<std::sync::MutexGuard<'_, Scheduler>, Status> {
+        let scheduler = self.lock();
+        if self.committer.is_broken() {
+            return Err(Status::unavailable(STOPPING));
+        }
+        Ok(scheduler)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Scheduler> {
         // A panic while holding the lock would be a bug in the pure scheduler; keep serving
         // what it left rather than poisoning every later call.
@@ -230,11 +240,16 @@ pub async fn run(
             jobs, auth,
         ))
         .serve_with_incoming_shutdown(incoming(listener), shutdown);
-    // A failed state write stops the server at once: a graceful stop would wait for
-    // clients to hang up while memory holds what disk does not.
+    // A failed state write stops the server: a graceful stop would wait for clients to
+    // hang up while memory holds what disk does not. It serves on only long enough for
+    // the answers already made (the "did not happen" ones) to reach their clients;
+    // meanwhile every call is refused ([`Coordinator::serving`]).
     let result = tokio::select! {
         result = serving => Some(result),
-        _ = coordinator.stop.notified() => None,
+        _ = async {
+            coordinator.stop.notified().await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        } => None,
     };
     expiry.abort();
     if let Some(metrics) = metrics {

@@ -93,6 +93,8 @@ pub fn problems(spec: &JobSpec, limits: &Limits) -> Vec<(String, String)> {
     for (i, phase) in spec.phases.iter().enumerate() {
         let field = |name: &str| format!("phases[{i}].{name}");
         check(field("shards"), over(phase.shards, l.shards));
+        let dream_shards = phase.synthesis.as_ref().map(|y| y.shards);
+        check(field("synthesis.shards"), dream_shards.and_then(|n| over(n, l.shards)));
         check(field("steps"), over(phase.steps, l.steps));
         check(field("words"), phase.words.and_then(|w| over(w, l.words)));
         check(field("batch_size"), over(phase.batch_size, l.batch_size));
@@ -107,7 +109,10 @@ pub fn problems(spec: &JobSpec, limits: &Limits) -> Vec<(String, String)> {
     let tasks = spec
         .phases
         .iter()
-        .map(|p| u64::from(p.shards))
+        .map(|p| {
+            let dreams = p.synthesis.as_ref().map_or(0, |y| u64::from(y.shards));
+            u64::from(p.shards).saturating_add(dreams.saturating_mul(u64::from(p.rounds)))
+        })
         .fold(0u64, u64::saturating_add);
     let problem = over(tasks, l.tasks).map(|m| format!("{m} tasks in all, every phase's shards"));
     check("phases".into(), problem);

@@ -66,7 +66,10 @@ impl JobSpec {
                 problems.push(("from", format!("`from` runs in a circle through `{from}`")));
             }
         }
-        let needs_checkpoint = matches!(phase.kind, PhaseKind::VisionLanguage | PhaseKind::Tasks);
+        let needs_checkpoint = matches!(
+            phase.kind,
+            PhaseKind::VisionLanguage | PhaseKind::Tasks | PhaseKind::SelfSynthesis
+        );
         if needs_checkpoint && self.starts_from(index).is_none() {
             problems.push((
                 "kind",

@@ -10,6 +10,7 @@ pub mod limits;
 mod lineage;
 mod locate;
 mod model;
+mod synthesis;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -21,6 +22,7 @@ pub use eval::{BenchmarkSource, EvaluationSpec};
 pub use limits::Limits;
 pub use locate::Locator;
 pub use model::{ModelShape, ModelSpec, VisionEncoder, VisionSpec};
+pub use synthesis::{Decoding, DecodingStrategy, Filters, SynthesisSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,7 +118,7 @@ pub enum PhaseKind {
 impl PhaseKind {
     /// Whether workers of this build can run the phase.
     pub fn is_runnable(self) -> bool {
-        !matches!(self, PhaseKind::SelfSynthesis)
+        true
     }
 
     /// The name a spec uses.
@@ -126,7 +128,10 @@ impl PhaseKind {
 
     /// Whether the phase sees pictures (and so needs `model.vision`).
     pub fn sees_pictures(self) -> bool {
-        matches!(self, PhaseKind::VisionLanguage | PhaseKind::Tasks)
+        matches!(
+            self,
+            PhaseKind::VisionLanguage | PhaseKind::Tasks | PhaseKind::SelfSynthesis
+        )
     }
 
     /// The data kinds this phase can read.
@@ -147,10 +152,11 @@ impl PhaseKind {
                 DataKind::PictureBook,
                 DataKind::ImageFeatures,
             ],
+            // Its pictures are named in `synthesis.images`; it trains on text.
             PhaseKind::SelfSynthesis => &[
-                DataKind::UnlabeledImages,
+                DataKind::Text,
+                DataKind::GeneratedText,
                 DataKind::PictureBook,
-                DataKind::ImageFeatures,
             ],
             PhaseKind::Noop => &[],
         }
@@ -162,9 +168,10 @@ impl PhaseKind {
 pub struct PhaseSpec {
     pub name: String,
     pub kind: PhaseKind,
-    /// Names of data sources this phase reads.
+    /// The data sources this phase reads, by name, each with a weight (`{source: x,
+    /// weight: 0.5}`, or just `x` for weight 1): batches draw from them at those ratios.
     #[serde(default)]
-    pub data: Vec<String>,
+    pub data: Vec<DataRef>,
     /// Optimizer steps.
     #[serde(default)]
     pub steps: u64,
@@ -195,6 +202,61 @@ pub struct PhaseSpec {
     /// before it). Phases that name the same one are branches: a job is a tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// `self_synthesis`: how often it synthesizes and then trains, each time with the
+    /// model the round before made.
+    #[serde(default = "default_rounds")]
+    pub rounds: u32,
+    /// `self_synthesis`: what it captions and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthesis: Option<SynthesisSpec>,
+}
+
+/// A phase's data entry: a source's name and the share of batches drawn from it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataRef {
+    pub source: String,
+    pub weight: f64,
+}
+
+impl DataRef {
+    pub fn named(source: &str) -> Self {
+        Self {
+            source: source.into(),
+            weight: 1.0,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DataRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Name(String),
+            Weighted(Weighted),
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Weighted {
+            source: String,
+            #[serde(default = "unit")]
+            weight: f64,
+        }
+        fn unit() -> f64 {
+            1.0
+        }
+        Ok(match Written::deserialize(d)? {
+            Written::Name(source) => DataRef::named(&source),
+            Written::Weighted(w) => DataRef {
+                source: w.source,
+                weight: w.weight,
+            },
+        })
+    }
+}
+
+fn default_rounds() -> u32 {
+    1
 }
 
 fn default_eval() -> bool {
@@ -427,7 +489,20 @@ impl JobSpec {
                     "a phase that sees pictures needs `model.vision`".into(),
                 );
             }
-            for (j, name) in phase.data.iter().enumerate() {
+            for (field, message) in phase.synthesis_problems(self) {
+                say(format!("phases[{i}].{field}"), message);
+            }
+            for (j, entry) in phase.data.iter().enumerate() {
+                let name = &entry.source;
+                if !(entry.weight > 0.0 && entry.weight.is_finite()) {
+                    say(
+                        format!("phases[{i}].data[{j}].weight"),
+                        format!("must be above 0, got {}", entry.weight),
+                    );
+                }
+                if self.is_synthetic_source(i, name) {
+                    continue;
+                }
                 match self.data.iter().find(|d| &d.name == name) {
                     None => say(
                         format!("phases[{i}].data[{j}]"),
@@ -457,6 +532,14 @@ impl JobSpec {
             }
         }
         problems
+    }
+
+    /// Whether phase `index` reads `name` as the captions it synthesizes: a
+    /// `self_synthesis` phase lists itself (as text, mixed with its other sources).
+    pub fn is_synthetic_source(&self, index: usize, name: &str) -> bool {
+        self.phases
+            .get(index)
+            .is_some_and(|p| p.kind == PhaseKind::SelfSynthesis && p.name == name)
     }
 
     /// Whether an eval step follows phase `index`.

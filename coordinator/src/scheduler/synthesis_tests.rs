@@ -1,0 +1,159 @@
+//! Self-synthesis in the state machine: rounds of sharded synthesize steps and the
+//! training steps that read what their shards committed, exactly once each.
+
+use super::*;
+use outloud_core::spec;
+use outloud_core::task_spec::Work;
+
+fn dreaming(rounds: u32, shards: u32) -> JobSpec {
+    let yaml = format!(
+        "\
+name: dream
+storage: /tmp/d
+data:
+  - {{name: book, kind: picture_book, pictures: 40}}
+model: {{preset: tiny, vision: {{encoder: vit, image_size: 16, patch_size: 8, d_model: 32, n_layers: 1, n_heads: 2}}}}
+phases:
+  - {{name: language, kind: language, data: [book], steps: 1}}
+  - {{name: captions, kind: vision_language, data: [book], steps: 1}}
+  - name: dreaming
+    kind: self_synthesis
+    rounds: {rounds}
+    synthesis: {{images: book, shards: {shards}}}
+    data: [{{source: dreaming, weight: 0.5}}, {{source: book, weight: 0.5}}]
+    steps: 1
+  - {{name: tasks, kind: tasks, data: [book], steps: 1}}
+"
+    );
+    spec::parse(&yaml, "dream.yaml").unwrap()
+}
+
+fn scheduler() -> Scheduler {
+    Scheduler::new(SchedulerConfig {
+        lease_timeout_ms: 1_000,
+        instance: 0,
+    })
+}
+
+fn finish(s: &mut Scheduler, w: &str, a: &Assignment, output: &str) {
+    let output = format!("{}/{output}", a.output_root);
+    s.complete(
+        w,
+        &a.lease,
+        Metrics::default(),
+        output,
+        Default::default(),
+        1,
+    )
+    .unwrap();
+}
+
+#[test]
+fn rounds_expand_into_synthesize_and_train_steps() {
+    let mut s = scheduler();
+    let job = s.submit(dreaming(2, 3), 0).unwrap();
+    let job = s.job(&job).unwrap();
+    let steps: Vec<(&str, usize)> = job
+        .steps
+        .iter()
+        .map(|st| (st.name.as_str(), st.tasks.len()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("prepare", 1),
+            ("language", 1),
+            ("captions", 1),
+            ("dreaming.r1.synthesize", 3),
+            ("dreaming.r1", 1),
+            ("dreaming.r2.synthesize", 3),
+            ("dreaming", 1),
+            ("tasks", 1),
+        ]
+    );
+    // Round 2 dreams with round 1's model; tasks start from the last round's.
+    let source = |name: &str| {
+        job.checkpoint_source(job.steps.iter().position(|st| st.name == name).unwrap())
+            .map(|st| st.name.as_str())
+    };
+    assert_eq!(source("dreaming.r1.synthesize"), Some("captions"));
+    assert_eq!(source("dreaming.r1"), Some("captions"));
+    assert_eq!(source("dreaming.r2.synthesize"), Some("dreaming.r1"));
+    assert_eq!(source("dreaming"), Some("dreaming.r1"));
+    assert_eq!(source("tasks"), Some("dreaming"));
+}
+
+#[test]
+fn training_reads_exactly_the_outputs_each_shard_committed() {
+    let mut s = scheduler();
+    s.submit(dreaming(1, 4), 0).unwrap();
+    let (w1, w2) = (
+        s.register(WorkerInfo::for_tests("a"), 0),
+        s.register(WorkerInfo::for_tests("b"), 0),
+    );
+    for _ in 0..3 {
+        let a = s.lease(&w1, 1).unwrap().unwrap();
+        finish(&mut s, &w1, &a, "final");
+    }
+    // Four shards leased at once on two workers.
+    let shards: Vec<(String, Assignment)> = (0..4)
+        .map(|i| {
+            let w = if i % 2 == 0 { &w1 } else { &w2 };
+            (w.clone(), s.lease(w, 2).unwrap().unwrap())
+        })
+        .collect();
+    assert!(
+        shards
+            .iter()
+            .all(|(_, a)| matches!(a.spec.work, Work::Synthesize(_)))
+    );
+    assert!(
+        s.lease(&w1, 2).unwrap().is_none(),
+        "training waits for every shard"
+    );
+    // Shard 0's first lease expires while its worker goes on (a zombie); the shard is
+    // leased again and committed by the new lease. The zombie's commit is refused.
+    let (zombie_worker, zombie) = shards[0].clone();
+    s.heartbeat(&w2, &[], 1_500).unwrap();
+    for (w, a) in &shards[1..] {
+        if *w == w2 {
+            finish(&mut s, w, a, "captions.jsonl");
+        }
+    }
+    s.expire(2_100);
+    let w3 = s.register(WorkerInfo::for_tests("c"), 2_100);
+    let mut again = Vec::new();
+    while let Some(a) = s.lease(&w3, 2_100).unwrap() {
+        again.push(a);
+    }
+    assert!(again.iter().any(|a| a.lease.task == zombie.lease.task));
+    for a in &again {
+        finish(&mut s, &w3, a, "captions.jsonl");
+    }
+    let late = s.complete(
+        &zombie_worker,
+        &zombie.lease,
+        Metrics::default(),
+        format!("{}/captions.jsonl", zombie.output_root),
+        Default::default(),
+        2_200,
+    );
+    assert!(matches!(late, Err(SchedulerError::StaleLease { .. })));
+    // The training step gets one committed file per shard: the newer lease's for shard 0.
+    let train = s.lease(&w3, 2_300).unwrap().unwrap();
+    assert_eq!(train.step, "dreaming");
+    let Work::Train(spec) = &train.spec.work else {
+        panic!("{:?}", train.spec.work)
+    };
+    let dreams = spec.data.iter().find(|d| d.name == "dreaming").unwrap();
+    assert_eq!(dreams.parts.len(), 4, "{:?}", dreams.parts);
+    assert_eq!(dreams.weight, 0.5);
+    let shard_zero = dreams
+        .parts
+        .iter()
+        .find(|p| p.contains("/shard-0/"))
+        .unwrap();
+    assert!(shard_zero.contains("/attempt-2/"), "{shard_zero}");
+    let distinct: std::collections::BTreeSet<_> = dreams.parts.iter().collect();
+    assert_eq!(distinct.len(), 4);
+}

@@ -1,0 +1,283 @@
+//! Phase 3, self-synthesis ("dreaming"). Per round, a sharded synthesize step (3a,
+//! [`synthesize`]): each shard captions its slice of the unlabeled pictures with the
+//! checkpoint that dreams, filters the captions ([`filters`]) and writes them as one
+//! JSONL file in its attempt's folder, the commit of which the coordinator accepts once.
+//! Then a training step (3b, [`train`]): the language part learns from those captions
+//! mixed with real text, the vision path carried over as it was.
+
+pub mod filters;
+pub mod train;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use outloud_core::results::{ProbeScore, SynthesisCounts, TaskResults};
+use outloud_core::spec::{DataKind, DecodingStrategy};
+use outloud_core::storage::Location;
+use outloud_core::task::Metrics;
+use outloud_core::task_spec::{DataInput, SynthesizeSpec, Work};
+use serde::Deserialize;
+use tch::{Device, Tensor, nn};
+
+use crate::context::{TaskContext, TaskOutput};
+use crate::data;
+use crate::error::WorkerError;
+use crate::generate::{Sampling, generate_scored};
+use crate::inputs;
+use crate::loaders::{self, file_name};
+use crate::tokenizer::Tokenizer;
+use crate::vlm::{VisionPath, Vlm};
+use crate::world::language::caption_score;
+use crate::world::scene::Scene;
+use filters::Caption;
+
+/// Pictures decoded together: larger batches pay off on a GPU, where the KV cache wins
+/// only from about 128 rows (see BENCHMARKS.md); on a CPU 32 keeps memory small.
+fn pictures_per_batch(device: Device) -> usize {
+    if device.is_cuda() { 128 } else { 32 }
+}
+
+/// The file a shard commits, in its attempt's folder.
+pub const CAPTIONS_FILE: &str = "captions.jsonl";
+
+/// One picture of the shard: where it is, and what the encoder reads for it.
+struct Picture {
+    url: String,
+    input: Tensor,
+}
+
+pub fn synthesize(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
+    let Work::Synthesize(spec) = &ctx.assignment.spec.work else {
+        return Err(WorkerError::Config("not a synthesize task".into()));
+    };
+    let loaded = inputs::input_checkpoint(ctx, "the checkpoint that dreams")?;
+    let vision: VisionPath = loaded.manifest.vision.ok_or_else(|| {
+        WorkerError::Config("the checkpoint has no vision path, so it cannot caption".into())
+    })?;
+    let vs = nn::VarStore::new(ctx.device);
+    let model = Vlm::new(&vs.root(), loaded.manifest.model, vision.config());
+    inputs::load_weights(&vs, &loaded.weights, |_| true)?;
+    let tokenizer = Tokenizer::from_json(&loaded.tokenizer)?;
+    let checkpoint = ctx.assignment.input_checkpoint.clone().unwrap_or_default();
+
+    let (shard, shards) = (
+        ctx.assignment.lease.task.shard,
+        ctx.assignment.shards.max(1),
+    );
+    let (pictures, skipped) = ctx.runtime.block_on(shard_pictures(
+        ctx.storage(),
+        &spec.images,
+        &vision,
+        shard,
+        shards,
+    ))?;
+    tracing::info!(
+        pictures = pictures.len(),
+        skipped,
+        shard,
+        shards,
+        "pictures to caption"
+    );
+    // The same shard draws the same captions, whichever worker runs it.
+    tch::manual_seed((spec.seed ^ u64::from(spec.round) << 32 ^ u64::from(shard)) as i64);
+    let mut captions = Vec::new();
+    let mut metrics = Metrics {
+        total_items: pictures.len() as u64,
+        ..Metrics::default()
+    };
+    for chunk in pictures.chunks(pictures_per_batch(ctx.device)) {
+        ctx.check_stop()?;
+        captions.extend(caption_batch(
+            &model,
+            &tokenizer,
+            spec,
+            chunk,
+            &checkpoint,
+            ctx.device,
+        )?);
+        metrics.items += chunk.len() as u64;
+        ctx.report(metrics, None, None);
+    }
+    let mut counts = SynthesisCounts {
+        pictures: pictures.len() as u64,
+        ..SynthesisCounts::default()
+    };
+    let kept = filters::keep(captions, &spec.filters, &mut counts);
+    let mut probes = vec![distinct_share(&kept)];
+    if spec.images.kind == DataKind::PictureBook {
+        probes.extend(
+            ctx.runtime
+                .block_on(world_accuracy(ctx.storage(), &spec.images, &kept))?,
+        );
+    }
+    let mut jsonl = String::new();
+    for caption in &kept {
+        jsonl += &serde_json::to_string(caption).map_err(|e| WorkerError::Data(e.to_string()))?;
+        jsonl.push('\n');
+    }
+    let place = ctx.output_root()?.join(CAPTIONS_FILE);
+    ctx.runtime.block_on(place.put(jsonl.into_bytes()))?;
+    tracing::info!(
+        kept = counts.kept,
+        of = counts.captions,
+        url = place.url(),
+        "captions written"
+    );
+    let mut results = TaskResults {
+        probes,
+        ..TaskResults::default()
+    };
+    results.counts.synthesis = counts;
+    results.counts.images_skipped = skipped;
+    Ok(TaskOutput {
+        output: place.url().to_string(),
+        metrics,
+        results,
+    })
+}
+
+/// Every `shards`-th picture file of the source from `shard` on (a tar shard stays
+/// whole), or every `shards`-th precomputed feature; and how many could not be read.
+async fn shard_pictures(
+    storage: &str,
+    images: &DataInput,
+    vision: &VisionPath,
+    shard: u32,
+    shards: u32,
+) -> Result<(Vec<Picture>, u64), WorkerError> {
+    let root = data::source_root(storage, images).await?;
+    let mine = |i: usize| i % shards as usize == shard as usize;
+    if images.kind == DataKind::ImageFeatures {
+        let features = loaders::features(&root).await?;
+        let pictures = features
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| mine(*i))
+            .map(|(_, (name, input))| Picture {
+                url: format!("{}#{name}", root.url()),
+                input,
+            })
+            .collect();
+        return Ok((pictures, 0));
+    }
+    let folder = match images.kind {
+        DataKind::PictureBook => root.join("unlabeled"),
+        _ => root,
+    };
+    let files: Vec<Location> = loaders::picture_files(&folder)
+        .await?
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| mine(*i))
+        .map(|(_, file)| file)
+        .collect();
+    let (read, skipped) = loaders::unlabeled_files(files, vision.image_size).await?;
+    let pictures = read
+        .into_iter()
+        .map(|u| Picture {
+            url: u.key,
+            input: u.pixels,
+        })
+        .collect();
+    Ok((pictures, skipped.count))
+}
+
+/// Captions for a batch of pictures, `captions_per_image` each.
+fn caption_batch(
+    model: &Vlm,
+    tokenizer: &Tokenizer,
+    spec: &SynthesizeSpec,
+    pictures: &[Picture],
+    checkpoint: &str,
+    device: Device,
+) -> Result<Vec<Caption>, WorkerError> {
+    let per_picture = spec.decoding.captions_per_image.max(1) as i64;
+    let inputs: Vec<Tensor> = pictures.iter().map(|p| p.input.shallow_clone()).collect();
+    let stacked = Tensor::stack(&inputs, 0).to_device(device);
+    let visual = tch::no_grad(|| model.visual_tokens(&stacked));
+    let visual = visual.repeat_interleave_self_int(per_picture, Some(0), None);
+    let room = (model.lm.config.context as usize).saturating_sub(visual.size()[1] as usize + 1);
+    let d = spec.decoding;
+    let sampling = Sampling {
+        max_new_tokens: (d.max_tokens as usize).min(room),
+        temperature: match d.strategy {
+            DecodingStrategy::Greedy => 0.0,
+            DecodingStrategy::Temperature | DecodingStrategy::TopP => d.temperature,
+        },
+        top_p: match d.strategy {
+            DecodingStrategy::TopP => d.top_p,
+            _ => 1.0,
+        },
+    };
+    let eot = tokenizer.end_of_text() as i64;
+    let prompts = vec![vec![eot]; visual.size()[0] as usize];
+    let decoded = generate_scored(&model.lm, Some(&visual), &prompts, &sampling, eot)?;
+    decoded
+        .into_iter()
+        .enumerate()
+        .map(|(row, d)| {
+            let ids: Vec<u32> = d.tokens.iter().map(|&t| t as u32).collect();
+            Ok(Caption {
+                image: pictures[row / per_picture as usize].url.clone(),
+                caption: tokenizer.decode(&ids)?.trim().to_string(),
+                logprob: d.mean_logprob(),
+                checkpoint: checkpoint.to_string(),
+                round: spec.round,
+            })
+        })
+        .collect()
+}
+
+/// The share of kept captions that differ from every other (1.0: all distinct).
+fn distinct_share(kept: &[Caption]) -> ProbeScore {
+    let distinct: BTreeSet<&str> = kept.iter().map(|c| c.caption.as_str()).collect();
+    ProbeScore {
+        name: "distinct_captions".into(),
+        value: distinct.len() as f64 / kept.len().max(1) as f64,
+        chance: None,
+        items: kept.len() as u64,
+    }
+}
+
+#[derive(Deserialize)]
+struct Truth {
+    image: String,
+    scene: Scene,
+}
+
+/// On the picture-book world the truth behind every unlabeled picture is known: how
+/// well the kept captions name it (colours, shapes, counts, positions), beside the
+/// score of each caption against another picture (chance).
+async fn world_accuracy(
+    storage: &str,
+    world: &DataInput,
+    kept: &[Caption],
+) -> Result<Option<ProbeScore>, WorkerError> {
+    let root = data::source_root(storage, world).await?;
+    let truth = root.join("truth/unlabeled.jsonl").get().await?;
+    let scenes: BTreeMap<String, Scene> = String::from_utf8_lossy(&truth)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Truth>(l).ok())
+        .map(|t| (file_name(&t.image).to_string(), t.scene))
+        .collect();
+    let scored: Vec<(&Caption, &Scene)> = kept
+        .iter()
+        .filter_map(|c| Some((c, scenes.get(file_name(&c.image))?)))
+        .collect();
+    if scored.is_empty() {
+        return Ok(None);
+    }
+    let n = scored.len();
+    let accuracy = scored
+        .iter()
+        .map(|(c, s)| caption_score(&c.caption, s))
+        .sum::<f64>();
+    let chance = (0..n)
+        .map(|i| caption_score(&scored[i].0.caption, scored[(i + 1) % n].1))
+        .sum::<f64>();
+    Ok(Some(ProbeScore {
+        name: "dream_caption_accuracy".into(),
+        value: accuracy / n as f64,
+        chance: Some(chance / n as f64),
+        items: n as u64,
+    }))
+}
