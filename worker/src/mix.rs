@@ -1,8 +1,13 @@
 //! Weighted mixing: each row of a batch draws its source at the phase's weights
 //! (`data: [{source: dreams, weight: 0.5}, ...]`), from a generator seeded by the phase's
-//! seed and the step, so a run (and a resumed run) draws the same sources.
+//! seed and the step, so a run (and a resumed run) draws the same sources. Text phases
+//! (1 and 3b) draw windows of each source's token stream ([`text_batch`]).
 
+use tch::{Device, Tensor};
+
+use crate::error::WorkerError;
 use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
 
 /// Sources by their share of draws.
 #[derive(Debug, Clone)]
@@ -37,9 +42,90 @@ impl Mixture {
     }
 }
 
+/// One source's text as one token stream, and how many words a token stands for.
+pub struct TextStream {
+    tokens: Tensor,
+    words_per_token: f64,
+}
+
+impl TextStream {
+    /// `docs` of source `name`, tokenized; refused when too short for one window.
+    pub fn new(
+        tokenizer: &Tokenizer,
+        name: &str,
+        docs: &[String],
+        context: i64,
+    ) -> Result<Self, WorkerError> {
+        let tokens = tokenizer.encode_stream(docs)?;
+        let words: usize = docs.iter().map(|d| d.split_whitespace().count()).sum();
+        if (tokens.len() as i64) < 2 * (context + 1) {
+            return Err(WorkerError::Data(format!(
+                "source `{name}` has {} tokens, too little text for a context of {context}",
+                tokens.len()
+            )));
+        }
+        Ok(Self {
+            words_per_token: words as f64 / tokens.len() as f64,
+            tokens: Tensor::from_slice(&tokens),
+        })
+    }
+}
+
+/// The (inputs, targets) batch of `step` and the words it holds: each of `rows` rows a
+/// random window of the source the mixture draws for it.
+pub fn text_batch(
+    streams: &[TextStream],
+    mixture: &Mixture,
+    seed: u64,
+    step: u64,
+    rows: usize,
+    context: i64,
+    device: Device,
+) -> (Tensor, Tensor, u64) {
+    let mut rng = Rng::for_stream(seed, step);
+    let mut windows = Vec::with_capacity(rows);
+    let mut words = 0.0;
+    for _ in 0..rows {
+        let source = &streams[mixture.pick(&mut rng)];
+        let span = source.tokens.size()[0] - context - 1;
+        let start = rng.below(span as u64) as i64;
+        windows.push(source.tokens.narrow(0, start, context + 1));
+        words += source.words_per_token * context as f64;
+    }
+    let windows = Tensor::stack(&windows, 0).to_device(device);
+    (
+        windows.narrow(1, 0, context),
+        windows.narrow(1, 1, context),
+        words.round() as u64,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_batches_draw_sources_at_their_weights_and_repeat_by_seed() {
+        // Two sources told apart by their tokens: all 1s and all 2s.
+        let streams = [1i64, 2].map(|id| TextStream {
+            tokens: Tensor::from_slice(&vec![id; 64]),
+            words_per_token: 1.0,
+        });
+        let mixture = Mixture::new(&[0.25, 0.75]);
+        let draw = |seed| {
+            let (x, _, _) = text_batch(&streams, &mixture, seed, 3, 4_000, 8, Device::Cpu);
+            x
+        };
+        let x = draw(5);
+        assert!(
+            x.equal(&draw(5)),
+            "the same seed and step draw the same batch"
+        );
+        let first: Vec<i64> = Vec::try_from(x.select(1, 0)).unwrap();
+        let share = first.iter().filter(|&&t| t == 1).count() as f64 / first.len() as f64;
+        let sd = (0.25f64 * 0.75 / 4_000.0).sqrt();
+        assert!((share - 0.25).abs() < 4.0 * sd, "{share}");
+    }
 
     #[test]
     fn draws_follow_the_weights_and_repeat_by_seed() {

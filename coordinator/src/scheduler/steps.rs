@@ -165,7 +165,8 @@ pub fn expand(job_id: &str, spec: &JobSpec) -> Result<Vec<Step>, String> {
     Ok(steps)
 }
 
-/// Rounds of synthesize-then-train phase `index` expands into (0: not self-synthesis).
+/// Rounds of synthesize-then-train phase `index` expands into (0: not self-synthesis,
+/// or its control, which is one plain training step).
 fn synthesis_rounds(spec: &JobSpec, index: usize) -> u32 {
     let phase = &spec.phases[index];
     match phase.synthesis {

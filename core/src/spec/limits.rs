@@ -94,7 +94,10 @@ pub fn problems(spec: &JobSpec, limits: &Limits) -> Vec<(String, String)> {
         let field = |name: &str| format!("phases[{i}].{name}");
         check(field("shards"), over(phase.shards, l.shards));
         let dream_shards = phase.synthesis.as_ref().map(|y| y.shards);
-        check(field("synthesis.shards"), dream_shards.and_then(|n| over(n, l.shards)));
+        check(
+            field("synthesis.shards"),
+            dream_shards.and_then(|n| over(n, l.shards)),
+        );
         check(field("steps"), over(phase.steps, l.steps));
         check(field("words"), phase.words.and_then(|w| over(w, l.words)));
         check(field("batch_size"), over(phase.batch_size, l.batch_size));

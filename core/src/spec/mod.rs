@@ -203,7 +203,8 @@ pub struct PhaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     /// `self_synthesis`: how often it synthesizes and then trains, each time with the
-    /// model the round before made.
+    /// model the round before made; 0 is the ablation's control (the same training on
+    /// real data only).
     #[serde(default = "default_rounds")]
     pub rounds: u32,
     /// `self_synthesis`: what it captions and how.
@@ -539,7 +540,7 @@ impl JobSpec {
     pub fn is_synthetic_source(&self, index: usize, name: &str) -> bool {
         self.phases
             .get(index)
-            .is_some_and(|p| p.kind == PhaseKind::SelfSynthesis && p.name == name)
+            .is_some_and(|p| p.kind == PhaseKind::SelfSynthesis && p.rounds > 0 && p.name == name)
     }
 
     /// Whether an eval step follows phase `index`.

@@ -99,15 +99,24 @@ impl PhaseSpec {
     pub(super) fn synthesis_problems(&self, spec: &JobSpec) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         let mut say = |field: &str, message: String| problems.push((field.to_string(), message));
+        if self.kind == PhaseKind::SelfSynthesis && self.rounds > MAX_ROUNDS {
+            say(
+                "rounds",
+                format!("must be 0 to {MAX_ROUNDS}, got {}", self.rounds),
+            );
+        }
+        if self.kind != PhaseKind::SelfSynthesis && self.rounds != 1 {
+            say("rounds", "only a `self_synthesis` phase has rounds".into());
+        }
+        let control = self.kind == PhaseKind::SelfSynthesis && self.rounds == 0;
         let Some(synthesis) = &self.synthesis else {
-            if self.kind == PhaseKind::SelfSynthesis {
+            if self.kind == PhaseKind::SelfSynthesis && !control {
                 say(
                     "synthesis",
-                    "a `self_synthesis` phase needs a `synthesis` block".into(),
+                    "a `self_synthesis` phase needs a `synthesis` block (or `rounds: 0`: \
+                     the control that trains on its real data only)"
+                        .into(),
                 );
-            }
-            if self.rounds != 1 {
-                say("rounds", "only a `self_synthesis` phase has rounds".into());
             }
             return problems;
         };
@@ -117,10 +126,10 @@ impl PhaseSpec {
                 format!("a `{}` phase does not synthesize", self.kind.name()),
             );
         }
-        if !(1..=MAX_ROUNDS).contains(&self.rounds) {
+        if control {
             say(
-                "rounds",
-                format!("must be 1 to {MAX_ROUNDS}, got {}", self.rounds),
+                "synthesis",
+                "`rounds: 0` synthesizes nothing: drop `synthesis`".into(),
             );
         }
         match spec.data.iter().find(|d| d.name == synthesis.images) {
@@ -248,8 +257,13 @@ phases:
             ),
             (
                 "rounds: 2",
+                "rounds: 17",
+                "phases[2].rounds: must be 0 to 16, got 17",
+            ),
+            (
+                "rounds: 2",
                 "rounds: 0",
-                "phases[2].rounds: must be 1 to 16, got 0",
+                "phases[2].synthesis: `rounds: 0` synthesizes nothing",
             ),
             (
                 "top_p: 0.9",
@@ -282,5 +296,15 @@ phases:
         let without = DREAMING.split("    synthesis:").next().unwrap().to_string()
             + "    data: [story]\n    steps: 5\n";
         assert!(refused(&without).contains("a `self_synthesis` phase needs a `synthesis` block"));
+        // The control: the same training on real data only, no synthesis.
+        let control = DREAMING.split("    rounds: 2").next().unwrap().to_string()
+            + "    rounds: 0\n    data: [story]\n    steps: 5\n";
+        let spec = parse(&control, "job.yaml").unwrap();
+        assert_eq!(spec.phases[2].rounds, 0);
+        let listed_itself = control.replace(
+            "data: [story]\n    steps: 5",
+            "data: [dreaming, story]\n    steps: 5",
+        );
+        assert!(refused(&listed_itself).contains("no data source named `dreaming`"));
     }
 }
