@@ -22,7 +22,7 @@ fn spec(storage: &std::path::Path) -> String {
 name: dream
 storage: {}
 data:
-  - {{name: book, kind: picture_book, seed: 3, pictures: 80}}
+  - {{name: book, kind: picture_book, seed: 3, pictures: 600}}
 model: {{preset: tiny, vision: {{encoder: vit, image_size: 16, patch_size: 8, d_model: 32, n_layers: 1, n_heads: 2}}}}
 phases:
   - {{name: language, kind: language, data: [book], steps: 40, batch_size: 8}}
@@ -32,7 +32,7 @@ phases:
     synthesis:
       images: book
       shards: 8
-      decoding: {{strategy: top_p, top_p: 0.9, temperature: 1.0, max_tokens: 12, captions_per_image: {PER_PICTURE}}}
+      decoding: {{strategy: top_p, top_p: 0.9, temperature: 1.0, max_tokens: 24, captions_per_image: {PER_PICTURE}}}
     data: [{{source: dreaming, weight: 0.5}}, {{source: book, weight: 0.5}}]
     steps: 20
     batch_size: 8
@@ -70,17 +70,22 @@ async fn shards_commit_exactly_once_through_a_kill_and_training_follows() {
         .collect();
     std::fs::write(&unlabeled[0], b"not a png").unwrap();
 
-    // Both workers mid-step, each holding a shard: kill one, start another.
-    let busy = cluster
-        .wait(&id, Duration::from_secs(300), |job| {
-            let leased = synthesize_step(job)
-                .tasks
-                .iter()
-                .filter_map(|t| t.holder())
-                .collect::<std::collections::BTreeSet<_>>();
-            leased.len() == 2 || job.state.is_finished()
-        })
-        .await;
+    // Both workers mid-step, each holding a shard: kill one, start another. Polled
+    // often: a shard takes about a second here.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let busy = loop {
+        let job = job(&cluster.connection, &id).await;
+        let holders = synthesize_step(&job)
+            .tasks
+            .iter()
+            .filter_map(|t| t.holder())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if holders == 2 || job.state.is_finished() || std::time::Instant::now() > deadline {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(busy.state, RunState::Running, "{:?}", busy.error);
     workers[0].sigkill();
     let _third = cluster.worker("w2");

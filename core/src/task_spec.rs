@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{
-    DataKind, DataSource, Decoding, Filters, JobSpec, ModelShape, PhaseKind, VisionSpec,
+    DataKind, DataSource, Decoding, Filters, JobSpec, ModelShape, PhaseKind, ReadAs, VisionSpec,
 };
 
 /// Picture side of a generated world when the model has no vision path to say it.
@@ -139,17 +139,17 @@ pub struct DataInput {
     pub pictures: Option<u64>,
     /// Picture side in pixels of a generated world.
     pub image_size: u32,
-    /// The share of batches drawn from this source, against the phase's others.
-    #[serde(default = "unit_weight")]
-    pub weight: f64,
+    /// The share of batches drawn from this source, against the phase's others; `None`
+    /// for every source of a phase: drawn by size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
     /// Captions a synthesize step committed (its shards' JSONL files): filled in when a
     /// task that reads them is leased.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<String>,
-}
-
-fn unit_weight() -> f64 {
-    1.0
+    /// What a picture-book world gives the phase (captions or questions), when said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_as: Option<ReadAs>,
 }
 
 impl DataInput {
@@ -165,8 +165,9 @@ impl DataInput {
                 .model
                 .vision
                 .map_or(DEFAULT_WORLD_IMAGE_SIZE, |v| v.image_size),
-            weight: 1.0,
+            weight: None,
             parts: Vec::new(),
+            read_as: None,
         }
     }
 
@@ -180,8 +181,9 @@ impl DataInput {
             words: None,
             pictures: None,
             image_size: 0,
-            weight: 1.0,
+            weight: None,
             parts: Vec::new(),
+            read_as: None,
         }
     }
 }
@@ -209,6 +211,7 @@ impl TaskSpec {
                 spec.data_input(&entry.source)?
             };
             input.weight = entry.weight;
+            input.read_as = entry.read_as;
             data.push(input);
         }
         Ok(spec.task(Work::Train(TrainSpec {

@@ -10,7 +10,7 @@ use crate::results::{
     BenchmarkScore, Counts, ProbeScore, ScoreMode, SourceReport, SynthesisCounts, TaskResults,
 };
 use crate::spec::{
-    DataKind, Decoding, DecodingStrategy, Filters, ModelShape, VisionEncoder, VisionSpec,
+    DataKind, Decoding, DecodingStrategy, Filters, ModelShape, ReadAs, VisionEncoder, VisionSpec,
 };
 use crate::task::{Assignment, LeaseRef, Metrics, PROTOCOL_VERSION, TaskId};
 use crate::task_spec::{
@@ -162,6 +162,10 @@ const TRAIN_KINDS: [(TrainKind, pb::TrainKind); 4] = [
     (TrainKind::VisionLanguage, pb::TrainKind::VisionLanguage),
     (TrainKind::Tasks, pb::TrainKind::Tasks),
     (TrainKind::SelfSynthesis, pb::TrainKind::SelfSynthesis),
+];
+const READ_AS: [(ReadAs, pb::ReadAs); 2] = [
+    (ReadAs::Captions, pb::ReadAs::Captions),
+    (ReadAs::Questions, pb::ReadAs::Questions),
 ];
 const STRATEGIES: [(DecodingStrategy, pb::Strategy); 3] = [
     (DecodingStrategy::Greedy, pb::Strategy::Greedy),
@@ -351,6 +355,7 @@ fn data_to(d: &DataInput) -> pb::DataInput {
         image_size: d.image_size,
         weight: d.weight,
         parts: d.parts.clone(),
+        read_as: d.read_as.map_or(0, |r| to_wire(&READ_AS, r)),
     }
 }
 
@@ -367,6 +372,10 @@ fn data_from(d: pb::DataInput) -> Result<DataInput, String> {
         image_size: d.image_size,
         weight: d.weight,
         parts: d.parts,
+        read_as: match d.read_as {
+            0 => None,
+            value => Some(from_wire(&READ_AS, value, "data use")?),
+        },
     })
 }
 

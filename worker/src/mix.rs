@@ -9,6 +9,15 @@ use crate::error::WorkerError;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 
+/// The weights to draw a phase's sources at: the spec's (a source without one counts
+/// 1), or with none given at all, the sources' sizes (as if they were one).
+pub fn weights(given: &[Option<f64>], sizes: &[f64]) -> Vec<f64> {
+    if given.iter().all(Option::is_none) {
+        return sizes.to_vec();
+    }
+    given.iter().map(|w| w.unwrap_or(1.0)).collect()
+}
+
 /// Sources by their share of draws.
 #[derive(Debug, Clone)]
 pub struct Mixture {
@@ -49,6 +58,11 @@ pub struct TextStream {
 }
 
 impl TextStream {
+    /// Tokens in the stream: its size, for drawing by size.
+    pub fn tokens(&self) -> usize {
+        self.tokens.size()[0] as usize
+    }
+
     /// `docs` of source `name`, tokenized; refused when too short for one window.
     pub fn new(
         tokenizer: &Tokenizer,
@@ -148,5 +162,7 @@ mod tests {
             );
         }
         assert!(Mixture::new(&[2.0]).pick(&mut Rng::new(1)) == 0);
+        assert_eq!(weights(&[None, None], &[10.0, 30.0]), [10.0, 30.0]);
+        assert_eq!(weights(&[Some(0.2), None], &[10.0, 30.0]), [0.2, 1.0]);
     }
 }

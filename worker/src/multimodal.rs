@@ -4,11 +4,12 @@
 //!
 //! Phase 2 starts from phase 1's final checkpoint: the language model's weights load as
 //! saved, the vision path starts fresh. Phase 4 starts from phase 2's, vision included
-//! ([`crate::inputs`]).
+//! ([`crate::inputs`]). Each source is a pool of examples drawn at the phase's weights;
+//! phase 4 may replay phase 2's captions beside its questions (`as: captions`).
 
-use outloud_core::spec::DataKind;
+use outloud_core::spec::{DataKind, ReadAs};
 use outloud_core::task::Metrics;
-use outloud_core::task_spec::TrainKind;
+use outloud_core::task_spec::{DataInput, TrainKind};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::context::{TaskContext, TaskOutput};
@@ -17,6 +18,7 @@ use crate::error::WorkerError;
 use crate::fit::{self, Consumed, Fit, WEIGHT_DECAY};
 use crate::inputs::{self, Start};
 use crate::loaders;
+use crate::mix::{self, Mixture};
 use crate::optim::AdamW;
 use crate::probes;
 use crate::prompts::{Example, caption_example, question_example};
@@ -26,9 +28,11 @@ use crate::visual::VisualInputs;
 use crate::vlm::{EncoderKind, IGNORE, VisionPath, Vlm};
 
 /// The batch of `step`: pictures (B, 3, S, S), ids and targets (B, T), right-padded,
-/// and the words it teaches.
+/// and the words it teaches. Each row draws its source at the phase's weights, then an
+/// example of that source.
 fn batch(
-    examples: &[Example],
+    pools: &[Vec<Example>],
+    mixture: &Mixture,
     seed: u64,
     step: u64,
     size: usize,
@@ -37,7 +41,10 @@ fn batch(
 ) -> (Tensor, Tensor, Tensor, u64) {
     let mut rng = Rng::for_stream(seed, step);
     let chosen: Vec<&Example> = (0..size)
-        .map(|_| &examples[rng.below(examples.len() as u64) as usize])
+        .map(|_| {
+            let pool = &pools[mixture.pick(&mut rng)];
+            &pool[rng.below(pool.len() as u64) as usize]
+        })
         .collect();
     let longest = chosen.iter().map(|e| e.ids.len()).max().unwrap_or(1);
     let (mut ids, mut targets) = (Vec::new(), Vec::new());
@@ -65,25 +72,49 @@ fn batch(
     (pixels, ids, targets, chosen.iter().map(|e| e.words).sum())
 }
 
-/// Reads the phase's training examples; answers them and how many images were skipped.
+/// Whether `source` gives this phase captions (else questions): what the spec says
+/// (`as`), else what its kind holds, a world giving phase 2 captions and phase 4
+/// questions.
+fn reads_captions(kind: TrainKind, source: &DataInput) -> bool {
+    match source.read_as {
+        Some(ReadAs::Captions) => true,
+        Some(ReadAs::Questions) => false,
+        None => match source.kind {
+            DataKind::ImageCaptions => true,
+            DataKind::PictureBook => kind == TrainKind::VisionLanguage,
+            _ => false,
+        },
+    }
+}
+
+/// A phase's examples: a pool per source, the weight the spec gives each, and how many
+/// pictures were skipped.
+struct Pools {
+    pools: Vec<Vec<Example>>,
+    weights: Vec<Option<f64>>,
+    skipped: u64,
+}
+
+/// Reads the phase's training examples, a pool per source.
 fn examples(
     ctx: &TaskContext,
     tokenizer: &Tokenizer,
     image_size: u32,
     inputs: &VisualInputs,
-) -> Result<(Vec<Example>, u64), WorkerError> {
+) -> Result<Pools, WorkerError> {
     let train = ctx.train()?;
-    let mut out = Vec::new();
+    let (mut pools, mut weights) = (Vec::new(), Vec::new());
     let mut skipped = 0;
     for source in &train.data {
         if source.kind == DataKind::ImageFeatures {
             continue; // read by VisualInputs
         }
+        let mut out = Vec::new();
         let root = ctx
             .runtime
             .block_on(data::source_root(ctx.storage(), source))?;
         let book = source.kind == DataKind::PictureBook;
-        if train.kind == TrainKind::VisionLanguage {
+        if reads_captions(train.kind, source) {
             let location = if book {
                 root.join("captions/train.jsonl")
             } else {
@@ -121,14 +152,26 @@ fn examples(
                 }
             }
         }
+        if out.is_empty() {
+            return Err(WorkerError::Data(format!(
+                "step `{}` found no usable examples in source `{}`",
+                ctx.assignment.step, source.name
+            )));
+        }
+        weights.push(source.weight);
+        pools.push(out);
     }
-    if out.is_empty() {
+    if pools.is_empty() {
         return Err(WorkerError::Data(format!(
             "step `{}` found no usable examples",
             ctx.assignment.step
         )));
     }
-    Ok((out, skipped))
+    Ok(Pools {
+        pools,
+        weights,
+        skipped,
+    })
 }
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
@@ -163,11 +206,19 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let inputs = ctx
         .runtime
         .block_on(VisualInputs::load(ctx.storage(), &phase.data, &vision))?;
-    let (examples, skipped) = examples(ctx, &tokenizer, vision.image_size, &inputs)?;
-    let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0) as u32;
+    let Pools {
+        pools,
+        weights: given,
+        skipped,
+    } = examples(ctx, &tokenizer, vision.image_size, &inputs)?;
+    let sizes: Vec<f64> = pools.iter().map(|p| p.len() as f64).collect();
+    let weights = mix::weights(&given, &sizes);
+    let mixture = Mixture::new(&weights);
+    let all = || pools.iter().flatten();
+    let longest = all().map(|e| e.ids.len()).max().unwrap_or(0) as u32;
     let visual_tokens = match vision.encoder {
         EncoderKind::Vit => vision.vit_tokens(),
-        EncoderKind::Features => examples[0].pixels.size()[0] as u32,
+        EncoderKind::Features => pools[0][0].pixels.size()[0] as u32,
     };
     if longest + visual_tokens > shape.context {
         return Err(WorkerError::Config(format!(
@@ -175,7 +226,12 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
             visual_tokens, shape.context
         )));
     }
-    tracing::info!(examples = examples.len(), skipped, "examples ready");
+    tracing::info!(
+        examples = all().count(),
+        ?weights,
+        skipped,
+        "examples ready"
+    );
     let fit = Fit {
         ctx,
         root: ctx.output_root()?,
@@ -186,7 +242,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let pad = tokenizer.end_of_text() as i64;
     let mut output = fit.run(&vs, &mut optimizer, start, resumed, |step| {
         let (pixels, ids, targets, words) = batch(
-            &examples,
+            &pools,
+            &mixture,
             phase.seed,
             step,
             phase.batch_size as usize,
@@ -267,11 +324,12 @@ mod tests {
         let pixels = Tensor::zeros([3, 8, 8], (Kind::Float, Device::Cpu));
         let example =
             question_example(&tokenizer, pixels, "what colour is the ball?", "red").unwrap();
-        let examples = [example];
-        let (_, ids, targets, words) = batch(&examples, 0, 0, 1, 0, Device::Cpu);
+        let examples = [vec![example]];
+        let one = Mixture::new(&[1.0]);
+        let (_, ids, targets, words) = batch(&examples, &one, 0, 0, 1, 0, Device::Cpu);
         let taught: Vec<i64> = Vec::try_from(targets.view([-1])).unwrap();
         let all: Vec<i64> = Vec::try_from(ids.view([-1])).unwrap();
-        let from = examples[0].taught_from;
+        let from = examples[0][0].taught_from;
         assert!(taught[..from].iter().all(|t| *t == IGNORE));
         assert_eq!(&taught[from..], &all[from..]);
         assert_eq!(

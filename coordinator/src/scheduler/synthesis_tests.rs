@@ -147,7 +147,7 @@ fn training_reads_exactly_the_outputs_each_shard_committed() {
     };
     let dreams = spec.data.iter().find(|d| d.name == "dreaming").unwrap();
     assert_eq!(dreams.parts.len(), 4, "{:?}", dreams.parts);
-    assert_eq!(dreams.weight, 0.5);
+    assert_eq!(dreams.weight, Some(0.5));
     let shard_zero = dreams
         .parts
         .iter()

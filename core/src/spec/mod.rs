@@ -147,8 +147,10 @@ impl PhaseKind {
                 DataKind::PictureBook,
                 DataKind::ImageFeatures,
             ],
+            // Captions too: replay of what phase 2 taught.
             PhaseKind::Tasks => &[
                 DataKind::Questions,
+                DataKind::ImageCaptions,
                 DataKind::PictureBook,
                 DataKind::ImageFeatures,
             ],
@@ -168,8 +170,9 @@ impl PhaseKind {
 pub struct PhaseSpec {
     pub name: String,
     pub kind: PhaseKind,
-    /// The data sources this phase reads, by name, each with a weight (`{source: x,
-    /// weight: 0.5}`, or just `x` for weight 1): batches draw from them at those ratios.
+    /// The data sources this phase reads, by name (`x`), or with a weight (`{source: x,
+    /// weight: 0.5}`): batches draw from them at those ratios (a source without one
+    /// counts 1). With no weights at all, sources are drawn by their size, as if joined.
     #[serde(default)]
     pub data: Vec<DataRef>,
     /// Optimizer steps.
@@ -212,18 +215,32 @@ pub struct PhaseSpec {
     pub synthesis: Option<SynthesisSpec>,
 }
 
-/// A phase's data entry: a source's name and the share of batches drawn from it.
+/// A phase's data entry: a source's name, the share of batches drawn from it, and for
+/// a picture-book world in a phase that sees pictures, what it gives (`as`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DataRef {
     pub source: String,
-    pub weight: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+    #[serde(rename = "as", skip_serializing_if = "Option::is_none")]
+    pub read_as: Option<ReadAs>,
+}
+
+/// What a picture-book world gives a phase that sees pictures: its captions (phase 2's
+/// default; in phase 4, replay of what phase 2 taught) or its questions (phase 4's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadAs {
+    Captions,
+    Questions,
 }
 
 impl DataRef {
     pub fn named(source: &str) -> Self {
         Self {
             source: source.into(),
-            weight: 1.0,
+            weight: None,
+            read_as: None,
         }
     }
 }
@@ -240,17 +257,17 @@ impl<'de> Deserialize<'de> for DataRef {
         #[serde(deny_unknown_fields)]
         struct Weighted {
             source: String,
-            #[serde(default = "unit")]
-            weight: f64,
-        }
-        fn unit() -> f64 {
-            1.0
+            #[serde(default)]
+            weight: Option<f64>,
+            #[serde(default, rename = "as")]
+            read_as: Option<ReadAs>,
         }
         Ok(match Written::deserialize(d)? {
             Written::Name(source) => DataRef::named(&source),
             Written::Weighted(w) => DataRef {
                 source: w.source,
                 weight: w.weight,
+                read_as: w.read_as,
             },
         })
     }
@@ -495,14 +512,29 @@ impl JobSpec {
             }
             for (j, entry) in phase.data.iter().enumerate() {
                 let name = &entry.source;
-                if !(entry.weight > 0.0 && entry.weight.is_finite()) {
+                if let Some(weight) = entry.weight
+                    && !(weight > 0.0 && weight.is_finite())
+                {
                     say(
                         format!("phases[{i}].data[{j}].weight"),
-                        format!("must be above 0, got {}", entry.weight),
+                        format!("must be above 0, got {weight}"),
                     );
                 }
                 if self.is_synthetic_source(i, name) {
                     continue;
+                }
+                let book = self
+                    .data
+                    .iter()
+                    .any(|d| &d.name == name && d.kind == DataKind::PictureBook);
+                let reads_pictures =
+                    matches!(phase.kind, PhaseKind::VisionLanguage | PhaseKind::Tasks);
+                if entry.read_as.is_some() && !(book && reads_pictures) {
+                    say(
+                        format!("phases[{i}].data[{j}].as"),
+                        "`as` picks what a picture-book world gives a phase that sees pictures"
+                            .into(),
+                    );
                 }
                 match self.data.iter().find(|d| &d.name == name) {
                     None => say(

@@ -237,9 +237,9 @@ phases:
         assert_eq!(synthesis.decoding.captions_per_image, 1);
         assert_eq!(synthesis.filters.min_words, Some(3));
         assert_eq!(phase.data[0].source, "dreaming");
-        assert_eq!(phase.data[0].weight, 0.5);
-        // Plain names still mean weight 1.
-        assert_eq!(spec.phases[1].data[0].weight, 1.0);
+        assert_eq!(phase.data[0].weight, Some(0.5));
+        // A plain name gives no weight.
+        assert_eq!(spec.phases[1].data[0].weight, None);
     }
 
     #[test]

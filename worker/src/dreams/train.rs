@@ -13,7 +13,7 @@ use crate::data::read_corpus;
 use crate::error::WorkerError;
 use crate::fit::{self, Consumed, Fit, WEIGHT_DECAY};
 use crate::inputs::{self, Start};
-use crate::mix::{Mixture, TextStream, text_batch};
+use crate::mix::{self, Mixture, TextStream, text_batch};
 use crate::optim::AdamW;
 use crate::tokenizer::Tokenizer;
 use crate::vlm::{VisionPath, Vlm};
@@ -56,7 +56,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         let docs = ctx.runtime.block_on(documents(ctx.storage(), source))?;
         streams.push(TextStream::new(&tokenizer, &source.name, &docs, context)?);
     }
-    let weights: Vec<f64> = phase.data.iter().map(|d| d.weight).collect();
+    let given: Vec<Option<f64>> = phase.data.iter().map(|d| d.weight).collect();
+    let sizes: Vec<f64> = streams.iter().map(|s| s.tokens() as f64).collect();
+    let weights = mix::weights(&given, &sizes);
     let mixture = Mixture::new(&weights);
     tracing::info!(sources = streams.len(), ?weights, "text mixture ready");
 
