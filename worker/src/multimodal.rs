@@ -12,6 +12,7 @@ use outloud_core::task::Metrics;
 use outloud_core::task_spec::{DataInput, TrainKind};
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::checkpoint::Loaded;
 use crate::context::{TaskContext, TaskOutput};
 use crate::data;
 use crate::error::WorkerError;
@@ -174,6 +175,44 @@ fn examples(
     })
 }
 
+/// A vision-language model and its optimizer, started as `start_from` says: resumed
+/// from its own checkpoint, or given the previous phase's weights by `hand_over`.
+pub(crate) struct Started {
+    pub vs: nn::VarStore,
+    pub model: Vlm,
+    pub optimizer: AdamW,
+    pub start: Metrics,
+    pub resumed: bool,
+}
+
+pub(crate) fn start_vlm(
+    ctx: &TaskContext,
+    shape: crate::model::GptConfig,
+    vision: &VisionPath,
+    start_from: &Start,
+    hand_over: impl FnOnce(&nn::VarStore, &Loaded) -> Result<(), WorkerError>,
+) -> Result<Started, WorkerError> {
+    tch::manual_seed(ctx.train()?.seed as i64);
+    let mut vs = nn::VarStore::new(ctx.device);
+    let model = Vlm::new(&vs.root(), shape, vision.config());
+    fit::set_precision(&mut vs);
+    let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
+    let (start, resumed) = match start_from {
+        Start::Resume(loaded) => (inputs::restore(&vs, &mut optimizer, loaded)?, true),
+        Start::HandOver(previous) => {
+            hand_over(&vs, previous)?;
+            (Metrics::default(), false)
+        }
+    };
+    Ok(Started {
+        vs,
+        model,
+        optimizer,
+        start,
+        resumed,
+    })
+}
+
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let phase = ctx.train()?;
     let shape = phase.model.into();
@@ -184,18 +223,13 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let start_from = Start::find(ctx)?;
     let tokenizer = Tokenizer::from_json(&start_from.checkpoint().tokenizer)?;
 
-    tch::manual_seed(phase.seed as i64);
-    let mut vs = nn::VarStore::new(ctx.device);
-    let model = Vlm::new(&vs.root(), shape, vision.config());
-    fit::set_precision(&mut vs);
-    let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
-    let (start, resumed) = match &start_from {
-        Start::Resume(loaded) => (inputs::restore(&vs, &mut optimizer, loaded)?, true),
-        Start::HandOver(previous) => {
-            inputs::hand_over(&vs, previous)?;
-            (Metrics::default(), false)
-        }
-    };
+    let Started {
+        vs,
+        model,
+        mut optimizer,
+        start,
+        resumed,
+    } = start_vlm(ctx, shape, &vision, &start_from, inputs::hand_over)?;
     if vision.frozen {
         for (name, var) in vs.variables() {
             if name.starts_with("vision.") {

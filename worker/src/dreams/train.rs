@@ -3,20 +3,18 @@
 //! own, when resuming); the vision path is carried over untouched, so the next phase
 //! still sees.
 
-use outloud_core::task::Metrics;
 use outloud_core::task_spec::DataInput;
-use tch::nn;
 
 use super::filters::Caption;
 use crate::context::{TaskContext, TaskOutput};
 use crate::data::read_corpus;
 use crate::error::WorkerError;
-use crate::fit::{self, Consumed, Fit, WEIGHT_DECAY};
+use crate::fit::{Consumed, Fit};
 use crate::inputs::{self, Start};
 use crate::mix::{self, Mixture, TextStream, text_batch};
-use crate::optim::AdamW;
+use crate::multimodal::{Started, start_vlm};
 use crate::tokenizer::Tokenizer;
-use crate::vlm::{VisionPath, Vlm};
+use crate::vlm::VisionPath;
 
 /// The documents of one source: a synthesize step's committed captions, or real text.
 async fn documents(storage: &str, source: &DataInput) -> Result<Vec<String>, WorkerError> {
@@ -62,18 +60,15 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let mixture = Mixture::new(&weights);
     tracing::info!(sources = streams.len(), ?weights, "text mixture ready");
 
-    tch::manual_seed(phase.seed as i64);
-    let mut vs = nn::VarStore::new(ctx.device);
-    let model = Vlm::new(&vs.root(), shape, vision.config());
-    fit::set_precision(&mut vs);
-    let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
-    let (start, resumed) = match &start_from {
-        Start::Resume(loaded) => (inputs::restore(&vs, &mut optimizer, loaded)?, true),
-        Start::HandOver(previous) => {
-            inputs::load_weights(&vs, &previous.weights, |_| true)?;
-            (Metrics::default(), false)
-        }
-    };
+    let Started {
+        vs,
+        model,
+        mut optimizer,
+        start,
+        resumed,
+    } = start_vlm(ctx, shape, &vision, &start_from, |vs, previous| {
+        inputs::load_weights(vs, &previous.weights, |_| true).map(|_| ())
+    })?;
     // The vision path is carried over as it was: no gradient, no weight decay.
     for (name, var) in vs.variables() {
         if name.starts_with("vision.") || name.starts_with("projector.") {
