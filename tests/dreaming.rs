@@ -210,6 +210,13 @@ async fn shards_commit_exactly_once_through_a_kill_and_training_follows() {
     // still carries the vision path.
     let train = job.step("dreaming").unwrap();
     assert!(train.metrics().loss < train.first_loss().unwrap());
+    // The word ledger counts the dreamed words apart: about half, at weight 0.5.
+    let m = train.metrics();
+    let share = m.synthetic_words as f64 / m.words as f64;
+    assert!(
+        m.synthetic_words > 0 && share > 0.15 && share < 0.85,
+        "{m:?}"
+    );
     let manifest = committed_path(&job, "dreaming").join("manifest.json");
     let manifest: Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
     assert_eq!(manifest["vision"]["image_size"], 16);

@@ -113,6 +113,18 @@ pub fn job_table(job: &Job) -> String {
             out += &format!("{} {label}: {shown}\n", step.name);
         }
     }
+    for step in &job.steps {
+        let m = step.metrics();
+        if m.synthetic_words > 0 {
+            out += &format!(
+                "{} words read: {} ({} real, {} in its own captions)\n",
+                step.name,
+                m.words,
+                m.words - m.synthetic_words,
+                m.synthetic_words
+            );
+        }
+    }
     let planned = job.spec.largest_path_words().map_or(0, |(_, words)| words);
     out += &format!(
         "word budget: {planned} of {} words planned (the most on one path)\n",

@@ -80,6 +80,9 @@ pub struct Metrics {
     /// Benchmark items the step will score.
     #[serde(default)]
     pub total_items: u64,
+    /// Of `words`, those read in captions the model synthesized itself (phase 3b).
+    #[serde(default)]
+    pub synthetic_words: u64,
 }
 
 /// What a worker gets when it leases a task: the lease, and exactly what the task needs.

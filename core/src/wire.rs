@@ -44,6 +44,7 @@ pub fn metrics_from(metrics: Option<pb::Metrics>) -> Metrics {
         words: m.words,
         items: m.items,
         total_items: m.total_items,
+        synthetic_words: m.synthetic_words,
     }
 }
 
@@ -56,6 +57,7 @@ pub fn metrics_to(m: &Metrics) -> pb::Metrics {
         words: m.words,
         items: m.items,
         total_items: m.total_items,
+        synthetic_words: m.synthetic_words,
     }
 }
 

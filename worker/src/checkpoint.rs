@@ -40,6 +40,9 @@ pub struct Manifest {
     pub loss: f64,
     pub tokens: u64,
     pub words: u64,
+    /// Of `words`, those read in synthesized captions.
+    #[serde(default)]
+    pub synthetic_words: u64,
     /// File name -> SHA-256 (hex) of its bytes.
     pub files: BTreeMap<String, String>,
 }
@@ -173,6 +176,7 @@ mod tests {
             loss: 1.5,
             tokens: 100,
             words: 80,
+            synthetic_words: 0,
             files: BTreeMap::new(),
         }
     }

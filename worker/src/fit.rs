@@ -33,6 +33,8 @@ pub fn set_precision(vs: &mut nn::VarStore) {
 pub struct Consumed {
     pub tokens: u64,
     pub words: u64,
+    /// Of `words`, those in synthesized captions.
+    pub synthetic_words: u64,
 }
 
 /// A phase's training run: its model's checkpoint description and where it writes.
@@ -57,6 +59,7 @@ impl Fit<'_> {
             loss: metrics.loss,
             tokens: metrics.tokens,
             words: metrics.words,
+            synthetic_words: metrics.synthetic_words,
             files: Default::default(),
         }
     }
@@ -126,6 +129,7 @@ impl Fit<'_> {
             metrics.step = step + 1;
             metrics.tokens += consumed.tokens;
             metrics.words += consumed.words;
+            metrics.synthetic_words += consumed.synthetic_words;
             let checkpoint_due =
                 metrics.step.is_multiple_of(phase.checkpoint_every) && metrics.step < phase.steps;
             if checkpoint_due || step == start.step || window.due() {

@@ -175,6 +175,7 @@ pub fn restore(
         loss: m.loss,
         tokens: m.tokens,
         words: m.words,
+        synthetic_words: m.synthetic_words,
         ..Metrics::default()
     })
 }

@@ -10,7 +10,7 @@ use tch::nn;
 use crate::context::{TaskContext, TaskOutput};
 use crate::data::read_corpus;
 use crate::error::WorkerError;
-use crate::fit::{self, Consumed, Fit, WEIGHT_DECAY};
+use crate::fit::{self, Fit, WEIGHT_DECAY};
 use crate::inputs;
 use crate::mix::{self, Mixture, TextStream, text_batch};
 use crate::model::{Gpt, GptConfig};
@@ -35,7 +35,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         .data
         .iter()
         .zip(&sources)
-        .map(|(source, docs)| TextStream::new(&tokenizer, &source.name, docs, context))
+        .map(|(source, docs)| TextStream::new(&tokenizer, &source.name, docs, context, false))
         .collect::<Result<Vec<_>, _>>()?;
     let given: Vec<Option<f64>> = phase.data.iter().map(|d| d.weight).collect();
     let sizes: Vec<f64> = streams.iter().map(|s| s.tokens() as f64).collect();
@@ -65,11 +65,10 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         vision: None,
     };
     let rows = phase.batch_size as usize;
-    let tokens = rows as u64 * context as u64;
     fit.run(&vs, &mut optimizer, start, resumed.is_some(), |step| {
-        let (x, y, words) = text_batch(
+        let b = text_batch(
             &streams, &mixture, phase.seed, step, rows, context, ctx.device,
         );
-        Ok((model.loss(&x, &y), Consumed { tokens, words }))
+        Ok((model.loss(&b.inputs, &b.targets), b.consumed))
     })
 }

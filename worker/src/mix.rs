@@ -6,6 +6,7 @@
 use tch::{Device, Tensor};
 
 use crate::error::WorkerError;
+use crate::fit::Consumed;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 
@@ -55,6 +56,8 @@ impl Mixture {
 pub struct TextStream {
     tokens: Tensor,
     words_per_token: f64,
+    /// Captions the model synthesized (counted apart in the word ledger).
+    synthetic: bool,
 }
 
 impl TextStream {
@@ -69,6 +72,7 @@ impl TextStream {
         name: &str,
         docs: &[String],
         context: i64,
+        synthetic: bool,
     ) -> Result<Self, WorkerError> {
         let tokens = tokenizer.encode_stream(docs)?;
         let words: usize = docs.iter().map(|d| d.split_whitespace().count()).sum();
@@ -81,12 +85,20 @@ impl TextStream {
         Ok(Self {
             words_per_token: words as f64 / tokens.len() as f64,
             tokens: Tensor::from_slice(&tokens),
+            synthetic,
         })
     }
 }
 
-/// The (inputs, targets) batch of `step` and the words it holds: each of `rows` rows a
-/// random window of the source the mixture draws for it.
+/// A text batch: inputs and targets (B, T), and what it holds.
+pub struct TextBatch {
+    pub inputs: Tensor,
+    pub targets: Tensor,
+    pub consumed: Consumed,
+}
+
+/// The batch of `step`: each of `rows` rows a random window of the source the mixture
+/// draws for it.
 pub fn text_batch(
     streams: &[TextStream],
     mixture: &Mixture,
@@ -95,23 +107,31 @@ pub fn text_batch(
     rows: usize,
     context: i64,
     device: Device,
-) -> (Tensor, Tensor, u64) {
+) -> TextBatch {
     let mut rng = Rng::for_stream(seed, step);
     let mut windows = Vec::with_capacity(rows);
-    let mut words = 0.0;
+    let (mut words, mut synthetic) = (0.0, 0.0);
     for _ in 0..rows {
         let source = &streams[mixture.pick(&mut rng)];
         let span = source.tokens.size()[0] - context - 1;
         let start = rng.below(span as u64) as i64;
         windows.push(source.tokens.narrow(0, start, context + 1));
-        words += source.words_per_token * context as f64;
+        let held = source.words_per_token * context as f64;
+        words += held;
+        if source.synthetic {
+            synthetic += held;
+        }
     }
     let windows = Tensor::stack(&windows, 0).to_device(device);
-    (
-        windows.narrow(1, 0, context),
-        windows.narrow(1, 1, context),
-        words.round() as u64,
-    )
+    TextBatch {
+        inputs: windows.narrow(1, 0, context),
+        targets: windows.narrow(1, 1, context),
+        consumed: Consumed {
+            tokens: (rows as i64 * context) as u64,
+            words: words.round() as u64,
+            synthetic_words: synthetic.round() as u64,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -124,21 +144,24 @@ mod tests {
         let streams = [1i64, 2].map(|id| TextStream {
             tokens: Tensor::from_slice(&vec![id; 64]),
             words_per_token: 1.0,
+            synthetic: id == 2,
         });
         let mixture = Mixture::new(&[0.25, 0.75]);
-        let draw = |seed| {
-            let (x, _, _) = text_batch(&streams, &mixture, seed, 3, 4_000, 8, Device::Cpu);
-            x
-        };
-        let x = draw(5);
+        let draw = |seed| text_batch(&streams, &mixture, seed, 3, 4_000, 8, Device::Cpu);
+        let batch = draw(5);
+        let x = batch.inputs;
         assert!(
-            x.equal(&draw(5)),
+            x.equal(&draw(5).inputs),
             "the same seed and step draw the same batch"
         );
         let first: Vec<i64> = Vec::try_from(x.select(1, 0)).unwrap();
         let share = first.iter().filter(|&&t| t == 1).count() as f64 / first.len() as f64;
         let sd = (0.25f64 * 0.75 / 4_000.0).sqrt();
         assert!((share - 0.25).abs() < 4.0 * sd, "{share}");
+        // The ledger: every row holds 8 words; the synthetic rows are counted apart.
+        assert_eq!(batch.consumed.words, 4_000 * 8);
+        let synthetic_rows = first.iter().filter(|&&t| t == 2).count() as u64;
+        assert_eq!(batch.consumed.synthetic_words, synthetic_rows * 8);
     }
 
     #[test]

@@ -287,7 +287,11 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         let tokens = targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]) as u64;
         Ok((
             model.loss(&pixels, &ids, &targets),
-            Consumed { tokens, words },
+            Consumed {
+                tokens,
+                words,
+                synthetic_words: 0,
+            },
         ))
     })?;
     output.results.counts.images_skipped = skipped;

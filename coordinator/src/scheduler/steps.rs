@@ -298,6 +298,7 @@ impl Step {
             total.total_steps = total.total_steps.max(task.metrics.total_steps);
             total.tokens += task.metrics.tokens;
             total.words += task.metrics.words;
+            total.synthetic_words += task.metrics.synthetic_words;
             total.items += task.metrics.items;
             total.total_items += task.metrics.total_items;
             total.loss += task.metrics.loss / self.tasks.len() as f64;

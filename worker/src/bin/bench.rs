@@ -178,6 +178,7 @@ fn main() -> anyhow::Result<()> {
                 loss: 0.0,
                 tokens: 0,
                 words: 0,
+                synthetic_words: 0,
                 files: Default::default(),
             };
             let weights = vs.variables().into_iter().collect();

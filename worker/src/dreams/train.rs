@@ -9,7 +9,7 @@ use super::filters::Caption;
 use crate::context::{TaskContext, TaskOutput};
 use crate::data::read_corpus;
 use crate::error::WorkerError;
-use crate::fit::{Consumed, Fit};
+use crate::fit::Fit;
 use crate::inputs::{self, Start};
 use crate::mix::{self, Mixture, TextStream, text_batch};
 use crate::multimodal::{Started, start_vlm};
@@ -52,7 +52,14 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let mut streams = Vec::new();
     for source in &phase.data {
         let docs = ctx.runtime.block_on(documents(ctx.storage(), source))?;
-        streams.push(TextStream::new(&tokenizer, &source.name, &docs, context)?);
+        let synthetic = !source.parts.is_empty();
+        streams.push(TextStream::new(
+            &tokenizer,
+            &source.name,
+            &docs,
+            context,
+            synthetic,
+        )?);
     }
     let given: Vec<Option<f64>> = phase.data.iter().map(|d| d.weight).collect();
     let sizes: Vec<f64> = streams.iter().map(|s| s.tokens() as f64).collect();
@@ -84,10 +91,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     };
     let rows = phase.batch_size as usize;
     fit.run(&vs, &mut optimizer, start, resumed, |step| {
-        let (x, y, words) = text_batch(
+        let b = text_batch(
             &streams, &mixture, phase.seed, step, rows, context, ctx.device,
         );
-        let tokens = (rows as i64 * context) as u64;
-        Ok((model.lm.loss(&x, &y), Consumed { tokens, words }))
+        Ok((model.lm.loss(&b.inputs, &b.targets), b.consumed))
     })
 }
