@@ -3,17 +3,19 @@
 //! telemetry live in `outloud-core`, shared with the workers.
 //!
 //! Layout:
-//! - [`admission`]: what is checked before a job is accepted (spec + data exist).
-//! - [`scheduler`]: the pure scheduling state machine (jobs, phases, tasks, leases),
-//!   and the tallies of what it did.
+//! - [`admission`]: what is checked before a job is accepted (the spec within the
+//!   coordinator's limits, its paths inside the allowed roots and holding something).
+//! - [`scheduler`]: the pure scheduling state machine (jobs as graphs of steps, tasks,
+//!   fenced leases), the tallies of what it did, and job summaries that fit an answer.
 //! - [`store`]: durable state in redb, written by a group-commit thread; its schema
 //!   version and migrations.
-//! - [`server`]: the tonic services, thin handlers around the scheduler.
+//! - [`server`]: the tonic services (TLS, message limits), thin handlers around the
+//!   scheduler; answers summarised and paged to fit.
 //! - [`metrics`]: Prometheus counters and gauges on `GET /metrics`, read from the scheduler.
 //! - [`wire`]: conversions between prost types and domain types.
 //! - [`view`]: tables and summaries the CLI prints.
 //! - [`report`]: `outloud report`: benchmarks x phases beside the BabyLM baselines.
-//! - [`bench`]: the control-plane benchmark (simulated workers over gRPC).
+//! - [`bench`]: the control-plane benchmarks (throughput; many workers and clients at once).
 //! - [`cli`]: the `outloud` commands, including `outloud local`.
 
 pub mod admission;

@@ -5,6 +5,7 @@
 //! file, line, column and field of each problem; [`JobSpec::resolve`] then makes every
 //! location an absolute URL so workers anywhere read the same objects.
 
+mod data;
 mod eval;
 pub mod limits;
 mod lineage;
@@ -18,6 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::storage;
+pub use data::{DataKind, DataRef, DataSource, ReadAs};
 pub use eval::{BenchmarkSource, EvaluationSpec};
 pub use limits::Limits;
 pub use locate::Locator;
@@ -46,58 +48,6 @@ pub struct JobSpec {
 
 fn default_word_budget() -> u64 {
     100_000_000
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DataKind {
-    /// Plain text files (BabyLM `.train` files): `path` is a file or a folder of them.
-    Text,
-    /// The embedded child-directed corpus, generated from `seed` into the job's storage.
-    GeneratedText,
-    /// The embedded picture-book world (pictures, captions, questions, text), generated
-    /// from `seed` with `pictures` captioned training pictures into the job's storage.
-    PictureBook,
-    /// Image-caption pairs: a JSONL file (`image`, `caption`), tar shards, or a folder.
-    ImageCaptions,
-    /// Questions about images: JSONL (`image`, `question`, `answer`, `distractors`).
-    Questions,
-    /// Images without words: a folder of images or tar shards.
-    UnlabeledImages,
-    /// Precomputed image features (`model.vision.encoder: features`): a safetensors file
-    /// with one (N, D) tensor per image, named by the image's file name.
-    ImageFeatures,
-}
-
-impl DataKind {
-    /// The name a spec uses.
-    pub fn name(self) -> String {
-        spelled(&self)
-    }
-
-    /// Kinds read from a user-given `path` (the others are generated).
-    pub fn has_path(self) -> bool {
-        !matches!(self, DataKind::GeneratedText | DataKind::PictureBook)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataSource {
-    pub name: String,
-    pub kind: DataKind,
-    /// `text`: a file or folder, as a URL or a path (relative to the submitting directory).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// `generated_text`: the generator's seed.
-    #[serde(default)]
-    pub seed: u64,
-    /// `generated_text`: how many words to generate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub words: Option<u64>,
-    /// `picture_book`: how many captioned training pictures to generate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pictures: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,64 +163,6 @@ pub struct PhaseSpec {
     /// `self_synthesis`: what it captions and how.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthesis: Option<SynthesisSpec>,
-}
-
-/// A phase's data entry: a source's name, the share of batches drawn from it, and for
-/// a picture-book world in a phase that sees pictures, what it gives (`as`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DataRef {
-    pub source: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<f64>,
-    #[serde(rename = "as", skip_serializing_if = "Option::is_none")]
-    pub read_as: Option<ReadAs>,
-}
-
-/// What a picture-book world gives a phase that sees pictures: its captions (phase 2's
-/// default; in phase 4, replay of what phase 2 taught) or its questions (phase 4's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReadAs {
-    Captions,
-    Questions,
-}
-
-impl DataRef {
-    pub fn named(source: &str) -> Self {
-        Self {
-            source: source.into(),
-            weight: None,
-            read_as: None,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for DataRef {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Written {
-            Name(String),
-            Weighted(Weighted),
-        }
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Weighted {
-            source: String,
-            #[serde(default)]
-            weight: Option<f64>,
-            #[serde(default, rename = "as")]
-            read_as: Option<ReadAs>,
-        }
-        Ok(match Written::deserialize(d)? {
-            Written::Name(source) => DataRef::named(&source),
-            Written::Weighted(w) => DataRef {
-                source: w.source,
-                weight: w.weight,
-                read_as: w.read_as,
-            },
-        })
-    }
 }
 
 fn default_rounds() -> u32 {
