@@ -29,6 +29,16 @@ pub fn set_precision(vs: &mut nn::VarStore) {
     }
 }
 
+/// Stops training the parameters whose names start with any of `prefixes` (AdamW skips
+/// parameters without a gradient, weight decay included).
+pub fn freeze(vs: &tch::nn::VarStore, prefixes: &[&str]) {
+    for (name, var) in vs.variables() {
+        if prefixes.iter().any(|p| name.starts_with(p)) {
+            let _ = var.set_requires_grad(false);
+        }
+    }
+}
+
 /// What one step consumed.
 pub struct Consumed {
     pub tokens: u64,

@@ -12,7 +12,7 @@ use crate::data::read_corpus;
 use crate::error::WorkerError;
 use crate::fit::{self, Fit, WEIGHT_DECAY};
 use crate::inputs;
-use crate::mix::{self, Mixture, TextStream, text_batch};
+use crate::mix::{Mixture, TextStream, text_batch};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::AdamW;
 use crate::tokenizer::Tokenizer;
@@ -37,13 +37,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         .zip(&sources)
         .map(|(source, docs)| TextStream::new(&tokenizer, &source.name, docs, context, false))
         .collect::<Result<Vec<_>, _>>()?;
-    let given: Vec<Option<f64>> = phase.data.iter().map(|d| d.weight).collect();
-    let sizes: Vec<f64> = streams.iter().map(|s| s.tokens() as f64).collect();
-    let weights = mix::weights(&given, &sizes);
-    let mixture = Mixture::new(&weights);
+    let mixture = Mixture::of_streams(&phase.data, &streams);
     tracing::info!(
-        sources = streams.len(),
-        ?weights,
+        shares = ?mixture.shares(),
         vocab = tokenizer.vocab_size(),
         "corpus ready"
     );

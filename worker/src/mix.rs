@@ -5,6 +5,8 @@
 
 use tch::{Device, Tensor};
 
+use outloud_core::task_spec::DataInput;
+
 use crate::error::WorkerError;
 use crate::fit::Consumed;
 use crate::rng::Rng;
@@ -12,7 +14,7 @@ use crate::tokenizer::Tokenizer;
 
 /// The weights to draw a phase's sources at: the spec's (a source without one counts
 /// 1), or with none given at all, the sources' sizes (as if they were one).
-pub fn weights(given: &[Option<f64>], sizes: &[f64]) -> Vec<f64> {
+fn weights(given: &[Option<f64>], sizes: &[f64]) -> Vec<f64> {
     if given.iter().all(Option::is_none) {
         return sizes.to_vec();
     }
@@ -41,6 +43,32 @@ impl Mixture {
         Self { cumulative }
     }
 
+    /// A phase's mixture: the weights its spec gives (a source without one counts 1), or
+    /// with none given at all, the sources' sizes.
+    pub fn of(given: &[Option<f64>], sizes: &[f64]) -> Self {
+        Self::new(&weights(given, sizes))
+    }
+
+    /// The mixture of a text phase's sources, a stream each, in order.
+    pub fn of_streams(sources: &[DataInput], streams: &[TextStream]) -> Self {
+        let given: Vec<Option<f64>> = sources.iter().map(|d| d.weight).collect();
+        let sizes: Vec<f64> = streams.iter().map(|s| s.tokens() as f64).collect();
+        Self::of(&given, &sizes)
+    }
+
+    /// Each source's share of draws.
+    pub fn shares(&self) -> Vec<f64> {
+        let mut before = 0.0;
+        self.cumulative
+            .iter()
+            .map(|&c| {
+                let share = c - before;
+                before = c;
+                share
+            })
+            .collect()
+    }
+
     /// The source the next draw of `rng` picks.
     pub fn pick(&self, rng: &mut Rng) -> usize {
         // 53 random bits make a uniform number in [0, 1).
@@ -62,7 +90,7 @@ pub struct TextStream {
 
 impl TextStream {
     /// Tokens in the stream: its size, for drawing by size.
-    pub fn tokens(&self) -> usize {
+    fn tokens(&self) -> usize {
         self.tokens.size()[0] as usize
     }
 
@@ -187,5 +215,7 @@ mod tests {
         assert!(Mixture::new(&[2.0]).pick(&mut Rng::new(1)) == 0);
         assert_eq!(weights(&[None, None], &[10.0, 30.0]), [10.0, 30.0]);
         assert_eq!(weights(&[Some(0.2), None], &[10.0, 30.0]), [0.2, 1.0]);
+        let shares = Mixture::of(&[None, None], &[10.0, 30.0]).shares();
+        assert!((shares[0] - 0.25).abs() < 1e-12 && (shares[1] - 0.75).abs() < 1e-12);
     }
 }

@@ -12,14 +12,13 @@ use outloud_core::task::Metrics;
 use outloud_core::task_spec::{DataInput, TrainKind};
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::checkpoint::Loaded;
 use crate::context::{TaskContext, TaskOutput};
 use crate::data;
 use crate::error::WorkerError;
 use crate::fit::{self, Consumed, Fit, WEIGHT_DECAY};
 use crate::inputs::{self, Start};
 use crate::loaders;
-use crate::mix::{self, Mixture};
+use crate::mix::Mixture;
 use crate::optim::AdamW;
 use crate::probes;
 use crate::prompts::{Example, caption_example, question_example};
@@ -176,7 +175,8 @@ fn examples(
 }
 
 /// A vision-language model and its optimizer, started as `start_from` says: resumed
-/// from its own checkpoint, or given the previous phase's weights by `hand_over`.
+/// from its own checkpoint, or handed the previous phase's weights
+/// ([`inputs::hand_over`]).
 pub(crate) struct Started {
     pub vs: nn::VarStore,
     pub model: Vlm,
@@ -190,7 +190,6 @@ pub(crate) fn start_vlm(
     shape: crate::model::GptConfig,
     vision: &VisionPath,
     start_from: &Start,
-    hand_over: impl FnOnce(&nn::VarStore, &Loaded) -> Result<(), WorkerError>,
 ) -> Result<Started, WorkerError> {
     tch::manual_seed(ctx.train()?.seed as i64);
     let mut vs = nn::VarStore::new(ctx.device);
@@ -200,7 +199,7 @@ pub(crate) fn start_vlm(
     let (start, resumed) = match start_from {
         Start::Resume(loaded) => (inputs::restore(&vs, &mut optimizer, loaded)?, true),
         Start::HandOver(previous) => {
-            hand_over(&vs, previous)?;
+            inputs::hand_over(&vs, previous)?;
             (Metrics::default(), false)
         }
     };
@@ -229,13 +228,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         mut optimizer,
         start,
         resumed,
-    } = start_vlm(ctx, shape, &vision, &start_from, inputs::hand_over)?;
+    } = start_vlm(ctx, shape, &vision, &start_from)?;
     if vision.frozen {
-        for (name, var) in vs.variables() {
-            if name.starts_with("vision.") {
-                let _ = var.set_requires_grad(false);
-            }
-        }
+        fit::freeze(&vs, &["vision."]);
     }
     let inputs = ctx
         .runtime
@@ -246,8 +241,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         skipped,
     } = examples(ctx, &tokenizer, vision.image_size, &inputs)?;
     let sizes: Vec<f64> = pools.iter().map(|p| p.len() as f64).collect();
-    let weights = mix::weights(&given, &sizes);
-    let mixture = Mixture::new(&weights);
+    let mixture = Mixture::of(&given, &sizes);
     let all = || pools.iter().flatten();
     let longest = all().map(|e| e.ids.len()).max().unwrap_or(0) as u32;
     let visual_tokens = match vision.encoder {
@@ -262,7 +256,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     }
     tracing::info!(
         examples = all().count(),
-        ?weights,
+        shares = ?mixture.shares(),
         skipped,
         "examples ready"
     );

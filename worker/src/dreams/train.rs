@@ -9,9 +9,9 @@ use super::filters::Caption;
 use crate::context::{TaskContext, TaskOutput};
 use crate::data::read_corpus;
 use crate::error::WorkerError;
-use crate::fit::Fit;
-use crate::inputs::{self, Start};
-use crate::mix::{self, Mixture, TextStream, text_batch};
+use crate::fit::{self, Fit};
+use crate::inputs::Start;
+use crate::mix::{Mixture, TextStream, text_batch};
 use crate::multimodal::{Started, start_vlm};
 use crate::tokenizer::Tokenizer;
 use crate::vlm::VisionPath;
@@ -61,11 +61,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
             synthetic,
         )?);
     }
-    let given: Vec<Option<f64>> = phase.data.iter().map(|d| d.weight).collect();
-    let sizes: Vec<f64> = streams.iter().map(|s| s.tokens() as f64).collect();
-    let weights = mix::weights(&given, &sizes);
-    let mixture = Mixture::new(&weights);
-    tracing::info!(sources = streams.len(), ?weights, "text mixture ready");
+    let mixture = Mixture::of_streams(&phase.data, &streams);
+    tracing::info!(shares = ?mixture.shares(), "text mixture ready");
 
     let Started {
         vs,
@@ -73,15 +70,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         mut optimizer,
         start,
         resumed,
-    } = start_vlm(ctx, shape, &vision, &start_from, |vs, previous| {
-        inputs::load_weights(vs, &previous.weights, |_| true).map(|_| ())
-    })?;
+    } = start_vlm(ctx, shape, &vision, &start_from)?;
     // The vision path is carried over as it was: no gradient, no weight decay.
-    for (name, var) in vs.variables() {
-        if name.starts_with("vision.") || name.starts_with("projector.") {
-            let _ = var.set_requires_grad(false);
-        }
-    }
+    fit::freeze(&vs, &["vision.", "projector."]);
     let fit = Fit {
         ctx,
         root: ctx.output_root()?,
