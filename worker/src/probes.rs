@@ -6,12 +6,9 @@
 //! Multiple-choice probes (questions, picture choice, Winoground pairs, grammar) are the
 //! world's benchmarks, scored by the eval steps (`crate::eval`).
 
-use std::collections::BTreeMap;
-
 use outloud_core::results::ProbeScore;
 use outloud_core::spec::DataKind;
 use outloud_core::task_spec::TrainKind;
-use serde::Deserialize;
 use tch::{Device, Tensor};
 
 use crate::context::TaskContext;
@@ -27,12 +24,6 @@ use crate::world::scene::Scene;
 
 const CAPTION_TOKENS: usize = 24;
 const PICTURES_PER_BATCH: usize = 32;
-
-#[derive(Deserialize)]
-struct Truth {
-    image: String,
-    scene: Scene,
-}
 
 /// The probes for the phase just trained, when it reads a picture-book world.
 pub fn after_phase(
@@ -54,14 +45,7 @@ pub fn after_phase(
         &root.join("captions/test.jsonl"),
         image_size,
     ))?;
-    let truth =
-        String::from_utf8_lossy(&ctx.runtime.block_on(root.join("truth/test.jsonl").get())?)
-            .into_owned();
-    let scenes: BTreeMap<String, Scene> = truth
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Truth>(l).ok())
-        .map(|t| (file_name(&t.image).to_string(), t.scene))
-        .collect();
+    let scenes = ctx.runtime.block_on(crate::world::truth(&root, "test"))?;
     let pictures: Vec<(Tensor, Scene, String)> = pairs
         .into_iter()
         .filter_map(|p| {

@@ -8,19 +8,19 @@
 pub mod filters;
 pub mod train;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use outloud_core::results::{ProbeScore, SynthesisCounts, TaskResults};
 use outloud_core::spec::{DataKind, DecodingStrategy};
 use outloud_core::storage::Location;
 use outloud_core::task::Metrics;
 use outloud_core::task_spec::{DataInput, SynthesizeSpec, Work};
-use serde::Deserialize;
-use tch::{Device, Tensor, nn};
+use tch::{Device, Tensor};
 
 use crate::context::{TaskContext, TaskOutput};
 use crate::data;
 use crate::error::WorkerError;
+use crate::eval::EvalModel;
 use crate::generate::{Sampling, generate_scored};
 use crate::inputs;
 use crate::loaders::{self, file_name};
@@ -50,13 +50,11 @@ pub fn synthesize(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         return Err(WorkerError::Config("not a synthesize task".into()));
     };
     let loaded = inputs::input_checkpoint(ctx, "the checkpoint that dreams")?;
-    let vision: VisionPath = loaded.manifest.vision.ok_or_else(|| {
+    let dreamer = EvalModel::from_checkpoint(&loaded, ctx.device)?;
+    let (model, vision) = dreamer.seeing().ok_or_else(|| {
         WorkerError::Config("the checkpoint has no vision path, so it cannot caption".into())
     })?;
-    let vs = nn::VarStore::new(ctx.device);
-    let model = Vlm::new(&vs.root(), loaded.manifest.model, vision.config());
-    inputs::load_weights(&vs, &loaded.weights, |_| true)?;
-    let tokenizer = Tokenizer::from_json(&loaded.tokenizer)?;
+    let tokenizer = &dreamer.tokenizer;
     let checkpoint = ctx.assignment.input_checkpoint.clone().unwrap_or_default();
 
     let (shard, shards) = (
@@ -66,7 +64,7 @@ pub fn synthesize(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let (pictures, skipped) = ctx.runtime.block_on(shard_pictures(
         ctx.storage(),
         &spec.images,
-        &vision,
+        vision,
         shard,
         shards,
     ))?;
@@ -87,8 +85,8 @@ pub fn synthesize(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     for chunk in pictures.chunks(pictures_per_batch(ctx.device)) {
         ctx.check_stop()?;
         captions.extend(caption_batch(
-            &model,
-            &tokenizer,
+            model,
+            tokenizer,
             spec,
             chunk,
             &checkpoint,
@@ -238,12 +236,6 @@ fn distinct_share(kept: &[Caption]) -> ProbeScore {
     }
 }
 
-#[derive(Deserialize)]
-struct Truth {
-    image: String,
-    scene: Scene,
-}
-
 /// On the picture-book world the truth behind every unlabeled picture is known: how
 /// well the kept captions name it (colours, shapes, counts, positions), beside the
 /// score of each caption against another picture (chance).
@@ -253,12 +245,7 @@ async fn world_accuracy(
     kept: &[Caption],
 ) -> Result<Option<ProbeScore>, WorkerError> {
     let root = data::source_root(storage, world).await?;
-    let truth = root.join("truth/unlabeled.jsonl").get().await?;
-    let scenes: BTreeMap<String, Scene> = String::from_utf8_lossy(&truth)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Truth>(l).ok())
-        .map(|t| (file_name(&t.image).to_string(), t.scene))
-        .collect();
+    let scenes = crate::world::truth(&root, "unlabeled").await?;
     let scored: Vec<(&Caption, &Scene)> = kept
         .iter()
         .filter_map(|c| Some((c, scenes.get(file_name(&c.image))?)))

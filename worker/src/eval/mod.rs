@@ -80,9 +80,14 @@ impl EvalModel {
     }
 
     pub fn vision(&self) -> Option<&VisionPath> {
+        self.seeing().map(|(_, vision)| vision)
+    }
+
+    /// The vision-language model and its vision path, when the checkpoint has one.
+    pub fn seeing(&self) -> Option<(&Vlm, &VisionPath)> {
         match &self.model {
             Model::Text(_) => None,
-            Model::Seeing(_, vision) => Some(vision),
+            Model::Seeing(vlm, vision) => Some((vlm, vision)),
         }
     }
 

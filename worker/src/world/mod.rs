@@ -206,6 +206,25 @@ impl World {
     }
 }
 
+/// The true scenes of a world's `split` (`test` or `unlabeled`), by picture file name:
+/// what scoring reads (captions are scored against them), never what training reads.
+pub async fn truth(
+    world: &Location,
+    split: &str,
+) -> Result<std::collections::BTreeMap<String, Scene>, WorkerError> {
+    #[derive(Deserialize)]
+    struct Row {
+        image: String,
+        scene: Scene,
+    }
+    let bytes = world.join(&format!("truth/{split}.jsonl")).get().await?;
+    Ok(String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Row>(l).ok())
+        .map(|t| (crate::loaders::file_name(&t.image).to_string(), t.scene))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
