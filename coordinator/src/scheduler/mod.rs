@@ -136,14 +136,12 @@ impl Scheduler {
 
     /// Jobs in id order, from just after `after` ("" for the first).
     pub fn jobs_after<'a>(&'a self, after: &'a str) -> impl Iterator<Item = &'a Job> + 'a {
-        let from = (Bound::Excluded(after), Bound::Unbounded);
-        self.jobs.range::<str, _>(from).map(|(_, job)| job)
+        after_key(&self.jobs, after)
     }
 
     /// Workers in id order, from just after `after` ("" for the first).
     pub fn workers_after<'a>(&'a self, after: &'a str) -> impl Iterator<Item = &'a Worker> + 'a {
-        let from = (Bound::Excluded(after), Bound::Unbounded);
-        self.workers.range::<str, _>(from).map(|(_, worker)| worker)
+        after_key(&self.workers, after)
     }
 
     pub fn worker(&self, id: &str) -> Option<&Worker> {
@@ -296,9 +294,7 @@ impl Scheduler {
                 job_id: job.id.clone(),
                 step: step.name.clone(),
                 shards: step.tasks.len() as u32,
-                spec: job
-                    .task_spec(id.step as usize)
-                    .unwrap_or_else(|| step.work.clone()),
+                spec: job.task_spec(step),
                 output_root: step.attempt_root(&id, lease.epoch),
                 resume_checkpoint: resume_checkpoint.clone(),
                 input_checkpoint: job.input_checkpoint(id.step as usize),
@@ -570,6 +566,15 @@ impl Scheduler {
             self.changes.workers.insert(id);
         }
     }
+}
+
+/// The values of `map` whose keys sort after `after`: where a page starts.
+fn after_key<'a, V>(
+    map: &'a BTreeMap<String, V>,
+    after: &'a str,
+) -> impl Iterator<Item = &'a V> + 'a {
+    let from = (Bound::Excluded(after), Bound::Unbounded);
+    map.range::<str, _>(from).map(|(_, value)| value)
 }
 
 #[cfg(test)]

@@ -100,6 +100,14 @@ impl Task {
         }
     }
 
+    /// What the task committed, once it succeeded with an output.
+    pub fn output(&self) -> Option<&str> {
+        match &self.state {
+            TaskState::Succeeded { output } if !output.is_empty() => Some(output),
+            _ => None,
+        }
+    }
+
     pub fn holder(&self) -> Option<&str> {
         match &self.state {
             TaskState::Leased { worker, .. } => Some(worker),
@@ -185,42 +193,35 @@ impl Job {
     /// final output of the training step it names as its checkpoint input.
     pub fn input_checkpoint(&self, index: usize) -> Option<String> {
         let source = self.checkpoint_source(index)?;
-        match &source.tasks.first()?.state {
-            TaskState::Succeeded { output } if !output.is_empty() => Some(output.clone()),
-            _ => None,
-        }
+        source.tasks.first()?.output().map(str::to_string)
     }
 
     /// What a task of step `index` is given: the step's resolved spec, with the captions
     /// that the synthesize steps it reads have committed, by now, filled in.
-    pub fn task_spec(&self, index: usize) -> Option<TaskSpec> {
-        let step = self.steps.get(index)?;
+    pub fn task_spec(&self, step: &Step) -> TaskSpec {
         let mut spec = step.work.clone();
         let Work::Train(train) = &mut spec.work else {
-            return Some(spec);
+            return spec;
         };
         for input in &step.inputs {
-            let Input::Outputs(source) = input else {
+            let Some(source) = self.steps.get(input.step()) else {
                 continue;
             };
-            let source = self.steps.get(*source as usize)?;
-            let StepKind::Synthesize { phase, .. } = source.kind else {
+            let (Input::Outputs(_), StepKind::Synthesize { phase, .. }) = (input, source.kind)
+            else {
                 continue;
             };
-            let name = &self.spec.phases.get(phase as usize)?.name;
+            let name = &self.spec.phases[phase as usize].name;
             let parts: Vec<String> = source
                 .tasks
                 .iter()
-                .filter_map(|t| match &t.state {
-                    TaskState::Succeeded { output } if !output.is_empty() => Some(output.clone()),
-                    _ => None,
-                })
+                .filter_map(|t| t.output().map(str::to_string))
                 .collect();
             for data in train.data.iter_mut().filter(|d| &d.name == name) {
                 data.parts = parts.clone();
             }
         }
-        Some(spec)
+        spec
     }
 
     /// Leases a task of step `index` may lose before the job fails.

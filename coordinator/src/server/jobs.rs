@@ -11,8 +11,18 @@ use super::{Coordinator, status_of};
 use crate::admission::admit;
 use crate::scheduler::SchedulerError;
 use crate::view::JobSummary;
+use outloud_core::spec::JobSpec;
 
 pub(super) struct JobService(pub(super) Arc<Coordinator>);
+
+impl JobService {
+    /// The spec, admitted under this coordinator's policy, or why not.
+    async fn admit(&self, yaml: &str, source: &str, dir: &str) -> Result<JobSpec, Status> {
+        admit(yaml, source, dir, &self.0.admission)
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+}
 
 #[tonic::async_trait]
 impl Jobs for JobService {
@@ -21,14 +31,9 @@ impl Jobs for JobService {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let r = request.into_inner();
-        let spec = admit(
-            &r.spec_yaml,
-            &r.source_name,
-            &r.working_dir,
-            &self.0.admission,
-        )
-        .await
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let spec = self
+            .admit(&r.spec_yaml, &r.source_name, &r.working_dir)
+            .await?;
         let job_id = self
             .0
             .mutate(|s, now| s.submit(spec, now))
@@ -43,14 +48,8 @@ impl Jobs for JobService {
         request: Request<pb::ValidateJobRequest>,
     ) -> Result<Response<pb::ValidateJobResponse>, Status> {
         let r = request.into_inner();
-        admit(
-            &r.spec_yaml,
-            &r.source_name,
-            &r.working_dir,
-            &self.0.admission,
-        )
-        .await
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.admit(&r.spec_yaml, &r.source_name, &r.working_dir)
+            .await?;
         Ok(Response::new(pb::ValidateJobResponse {}))
     }
 
