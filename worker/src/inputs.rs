@@ -20,23 +20,33 @@ use crate::optim::AdamW;
 /// first, whichever earlier attempt wrote them.
 pub async fn resume_point(ctx: &TaskContext) -> Option<Loaded> {
     let newest = ctx.assignment.resume_checkpoint.as_deref()?;
-    let mut candidates = vec![newest.to_string()];
+    if let Some(loaded) = verified(newest).await {
+        return Some(loaded);
+    }
+    // Only now list the task's folders: the newest verifies nearly always.
     if let Some(task_folder) = ctx.assignment.output_root.rsplit_once('/').map(|(t, _)| t)
         && let Ok(folder) = Location::open(task_folder)
     {
-        candidates.extend(older_checkpoints(&folder, newest).await);
-    }
-    for url in candidates {
-        let Ok(location) = Location::open(&url) else {
-            continue;
-        };
-        match checkpoint::load(&location).await {
-            Ok(loaded) => return Some(loaded),
-            Err(e) => tracing::warn!(error = %e, "checkpoint refused; trying an older one"),
+        for url in older_checkpoints(&folder, newest).await {
+            if let Some(loaded) = verified(&url).await {
+                return Some(loaded);
+            }
         }
     }
     tracing::warn!("no checkpoint verifies; starting over");
     None
+}
+
+/// The checkpoint at `url`, if it verifies.
+async fn verified(url: &str) -> Option<Loaded> {
+    let location = Location::open(url).ok()?;
+    match checkpoint::load(&location).await {
+        Ok(loaded) => Some(loaded),
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint refused; trying an older one");
+            None
+        }
+    }
 }
 
 /// The step a checkpoint folder's name records (`.../checkpoints/step-000150`).
