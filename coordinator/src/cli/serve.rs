@@ -75,6 +75,9 @@ struct LimitFlags {
     /// Words one phase, source or budget may name.
     #[arg(long, default_value_t = Limits::default().words)]
     max_words: u64,
+    /// Runs one job may ask for (`seeds`): each repeats every phase.
+    #[arg(long, default_value_t = Limits::default().seeds)]
+    max_seeds: usize,
 }
 
 impl LimitFlags {
@@ -86,6 +89,7 @@ impl LimitFlags {
             tasks: self.max_tasks,
             steps: self.max_steps,
             words: self.max_words,
+            seeds: self.max_seeds,
             ..Limits::default()
         }
     }

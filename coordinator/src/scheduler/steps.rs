@@ -71,6 +71,9 @@ pub struct Step {
     /// Figures over all of its tasks, in a summary that lists only some of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totals: Option<StepTotals>,
+    /// The run (`seeds`) the step belongs to, when the job has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Step {
@@ -111,8 +114,9 @@ pub fn round_names(phase: &str, round: u32, rounds: u32) -> (String, String) {
 /// The name of the data preparation step.
 pub const PREPARE: &str = "prepare";
 
-/// A job's steps: `prepare` when it has data sources, then each spec phase followed by
-/// its eval step when it has one. Fails only for a spec that was not checked.
+/// A job's steps: `prepare` when it has data sources, then, for each run (one per
+/// listed seed), each spec phase followed by its eval step when it has one. Fails only
+/// for a spec that was not checked.
 pub fn expand(job_id: &str, spec: &JobSpec) -> Result<Vec<Step>, String> {
     let mut steps = Vec::new();
     let prepared = (!spec.data.is_empty()).then(|| {
@@ -128,6 +132,35 @@ pub fn expand(job_id: &str, spec: &JobSpec) -> Result<Vec<Step>, String> {
         ));
         Input::Outputs(0)
     });
+    let runs = spec.runs();
+    for seed in runs.iter().copied() {
+        let first = steps.len();
+        expand_run(job_id, &spec.seeded(seed), prepared, &mut steps)?;
+        if runs.len() > 1 {
+            for step in &mut steps[first..] {
+                step.name = run_step_name(seed, &step.name);
+                step.seed = seed;
+            }
+        }
+    }
+    Ok(steps)
+}
+
+/// A step's name in the run of `seed`, when a job has several runs: `seed3/tasks.eval`.
+pub fn run_step_name(seed: Option<u64>, name: &str) -> String {
+    match seed {
+        Some(seed) => format!("seed{seed}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// The steps of one run of the phases, appended to `steps`.
+fn expand_run(
+    job_id: &str,
+    spec: &JobSpec,
+    prepared: Option<Input>,
+    steps: &mut Vec<Step>,
+) -> Result<(), String> {
     // Where each phase's (last) training step will be: `from` may name a later phase.
     let mut at = BTreeMap::new();
     let mut next = steps.len() as u32;
@@ -145,7 +178,7 @@ pub fn expand(job_id: &str, spec: &JobSpec) -> Result<Vec<Step>, String> {
         let rounds = synthesis_rounds(spec, index);
         for round in 1..=rounds {
             from = Some(expand_round(
-                job_id, spec, index, round, from, prepared, &mut steps,
+                job_id, spec, index, round, from, prepared, steps,
             )?);
         }
         if rounds > 0 {
@@ -160,9 +193,9 @@ pub fn expand(job_id: &str, spec: &JobSpec) -> Result<Vec<Step>, String> {
         let work = TaskSpec::train(spec, index)?;
         let step = Step::new(job_id, train, &phase.name, kind, phase.shards, work);
         steps.push(Step { inputs, ..step });
-        push_evaluation(job_id, spec, index, train, prepared, &mut steps)?;
+        push_evaluation(job_id, spec, index, train, prepared, steps)?;
     }
-    Ok(steps)
+    Ok(())
 }
 
 /// Rounds of synthesize-then-train phase `index` expands into (0: not self-synthesis,
@@ -277,6 +310,7 @@ impl Step {
             attempts: 1,
             work,
             totals: None,
+            seed: None,
         }
     }
 
@@ -299,6 +333,8 @@ impl Step {
             total.tokens += task.metrics.tokens;
             total.words += task.metrics.words;
             total.synthetic_words += task.metrics.synthetic_words;
+            // Shards of one step share a lineage: its distinct words are the most any read.
+            total.unique_words = total.unique_words.max(task.metrics.unique_words);
             total.items += task.metrics.items;
             total.total_items += task.metrics.total_items;
             total.loss += task.metrics.loss / self.tasks.len() as f64;

@@ -96,6 +96,7 @@ impl Step {
             attempts: self.attempts,
             work: self.work.clone(),
             totals: self.totals.clone(),
+            seed: self.seed,
         }
     }
 }

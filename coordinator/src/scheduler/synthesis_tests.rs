@@ -6,7 +6,11 @@ use outloud_core::spec;
 use outloud_core::task_spec::Work;
 
 fn dreaming(rounds: u32, shards: u32) -> JobSpec {
-    let yaml = format!(
+    spec::parse(&dreaming_yaml(rounds, shards), "dream.yaml").unwrap()
+}
+
+fn dreaming_yaml(rounds: u32, shards: u32) -> String {
+    format!(
         "\
 name: dream
 storage: /tmp/d
@@ -24,8 +28,7 @@ phases:
     steps: 1
   - {{name: tasks, kind: tasks, data: [book], steps: 1}}
 "
-    );
-    spec::parse(&yaml, "dream.yaml").unwrap()
+    )
 }
 
 fn scheduler() -> Scheduler {
@@ -156,4 +159,70 @@ fn training_reads_exactly_the_outputs_each_shard_committed() {
     assert!(shard_zero.contains("/attempt-2/"), "{shard_zero}");
     let distinct: std::collections::BTreeSet<_> = dreams.parts.iter().collect();
     assert_eq!(distinct.len(), 4);
+}
+
+#[test]
+fn seeds_run_every_branch_once_per_seed_apart() {
+    let mut spec = dreaming(1, 2);
+    spec.seeds = vec![4, 9];
+    spec.phases[1].seed = 100;
+    let mut s = scheduler();
+    let job = s.submit(spec, 0).unwrap();
+    let job = s.job(&job).unwrap();
+    let names: Vec<&str> = job.steps.iter().map(|st| st.name.as_str()).collect();
+    let run = |seed| {
+        [
+            "language",
+            "captions",
+            "dreaming.synthesize",
+            "dreaming",
+            "tasks",
+        ]
+        .map(|n| format!("seed{seed}/{n}"))
+    };
+    let expected: Vec<String> = std::iter::once("prepare".to_string())
+        .chain(run(4))
+        .chain(run(9))
+        .collect();
+    assert_eq!(names, expected);
+    // Each run reads the one prepare step and only its own steps, at its own seeds.
+    for (index, step) in job.steps.iter().enumerate().skip(1) {
+        let seed = step.seed.unwrap();
+        assert!(step.name.starts_with(&format!("seed{seed}/")));
+        for input in &step.inputs {
+            let read = &job.steps[input.step()];
+            assert!(read.name == "prepare" || read.seed == Some(seed), "{index}");
+        }
+        let phase_seed = match &step.work.work {
+            Work::Train(t) => t.seed,
+            Work::Synthesize(y) => y.seed,
+            _ => continue,
+        };
+        let own = if step.name.ends_with("/captions") {
+            100
+        } else {
+            0
+        };
+        assert_eq!(phase_seed, own + seed, "{}", step.name);
+    }
+    // Run 9's tasks start from run 9's dreaming.
+    let tasks = names.iter().position(|n| *n == "seed9/tasks").unwrap();
+    assert_eq!(job.checkpoint_source(tasks).unwrap().name, "seed9/dreaming");
+}
+
+#[test]
+fn seeds_are_checked() {
+    let yaml = format!("seeds: [1, 2, 1]\n{}", dreaming_yaml(1, 1));
+    let error = spec::parse(&yaml, "s.yaml").unwrap_err().to_string();
+    assert!(
+        error.contains("s.yaml:1:") && error.contains("seeds[2]: seed 1 is listed twice"),
+        "{error}"
+    );
+    let many: Vec<String> = (0..17).map(|s| s.to_string()).collect();
+    let yaml = format!("seeds: [{}]\n{}", many.join(", "), dreaming_yaml(1, 1));
+    let error = spec::parse(&yaml, "s.yaml").unwrap_err().to_string();
+    assert!(
+        error.contains("seeds: must be at most 16, got 17 seeds"),
+        "{error}"
+    );
 }

@@ -93,6 +93,9 @@ struct StepRecord {
     shards: u32,
     attempts: u32,
     work: TaskSpec,
+    /// The run (`seeds`) the step belongs to, when the job has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
 }
 
 /// One record to write.
@@ -171,6 +174,7 @@ impl JobRecord {
                     shards: step.tasks.len() as u32,
                     attempts: step.attempts,
                     work: step.work.clone(),
+                    seed: step.seed,
                 })
                 .collect(),
         }
@@ -188,6 +192,7 @@ impl JobRecord {
                     state: r.state,
                     inputs: r.inputs,
                     attempts: r.attempts,
+                    seed: r.seed,
                     ..step
                 }
             })
@@ -529,7 +534,8 @@ mod tests {
         let mut s = Scheduler::new(config);
         let committer = Committer::start(Store::open(dir.path()).unwrap());
         let spec = outloud_core::spec::parse(
-            "name: t\nstorage: /x\nphases: [{name: a, kind: noop, shards: 3}]\n",
+            // Two runs: each step records which it belongs to.
+            "name: t\nstorage: /x\nseeds: [1, 2]\nphases: [{name: a, kind: noop, shards: 3}]\n",
             "t.yaml",
         )
         .unwrap();

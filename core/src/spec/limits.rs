@@ -24,6 +24,8 @@ pub struct Limits {
     pub pictures: u64,
     pub batch_size: u32,
     pub attempts: u32,
+    /// Runs of one job (`seeds`): each repeats every phase.
+    pub seeds: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +42,7 @@ impl Default for Limits {
             pictures: 100_000_000,
             batch_size: 65_536,
             attempts: 100,
+            seeds: 16,
         }
     }
 }
@@ -82,6 +85,15 @@ pub fn problems(spec: &JobSpec, limits: &Limits) -> Vec<(String, String)> {
         over(spec.data.len(), l.data_sources).map(|m| format!("{m} sources")),
     );
     check("word_budget".into(), over(spec.word_budget, l.words));
+    let synthetic = spec.synthetic_word_budget;
+    check(
+        "synthetic_word_budget".into(),
+        synthetic.and_then(|w| over(w, l.words)),
+    );
+    check(
+        "seeds".into(),
+        over(spec.seeds.len(), l.seeds).map(|m| format!("{m} seeds")),
+    );
     for (i, source) in spec.data.iter().enumerate() {
         check(
             format!("data[{i}].words"),
@@ -116,8 +128,10 @@ pub fn problems(spec: &JobSpec, limits: &Limits) -> Vec<(String, String)> {
             let dreams = p.synthesis.as_ref().map_or(0, |y| u64::from(y.shards));
             u64::from(p.shards).saturating_add(dreams.saturating_mul(u64::from(p.rounds)))
         })
-        .fold(0u64, u64::saturating_add);
-    let problem = over(tasks, l.tasks).map(|m| format!("{m} tasks in all, every phase's shards"));
+        .fold(0u64, u64::saturating_add)
+        .saturating_mul(spec.seeds.len().max(1) as u64);
+    let problem = over(tasks, l.tasks)
+        .map(|m| format!("{m} tasks in all, every phase's shards in every run (`seeds`)"));
     check("phases".into(), problem);
     let model = &spec.model;
     let given = [

@@ -5,6 +5,23 @@
 use super::{JobSpec, PhaseKind};
 
 impl JobSpec {
+    /// The job's runs: one per listed seed, or one at the phases' own seeds.
+    pub fn runs(&self) -> Vec<Option<u64>> {
+        if self.seeds.is_empty() {
+            return vec![None];
+        }
+        self.seeds.iter().copied().map(Some).collect()
+    }
+
+    /// The spec as run `seed` trains it: each phase's seed plus `seed`.
+    pub fn seeded(&self, seed: Option<u64>) -> JobSpec {
+        let mut spec = self.clone();
+        for phase in &mut spec.phases {
+            phase.seed = phase.seed.wrapping_add(seed.unwrap_or(0));
+        }
+        spec
+    }
+
     /// The phase phase `index` follows: its `from`, else the phase listed before it (the
     /// first phase follows none). A phase starts from that phase's final checkpoint; a
     /// `language` phase starts from scratch but still waits for it.

@@ -40,6 +40,13 @@ pub struct JobSpec {
     /// Words the whole curriculum may consume (BabyLM: 100M).
     #[serde(default = "default_word_budget")]
     pub word_budget: u64,
+    /// Words of the model's own captions one lineage may read (unbounded if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic_word_budget: Option<u64>,
+    /// Runs every branch once per seed (a seed is added to each phase's own `seed`), so
+    /// a comparison of branches can say mean ± sd; empty: one run, at the phases' seeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     pub phases: Vec<PhaseSpec>,
     /// Zero-shot benchmarks scored after the phases (each phase's `eval` says whether).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,6 +379,15 @@ impl JobSpec {
         }
         if self.phases.is_empty() {
             say("phases".into(), "a job needs at least one phase".into());
+        }
+        let mut seeds = HashSet::new();
+        for (i, seed) in self.seeds.iter().enumerate() {
+            if !seeds.insert(seed) {
+                say(
+                    format!("seeds[{i}]"),
+                    format!("seed {seed} is listed twice"),
+                );
+            }
         }
         let mut phase_names = HashSet::new();
         for (i, phase) in self.phases.iter().enumerate() {
