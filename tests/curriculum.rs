@@ -126,13 +126,34 @@ phases:
         assert!(step.metrics().words > 0, "{} counted no words", step.name);
     }
     assert!(job.step("language").unwrap().metrics().words <= 1_000_000 + 16 * 64);
+    // The ledger: each lineage's distinct words only grow from phase to phase, and the
+    // language phase, reading the same small world's text many times over, has read
+    // far fewer distinct words than it consumed.
+    let unique = |step: &str| job.step(step).unwrap().metrics().unique_words;
+    let language = job.step("language").unwrap().metrics();
+    assert!(
+        language.unique_words > 0 && 5 * language.unique_words < language.words,
+        "{language:?}"
+    );
+    assert!(
+        unique("captions") > unique("language"),
+        "{}",
+        unique("captions")
+    );
+    assert!(
+        unique("questions") > unique("captions"),
+        "{}",
+        unique("questions")
+    );
     let status = cli(
         &["status", &id, "--coordinator", &cluster.coordinator.url],
         None,
     );
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(
-        table.contains("caption_accuracy") && table.contains("word budget: 1000000 of 2000000"),
+        table.contains("caption_accuracy")
+            && table.contains("word budget: 1000000 of 2000000")
+            && table.contains("UNIQUE (LINEAGE)"),
         "{table}"
     );
     // Each phase's final checkpoint records the vision path once pictures are involved.

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use outloud_core::results::TaskResults;
 
+use crate::report::ledger;
 use crate::scheduler::{Job, Metrics, RunState, Step, StepKind, Worker};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,18 +114,7 @@ pub fn job_table(job: &Job) -> String {
             out += &format!("{} {label}: {shown}\n", step.name);
         }
     }
-    for step in &job.steps {
-        let m = step.metrics();
-        if m.synthetic_words > 0 {
-            out += &format!(
-                "{} words read: {} ({} real, {} in its own captions)\n",
-                step.name,
-                m.words,
-                m.words - m.synthetic_words,
-                m.synthetic_words
-            );
-        }
-    }
+    out += &ledger::table(&ledger::ledger(job), job.spec.word_budget);
     let planned = job.spec.largest_path_words().map_or(0, |(_, words)| words);
     out += &format!(
         "word budget: {planned} of {} words planned (the most on one path)\n",

@@ -83,6 +83,10 @@ pub struct Metrics {
     /// Of `words`, those read in captions the model synthesized itself (phase 3b).
     #[serde(default)]
     pub synthetic_words: u64,
+    /// Distinct real words the model's lineage has read: this phase's and its
+    /// ancestors' text, each word once however often it was read (the word ledger).
+    #[serde(default)]
+    pub unique_words: u64,
 }
 
 /// What a worker gets when it leases a task: the lease, and exactly what the task needs.

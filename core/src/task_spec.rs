@@ -89,6 +89,13 @@ pub struct TrainSpec {
     pub warmup_steps: u64,
     pub checkpoint_every: u64,
     pub seed: u64,
+    /// Distinct real words the model's lineage may read (the job's `word_budget`);
+    /// the phase stops when they are spent.
+    #[serde(default)]
+    pub word_budget: Option<u64>,
+    /// Words of its own captions the lineage may read (`synthetic_word_budget`).
+    #[serde(default)]
+    pub synthetic_word_budget: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,6 +233,8 @@ impl TaskSpec {
             warmup_steps: phase.warmup_steps,
             checkpoint_every: phase.checkpoint_every,
             seed: phase.seed,
+            word_budget: Some(spec.word_budget),
+            synthetic_word_budget: spec.synthetic_word_budget,
         })))
     }
 

@@ -1,5 +1,6 @@
 //! Checkpoints in object storage: a folder per checkpoint holding
-//! `model.safetensors`, `optimizer.safetensors`, `tokenizer.json` and `manifest.json`.
+//! `model.safetensors`, `optimizer.safetensors`, `tokenizer.json`, the word ledger
+//! (`ledger.json`, see [`crate::ledger`]) and `manifest.json`.
 //!
 //! The manifest is written last and lists every file's SHA-256, so a checkpoint is
 //! either complete and verified or refused: a half-written or corrupted one is detected
@@ -14,6 +15,7 @@ use sha2::{Digest, Sha256};
 use tch::Tensor;
 
 use crate::error::WorkerError;
+use crate::ledger::Ledger;
 use crate::model::GptConfig;
 use crate::vlm::VisionPath;
 
@@ -24,6 +26,7 @@ pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const MANIFEST_FILE: &str = "manifest.json";
+pub const LEDGER_FILE: &str = "ledger.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -53,6 +56,8 @@ pub struct Loaded {
     pub weights: Vec<(String, Tensor)>,
     pub optimizer: Option<Vec<(String, Tensor)>>,
     pub tokenizer: Vec<u8>,
+    /// What the lineage has read (empty for a checkpoint from before ledgers).
+    pub ledger: Ledger,
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -77,6 +82,7 @@ pub struct ToSave<'a> {
     pub weights: Vec<(String, Tensor)>,
     pub optimizer: Option<Vec<(String, Tensor)>>,
     pub tokenizer: &'a [u8],
+    pub ledger: Option<&'a Ledger>,
 }
 
 /// Writes the files, then the manifest that vouches for them.
@@ -90,6 +96,9 @@ pub async fn save(
         files.push((OPTIMIZER_FILE, safetensors_bytes(state)?));
     }
     files.push((TOKENIZER_FILE, pieces.tokenizer.to_vec()));
+    if let Some(ledger) = pieces.ledger {
+        files.push((LEDGER_FILE, ledger.to_json()));
+    }
     manifest.files.clear();
     for (name, bytes) in files {
         manifest.files.insert(name.to_string(), sha256(&bytes));
@@ -145,11 +154,13 @@ pub async fn load(location: &Location) -> Result<Loaded, WorkerError> {
     let tokenizer = files
         .remove(TOKENIZER_FILE)
         .ok_or_else(|| refuse(format!("no {TOKENIZER_FILE}")))?;
+    let ledger = Ledger::from_json(files.get(LEDGER_FILE).map(Vec::as_slice)).map_err(refuse)?;
     Ok(Loaded {
         manifest,
         weights,
         optimizer,
         tokenizer,
+        ledger,
     })
 }
 
@@ -191,6 +202,7 @@ mod tests {
             weights: vec![("w".into(), w.shallow_clone())],
             optimizer: None,
             tokenizer: b"{}",
+            ledger: None,
         };
         save(&location, pieces, manifest()).await.unwrap();
         let loaded = load(&location).await.unwrap();

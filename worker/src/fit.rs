@@ -4,7 +4,8 @@
 //!
 //! Batches are drawn from a seeded generator per step, so a run resumed from step N
 //! sees exactly the batches the lost run would have seen. Training also stops once the
-//! phase has consumed its planned `words`.
+//! phase has consumed its planned `words`, or its lineage has read the job's budget of
+//! distinct real words or of its own captions (the [`Ledger`]), whichever comes first.
 
 use outloud_core::results::TaskResults;
 use outloud_core::storage::Location;
@@ -14,6 +15,7 @@ use tch::{Tensor, nn};
 use crate::checkpoint::{self, Manifest, ToSave};
 use crate::context::{TaskContext, TaskOutput};
 use crate::error::WorkerError;
+use crate::ledger::{Ledger, Seen};
 use crate::model::GptConfig;
 use crate::optim::{AdamW, learning_rate};
 use crate::vlm::VisionPath;
@@ -45,6 +47,8 @@ pub struct Consumed {
     pub words: u64,
     /// Of `words`, those in synthesized captions.
     pub synthetic_words: u64,
+    /// What it read of real sources, for the word ledger.
+    pub seen: Vec<Seen>,
 }
 
 /// A phase's training run: its model's checkpoint description and where it writes.
@@ -54,6 +58,8 @@ pub struct Fit<'a> {
     pub tokenizer_json: Vec<u8>,
     pub model: GptConfig,
     pub vision: Option<VisionPath>,
+    /// What the lineage had read when this run started, its sources registered.
+    pub ledger: Ledger,
 }
 
 impl Fit<'_> {
@@ -80,6 +86,7 @@ impl Fit<'_> {
         vs: &nn::VarStore,
         optimizer: &AdamW,
         metrics: &Metrics,
+        ledger: &Ledger,
     ) -> Result<(), WorkerError> {
         let mut weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         weights.sort_by(|a, b| a.0.cmp(&b.0));
@@ -87,6 +94,7 @@ impl Fit<'_> {
             weights,
             optimizer: Some(optimizer.state()),
             tokenizer: &self.tokenizer_json,
+            ledger: Some(ledger),
         };
         self.ctx
             .runtime
@@ -110,10 +118,15 @@ impl Fit<'_> {
         };
         let mut window = LossWindow::default();
         let mut resumed_from = resumed.then_some(start.step);
-        let out_of_words = |m: &Metrics| phase.words.is_some_and(|w| m.words >= w);
+        let mut ledger = self.ledger.clone();
+        metrics.unique_words = ledger.unique_words();
         for step in start.step..phase.steps {
-            if out_of_words(&metrics) {
-                tracing::info!(words = metrics.words, "the phase's words are spent");
+            if let Some(spent) = words_spent(phase, &metrics, &ledger) {
+                tracing::info!(
+                    words = metrics.words,
+                    unique_words = metrics.unique_words,
+                    "{spent}"
+                );
                 break;
             }
             self.ctx.check_stop()?;
@@ -140,6 +153,9 @@ impl Fit<'_> {
             metrics.tokens += consumed.tokens;
             metrics.words += consumed.words;
             metrics.synthetic_words += consumed.synthetic_words;
+            ledger.mark(&consumed.seen);
+            ledger.add_synthetic(consumed.synthetic_words);
+            metrics.unique_words = ledger.unique_words();
             let checkpoint_due =
                 metrics.step.is_multiple_of(phase.checkpoint_every) && metrics.step < phase.steps;
             if checkpoint_due || step == start.step || window.due() {
@@ -148,7 +164,7 @@ impl Fit<'_> {
                     let location = self
                         .root
                         .join(&format!("checkpoints/step-{:06}", metrics.step));
-                    self.save(&location, vs, optimizer, &metrics)?;
+                    self.save(&location, vs, optimizer, &metrics, &ledger)?;
                     Some(location.url().to_string())
                 } else {
                     None
@@ -160,13 +176,38 @@ impl Fit<'_> {
             metrics.loss = window.take();
         }
         let location = self.root.join("final");
-        self.save(&location, vs, optimizer, &metrics)?;
+        self.save(&location, vs, optimizer, &metrics, &ledger)?;
         Ok(TaskOutput {
             output: location.url().to_string(),
             metrics,
             results: TaskResults::default(),
         })
     }
+}
+
+/// Which of the words a phase may read are spent, if any: the phase's own `words`, the
+/// lineage's distinct real words (`word_budget`), or its own captions' words.
+fn words_spent(
+    phase: &outloud_core::task_spec::TrainSpec,
+    metrics: &Metrics,
+    ledger: &Ledger,
+) -> Option<&'static str> {
+    if phase.words.is_some_and(|w| metrics.words >= w) {
+        return Some("the phase's words are spent");
+    }
+    if phase
+        .word_budget
+        .is_some_and(|w| ledger.unique_words() >= w)
+    {
+        return Some("the lineage has read the job's word_budget of distinct words");
+    }
+    if phase
+        .synthetic_word_budget
+        .is_some_and(|w| ledger.synthetic_words() >= w)
+    {
+        return Some("the lineage has read the job's synthetic_word_budget");
+    }
+    None
 }
 
 /// Mean loss since the last report, and when the next report is due.
@@ -194,5 +235,69 @@ impl LossWindow {
         let mean = self.sum / self.count.max(1) as f64;
         *self = Self::default();
         mean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Seen;
+    use outloud_core::task_spec::{TrainKind, TrainSpec};
+
+    fn phase(words: Option<u64>, budget: Option<u64>, synthetic: Option<u64>) -> TrainSpec {
+        TrainSpec {
+            kind: TrainKind::Language,
+            model: outloud_core::spec::ModelSpec::default().shape().unwrap(),
+            vision: None,
+            data: Vec::new(),
+            steps: 10,
+            words,
+            batch_size: 1,
+            learning_rate: 1e-3,
+            warmup_steps: 0,
+            checkpoint_every: 10,
+            seed: 0,
+            word_budget: budget,
+            synthetic_word_budget: synthetic,
+        }
+    }
+
+    #[test]
+    fn a_phase_stops_when_any_of_its_words_are_spent() {
+        let mut ledger = Ledger::default();
+        let text = ledger.register("t#tokens", 1_000);
+        // 100 distinct words, read 5 times over: 500 consumed.
+        for _ in 0..5 {
+            ledger.mark(&[Seen {
+                source: text,
+                start: 0,
+                len: 100,
+                words_per_unit: 1.0,
+            }]);
+        }
+        ledger.add_synthetic(30);
+        let metrics = Metrics {
+            words: 500,
+            ..Metrics::default()
+        };
+        let spent = |p: &TrainSpec| words_spent(p, &metrics, &ledger);
+        // Re-reading spends no budget of distinct words: 500 consumed, 100 distinct.
+        assert_eq!(spent(&phase(None, Some(101), None)), None);
+        assert!(
+            spent(&phase(None, Some(100), None))
+                .unwrap()
+                .contains("word_budget")
+        );
+        assert!(
+            spent(&phase(Some(500), None, None))
+                .unwrap()
+                .contains("phase's words")
+        );
+        assert!(
+            spent(&phase(None, None, Some(30)))
+                .unwrap()
+                .contains("synthetic")
+        );
+        assert_eq!(spent(&phase(Some(501), Some(1_000), Some(31))), None);
     }
 }

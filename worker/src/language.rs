@@ -31,12 +31,19 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         None => Tokenizer::train(&sources.concat(), shape.vocab_size)?,
     };
     let context = shape.context as i64;
+    let mut ledger = resumed
+        .as_ref()
+        .map(|l| l.ledger.clone())
+        .unwrap_or_default();
     let streams = phase
         .data
         .iter()
         .zip(&sources)
-        .map(|(source, docs)| TextStream::new(&tokenizer, &source.name, docs, context, false))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(source, docs)| {
+            let stream = TextStream::new(&tokenizer, &source.name, docs, context, false)?;
+            Ok(stream.counted_in(&mut ledger, source))
+        })
+        .collect::<Result<Vec<_>, WorkerError>>()?;
     let mixture = Mixture::of_streams(&phase.data, &streams);
     tracing::info!(
         shares = ?mixture.shares(),
@@ -59,6 +66,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         tokenizer_json: tokenizer.to_json()?,
         model: shape,
         vision: None,
+        ledger,
     };
     let rows = phase.batch_size as usize;
     fit.run(&vs, &mut optimizer, start, resumed.is_some(), |step| {

@@ -12,6 +12,7 @@
 //! - [`multimodal`]: phases 2 and 4, captioning and question answering.
 //! - [`dreams`]: phase 3, self-synthesis: sharded captioning of unlabeled pictures
 //!   (filtered, committed once a shard), then training on the captions and real text.
+//! - [`ledger`]: the word ledger (distinct real words a model's lineage has read).
 //! - [`mix`]: weighted mixing of a phase's sources, reproducible by seed.
 //! - [`prompts`]: how captions and questions are taught and asked.
 //! - [`visual`]: what the encoder reads for a picture (pixels, or precomputed features).
@@ -43,6 +44,7 @@ pub mod fit;
 pub mod generate;
 pub mod inputs;
 pub mod language;
+pub mod ledger;
 pub mod loaders;
 pub mod mix;
 pub mod model;

@@ -9,6 +9,7 @@ use outloud_core::task_spec::DataInput;
 
 use crate::error::WorkerError;
 use crate::fit::Consumed;
+use crate::ledger::{self, Ledger, Seen};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 
@@ -86,6 +87,8 @@ pub struct TextStream {
     words_per_token: f64,
     /// Captions the model synthesized (counted apart in the word ledger).
     synthetic: bool,
+    /// The source's number in the word ledger (real sources only).
+    counted: Option<usize>,
 }
 
 impl TextStream {
@@ -114,7 +117,17 @@ impl TextStream {
             words_per_token: words as f64 / tokens.len() as f64,
             tokens: Tensor::from_slice(&tokens),
             synthetic,
+            counted: None,
         })
+    }
+
+    /// Counts what batches read of this real source in `ledger`, under `source`'s key.
+    pub fn counted_in(mut self, ledger: &mut Ledger, source: &DataInput) -> Self {
+        if !self.synthetic {
+            let key = ledger::key(source, "tokens");
+            self.counted = Some(ledger.register(&key, self.tokens() as u64));
+        }
+        self
     }
 }
 
@@ -139,11 +152,20 @@ pub fn text_batch(
     let mut rng = Rng::for_stream(seed, step);
     let mut windows = Vec::with_capacity(rows);
     let (mut words, mut synthetic) = (0.0, 0.0);
+    let mut seen = Vec::new();
     for _ in 0..rows {
         let source = &streams[mixture.pick(&mut rng)];
         let span = source.tokens.size()[0] - context - 1;
         let start = rng.below(span as u64) as i64;
         windows.push(source.tokens.narrow(0, start, context + 1));
+        if let Some(counted) = source.counted {
+            seen.push(Seen {
+                source: counted,
+                start: start as u64,
+                len: context as u64 + 1,
+                words_per_unit: source.words_per_token,
+            });
+        }
         let held = source.words_per_token * context as f64;
         words += held;
         if source.synthetic {
@@ -158,6 +180,7 @@ pub fn text_batch(
             tokens: (rows as i64 * context) as u64,
             words: words.round() as u64,
             synthetic_words: synthetic.round() as u64,
+            seen,
         },
     }
 }
@@ -173,6 +196,7 @@ mod tests {
             tokens: Tensor::from_slice(&vec![id; 64]),
             words_per_token: 1.0,
             synthetic: id == 2,
+            counted: (id == 1).then_some(0),
         });
         let mixture = Mixture::new(&[0.25, 0.75]);
         let draw = |seed| text_batch(&streams, &mixture, seed, 3, 4_000, 8, Device::Cpu);
@@ -190,6 +214,15 @@ mod tests {
         assert_eq!(batch.consumed.words, 4_000 * 8);
         let synthetic_rows = first.iter().filter(|&&t| t == 2).count() as u64;
         assert_eq!(batch.consumed.synthetic_words, synthetic_rows * 8);
+        // The ledger hears of the real rows only, each a window of 9 tokens.
+        assert_eq!(batch.consumed.seen.len() as u64, 4_000 - synthetic_rows);
+        assert!(
+            batch
+                .consumed
+                .seen
+                .iter()
+                .all(|s| s.len == 9 && s.start + 9 <= 64)
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::data;
 use crate::error::WorkerError;
 use crate::fit::{self, Consumed, Fit, WEIGHT_DECAY};
 use crate::inputs::{self, Start};
+use crate::ledger::{self, Seen};
 use crate::loaders;
 use crate::mix::Mixture;
 use crate::optim::AdamW;
@@ -27,23 +28,43 @@ use crate::tokenizer::Tokenizer;
 use crate::visual::VisualInputs;
 use crate::vlm::{EncoderKind, IGNORE, VisionPath, Vlm};
 
-/// The batch of `step`: pictures (B, 3, S, S), ids and targets (B, T), right-padded,
-/// and the words it teaches. Each row draws its source at the phase's weights, then an
-/// example of that source.
+/// A batch of pictures (B, 3, S, S), ids and targets (B, T), right-padded; the words
+/// it teaches, and which examples it holds (for the word ledger).
+struct Batch {
+    pixels: Tensor,
+    ids: Tensor,
+    targets: Tensor,
+    words: u64,
+    seen: Vec<Seen>,
+}
+
+/// The batch of `step`. Each row draws its source at the phase's weights, then an
+/// example of that source; `counted` is each pool's number in the word ledger.
 fn batch(
     pools: &[Vec<Example>],
+    counted: &[usize],
     mixture: &Mixture,
     seed: u64,
     step: u64,
     size: usize,
     pad: i64,
     device: Device,
-) -> (Tensor, Tensor, Tensor, u64) {
+) -> Batch {
     let mut rng = Rng::for_stream(seed, step);
+    let mut seen = Vec::with_capacity(size);
     let chosen: Vec<&Example> = (0..size)
         .map(|_| {
-            let pool = &pools[mixture.pick(&mut rng)];
-            &pool[rng.below(pool.len() as u64) as usize]
+            let source = mixture.pick(&mut rng);
+            let pool = &pools[source];
+            let index = rng.below(pool.len() as u64);
+            let example = &pool[index as usize];
+            seen.push(Seen {
+                source: counted[source],
+                start: index,
+                len: 1,
+                words_per_unit: example.words as f64,
+            });
+            example
         })
         .collect();
     let longest = chosen.iter().map(|e| e.ids.len()).max().unwrap_or(1);
@@ -69,7 +90,13 @@ fn batch(
     .to_device(device);
     let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
     let targets = Tensor::from_slice(&targets).view(shape).to_device(device);
-    (pixels, ids, targets, chosen.iter().map(|e| e.words).sum())
+    Batch {
+        pixels,
+        ids,
+        targets,
+        words: chosen.iter().map(|e| e.words).sum(),
+        seen,
+    }
 }
 
 /// Whether `source` gives this phase captions (else questions): what the spec says
@@ -91,6 +118,8 @@ fn reads_captions(kind: TrainKind, source: &DataInput) -> bool {
 /// pictures were skipped.
 struct Pools {
     pools: Vec<Vec<Example>>,
+    /// Each pool's name in the word ledger.
+    keys: Vec<String>,
     weights: Vec<Option<f64>>,
     skipped: u64,
 }
@@ -103,7 +132,7 @@ fn examples(
     inputs: &VisualInputs,
 ) -> Result<Pools, WorkerError> {
     let train = ctx.train()?;
-    let (mut pools, mut weights) = (Vec::new(), Vec::new());
+    let (mut pools, mut weights, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     let mut skipped = 0;
     for source in &train.data {
         if source.kind == DataKind::ImageFeatures {
@@ -114,7 +143,12 @@ fn examples(
             .runtime
             .block_on(data::source_root(ctx.storage(), source))?;
         let book = source.kind == DataKind::PictureBook;
-        if reads_captions(train.kind, source) {
+        let captions = reads_captions(train.kind, source);
+        keys.push(ledger::key(
+            source,
+            if captions { "captions" } else { "questions" },
+        ));
+        if captions {
             let location = if book {
                 root.join("captions/train.jsonl")
             } else {
@@ -169,6 +203,7 @@ fn examples(
     }
     Ok(Pools {
         pools,
+        keys,
         weights,
         skipped,
     })
@@ -237,9 +272,16 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         .block_on(VisualInputs::load(ctx.storage(), &phase.data, &vision))?;
     let Pools {
         pools,
+        keys,
         weights: given,
         skipped,
     } = examples(ctx, &tokenizer, vision.image_size, &inputs)?;
+    let mut ledger = start_from.checkpoint().ledger.clone();
+    let counted: Vec<usize> = keys
+        .iter()
+        .zip(&pools)
+        .map(|(key, pool)| ledger.register(key, pool.len() as u64))
+        .collect();
     let sizes: Vec<f64> = pools.iter().map(|p| p.len() as f64).collect();
     let mixture = Mixture::of(&given, &sizes);
     let all = || pools.iter().flatten();
@@ -266,11 +308,13 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         tokenizer_json: tokenizer.to_json()?,
         model: shape,
         vision: Some(vision),
+        ledger,
     };
     let pad = tokenizer.end_of_text() as i64;
     let mut output = fit.run(&vs, &mut optimizer, start, resumed, |step| {
-        let (pixels, ids, targets, words) = batch(
+        let b = batch(
             &pools,
+            &counted,
             &mixture,
             phase.seed,
             step,
@@ -278,13 +322,14 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
             pad,
             ctx.device,
         );
-        let tokens = targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]) as u64;
+        let tokens = b.targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]) as u64;
         Ok((
-            model.loss(&pixels, &ids, &targets),
+            model.loss(&b.pixels, &b.ids, &b.targets),
             Consumed {
                 tokens,
-                words,
+                words: b.words,
                 synthetic_words: 0,
+                seen: b.seen,
             },
         ))
     })?;
@@ -322,6 +367,7 @@ mod tests {
             weights: saved,
             optimizer: None,
             tokenizer: Vec::new(),
+            ledger: Default::default(),
         };
         let after = nn::VarStore::new(Device::Cpu);
         let vision = VisionSpec {
@@ -358,7 +404,14 @@ mod tests {
             question_example(&tokenizer, pixels, "what colour is the ball?", "red").unwrap();
         let examples = [vec![example]];
         let one = Mixture::new(&[1.0]);
-        let (_, ids, targets, words) = batch(&examples, &one, 0, 0, 1, 0, Device::Cpu);
+        let Batch {
+            ids,
+            targets,
+            words,
+            seen,
+            ..
+        } = batch(&examples, &[5], &one, 0, 0, 1, 0, Device::Cpu);
+        assert_eq!((seen[0].source, seen[0].start, seen[0].len), (5, 0, 1));
         let taught: Vec<i64> = Vec::try_from(targets.view([-1])).unwrap();
         let all: Vec<i64> = Vec::try_from(ids.view([-1])).unwrap();
         let from = examples[0][0].taught_from;

@@ -45,6 +45,7 @@ pub fn metrics_from(metrics: Option<pb::Metrics>) -> Metrics {
         items: m.items,
         total_items: m.total_items,
         synthetic_words: m.synthetic_words,
+        unique_words: m.unique_words,
     }
 }
 
@@ -58,6 +59,7 @@ pub fn metrics_to(m: &Metrics) -> pb::Metrics {
         items: m.items,
         total_items: m.total_items,
         synthetic_words: m.synthetic_words,
+        unique_words: m.unique_words,
     }
 }
 
@@ -296,6 +298,8 @@ fn train_to(t: &TrainSpec) -> pb::TrainSpec {
         warmup_steps: t.warmup_steps,
         checkpoint_every: t.checkpoint_every,
         seed: t.seed,
+        word_budget: t.word_budget,
+        synthetic_word_budget: t.synthetic_word_budget,
     }
 }
 
@@ -317,6 +321,8 @@ fn train_from(t: pb::TrainSpec) -> Result<TrainSpec, String> {
         warmup_steps: t.warmup_steps,
         checkpoint_every: t.checkpoint_every,
         seed: t.seed,
+        word_budget: t.word_budget,
+        synthetic_word_budget: t.synthetic_word_budget,
     })
 }
 

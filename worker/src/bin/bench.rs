@@ -187,6 +187,7 @@ fn main() -> anyhow::Result<()> {
                 weights,
                 optimizer: None,
                 tokenizer: &tokenizer.to_json()?,
+                ledger: None,
             };
             runtime.block_on(checkpoint::save(&saved, pieces, manifest))?;
             let loaded = runtime.block_on(checkpoint::load(&saved))?;

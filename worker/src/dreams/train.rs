@@ -49,17 +49,13 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let shape = loaded.manifest.model;
     let tokenizer = Tokenizer::from_json(&loaded.tokenizer)?;
     let context = shape.context as i64;
+    let mut ledger = loaded.ledger.clone();
     let mut streams = Vec::new();
     for source in &phase.data {
         let docs = ctx.runtime.block_on(documents(ctx.storage(), source))?;
         let synthetic = !source.parts.is_empty();
-        streams.push(TextStream::new(
-            &tokenizer,
-            &source.name,
-            &docs,
-            context,
-            synthetic,
-        )?);
+        let stream = TextStream::new(&tokenizer, &source.name, &docs, context, synthetic)?;
+        streams.push(stream.counted_in(&mut ledger, source));
     }
     let mixture = Mixture::of_streams(&phase.data, &streams);
     tracing::info!(shares = ?mixture.shares(), "text mixture ready");
@@ -79,6 +75,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         tokenizer_json: tokenizer.to_json()?,
         model: shape,
         vision: Some(vision),
+        ledger,
     };
     let rows = phase.batch_size as usize;
     fit.run(&vs, &mut optimizer, start, resumed, |step| {

@@ -363,6 +363,7 @@ async fn nan_weights_score_every_item_wrong_and_are_refused() {
         weights,
         optimizer: None,
         tokenizer: &tokenizer.to_json().unwrap(),
+        ledger: None,
     };
     crate::checkpoint::save(&ckpt, pieces, manifest)
         .await
