@@ -2,7 +2,8 @@
 //! of them SIGKILLed mid-step, commits exactly one caption file per shard, with every
 //! unlabeled picture captioned once (none lost, none doubled); a corrupt picture is
 //! counted and skipped; a stale commit is refused; training on the captions mixed with
-//! the world's text follows, and the model it makes still sees.
+//! the world's text follows, and the model it makes still sees. A worker that stalls
+//! mid-shard (SIGSTOP) gets its shard duplicated on the idle one; the first commit wins.
 
 mod support;
 
@@ -17,6 +18,10 @@ use support::*;
 const PER_PICTURE: usize = 4;
 
 fn spec(storage: &std::path::Path) -> String {
+    spec_of(storage, 8)
+}
+
+fn spec_of(storage: &std::path::Path, shards: u32) -> String {
     format!(
         "\
 name: dream
@@ -31,7 +36,7 @@ phases:
     kind: self_synthesis
     synthesis:
       images: book
-      shards: 8
+      shards: {shards}
       decoding: {{strategy: top_p, top_p: 0.9, temperature: 1.0, max_tokens: 24, captions_per_image: {PER_PICTURE}}}
     data: [{{source: dreaming, weight: 0.5}}, {{source: book, weight: 0.5}}]
     steps: 20
@@ -41,8 +46,58 @@ phases:
     )
 }
 
+/// Waits, polling often (a shard takes about a second here), until two workers hold
+/// synthesize shards at once, or the job ends.
+async fn both_holding_shards(cluster: &Cluster, id: &str) -> Job {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let job = job(&cluster.connection, id).await;
+        let holders = synthesize_step(&job)
+            .tasks
+            .iter()
+            .filter_map(|t| t.holder())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if holders == 2 || job.state.is_finished() || std::time::Instant::now() > deadline {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn synthesize_step(job: &Job) -> &outloud_coordinator::scheduler::Step {
     job.step("dreaming.synthesize").expect("a synthesize step")
+}
+
+/// How often the step's committed files caption each picture, checking that each
+/// shard committed one file in the folder of the lease that committed it.
+fn captions_per_picture(step: &outloud_coordinator::scheduler::Step) -> BTreeMap<String, usize> {
+    let mut per_picture: BTreeMap<String, usize> = BTreeMap::new();
+    for task in &step.tasks {
+        let TaskState::Succeeded { output } = &task.state else {
+            panic!("{:?}", task.state)
+        };
+        let folder = format!(
+            "/shard-{}/attempt-{}/captions.jsonl",
+            task.id.shard, task.epoch
+        );
+        assert!(output.ends_with(&folder), "{output}");
+        let path = url::Url::parse(output).unwrap().to_file_path().unwrap();
+        for line in std::fs::read_to_string(path).unwrap().lines() {
+            let row: Value = serde_json::from_str(line).unwrap();
+            assert!(row["logprob"].as_f64().unwrap() <= 0.0);
+            assert!(
+                row["checkpoint"]
+                    .as_str()
+                    .unwrap()
+                    .contains("/captions/attempt-")
+            );
+            *per_picture
+                .entry(row["image"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    per_picture
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,22 +125,8 @@ async fn shards_commit_exactly_once_through_a_kill_and_training_follows() {
         .collect();
     std::fs::write(&unlabeled[0], b"not a png").unwrap();
 
-    // Both workers mid-step, each holding a shard: kill one, start another. Polled
-    // often: a shard takes about a second here.
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let busy = loop {
-        let job = job(&cluster.connection, &id).await;
-        let holders = synthesize_step(&job)
-            .tasks
-            .iter()
-            .filter_map(|t| t.holder())
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-        if holders == 2 || job.state.is_finished() || std::time::Instant::now() > deadline {
-            break job;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    // Both workers mid-step, each holding a shard: kill one, start another.
+    let busy = both_holding_shards(&cluster, &id).await;
     assert_eq!(busy.state, RunState::Running, "{:?}", busy.error);
     workers[0].sigkill();
     let _third = cluster.worker("w2");
@@ -103,31 +144,7 @@ async fn shards_commit_exactly_once_through_a_kill_and_training_follows() {
 
     // One committed file per shard, in the folder of the lease that committed it; all
     // rows together caption every readable picture exactly PER_PICTURE times.
-    let mut per_picture: BTreeMap<String, usize> = BTreeMap::new();
-    for task in &step.tasks {
-        let TaskState::Succeeded { output } = &task.state else {
-            panic!("{:?}", task.state)
-        };
-        let folder = format!(
-            "/shard-{}/attempt-{}/captions.jsonl",
-            task.id.shard, task.epoch
-        );
-        assert!(output.ends_with(&folder), "{output}");
-        let path = url::Url::parse(output).unwrap().to_file_path().unwrap();
-        for line in std::fs::read_to_string(path).unwrap().lines() {
-            let row: Value = serde_json::from_str(line).unwrap();
-            assert!(row["logprob"].as_f64().unwrap() <= 0.0);
-            assert!(
-                row["checkpoint"]
-                    .as_str()
-                    .unwrap()
-                    .contains("/captions/attempt-")
-            );
-            *per_picture
-                .entry(row["image"].as_str().unwrap().to_string())
-                .or_default() += 1;
-        }
-    }
+    let per_picture = captions_per_picture(step);
     let results = step.results();
     let made = results.counts.synthesis;
     assert_eq!(
@@ -220,4 +237,61 @@ async fn shards_commit_exactly_once_through_a_kill_and_training_follows() {
     let manifest = committed_path(&job, "dreaming").join("manifest.json");
     let manifest: Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
     assert_eq!(manifest["vision"]["image_size"], 16);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_shard_is_duplicated_and_the_first_commit_wins() {
+    let _one_at_a_time = exclusive().await;
+    // Leases outlast the test: the stalled worker never loses its lease by silence.
+    let cluster = Cluster::start(120_000).await;
+    let workers = cluster.workers(2);
+    let id = cluster.submit(&spec_of(&cluster.storage(), 4)).await;
+    let busy = both_holding_shards(&cluster, &id).await;
+    assert_eq!(busy.state, RunState::Running, "{:?}", busy.error);
+    // Stall one worker mid-shard: the other finishes the rest, then, idle, gets a
+    // duplicate of the stalled shard, commits it, and the job goes on without waiting.
+    signal(&workers[0], "-STOP");
+    let job = cluster.wait(&id, Duration::from_secs(300), finished).await;
+    assert_succeeded(&job);
+    let step = synthesize_step(&job);
+    let duplicated: Vec<_> = job
+        .history
+        .iter()
+        .filter_map(|e| match &e.what {
+            EventKind::Duplicated { task, epoch, .. } => Some((task.clone(), *epoch)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(duplicated.len(), 1, "{duplicated:?}");
+    let stalled = duplicated[0].0.clone();
+    let task = step.tasks.iter().find(|t| t.id == stalled).unwrap();
+    assert_eq!(task.epoch, duplicated[0].1, "the duplicate committed");
+    // One file a shard; every picture captioned exactly as often as asked.
+    let per_picture = captions_per_picture(step);
+    let made = step.results().counts.synthesis;
+    assert_eq!(made.kept as usize, per_picture.values().sum::<usize>());
+    assert!(per_picture.values().all(|&n| n <= PER_PICTURE));
+    // The stalled worker wakes up: it is told to stop, and what was committed stays.
+    signal(&workers[0], "-CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = job_of(&cluster, &id).await;
+    let again = synthesize_step(&after)
+        .tasks
+        .iter()
+        .find(|t| t.id == stalled)
+        .unwrap();
+    assert_eq!(again.state, task.state);
+    assert_eq!(after.state, RunState::Succeeded);
+}
+
+fn signal(process: &Process, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, &process.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn job_of(cluster: &Cluster, id: &str) -> Job {
+    job(&cluster.connection, id).await
 }

@@ -9,11 +9,13 @@
 //! Here: submitting, registering, leasing and reporting. [`model`]: the domain types;
 //! `outcomes`: how task outcomes move steps and jobs along, and retries; `changes`: what
 //! a call changed;
-//! `tallies`: event counts for metrics; `summary`: jobs cut to a size answers can carry.
+//! `tallies`: event counts for metrics; `summary`: jobs cut to a size answers can carry;
+//! `speculation`: duplicate attempts for straggling synthesize shards.
 
 mod changes;
 pub mod model;
 mod outcomes;
+mod speculation;
 pub mod steps;
 mod summary;
 mod tallies;
@@ -260,7 +262,8 @@ impl Scheduler {
             .collect())
     }
 
-    /// Hands the oldest ready task to the worker, under a new epoch.
+    /// Hands the oldest ready task to the worker, under a new epoch; with none ready, a
+    /// duplicate attempt of a straggler ([`speculation`]) to a worker holding nothing.
     pub fn lease(
         &mut self,
         worker_id: &str,
@@ -278,30 +281,18 @@ impl Scheduler {
             if task.state != TaskState::Pending || !startable {
                 continue;
             }
-            task.epoch += 1;
+            task.epoch = task.next_epoch();
             task.state = TaskState::Leased {
                 worker: worker_id.into(),
                 since: now,
+                duplicate: None,
             };
             let lease = LeaseRef {
                 task: id.clone(),
                 epoch: task.epoch,
             };
             let resume_checkpoint = task.checkpoint.clone();
-            let step = &job.steps[id.step as usize];
-            let assignment = Assignment {
-                lease: lease.clone(),
-                job_id: job.id.clone(),
-                step: step.name.clone(),
-                shards: step.tasks.len() as u32,
-                spec: job.task_spec(step),
-                output_root: step.attempt_root(&id, lease.epoch),
-                resume_checkpoint: resume_checkpoint.clone(),
-                input_checkpoint: job.input_checkpoint(id.step as usize),
-                input_step: job
-                    .checkpoint_source(id.step as usize)
-                    .map(|s| s.name.clone()),
-            };
+            let assignment = job.assignment(&id, lease.epoch);
             if job.state == RunState::Pending {
                 job.state = RunState::Running;
                 self.changes.jobs.insert(job.id.clone());
@@ -320,7 +311,7 @@ impl Scheduler {
             self.record(&id.job, now, event);
             return Ok(Some(assignment));
         }
-        Ok(None)
+        Ok(self.lease_duplicate(worker_id, now))
     }
 
     /// The task behind `lease`, if the lease is current and held by `worker_id`.
@@ -332,7 +323,7 @@ impl Scheduler {
         let task = job
             .task(&lease.task)
             .ok_or_else(|| SchedulerError::UnknownTask(lease.task.to_string()))?;
-        if task.epoch != lease.epoch || task.holder() != Some(worker_id) {
+        if task.lease_of(worker_id) != Some(lease.epoch) {
             return Err(SchedulerError::StaleLease {
                 task: lease.task.to_string(),
                 epoch: lease.epoch,
@@ -437,7 +428,33 @@ impl Scheduler {
         task.metrics = metrics;
         task.results = results;
         task.first_loss.get_or_insert(metrics.loss);
+        let since = match &task.state {
+            TaskState::Leased {
+                duplicate: Some(d), ..
+            } if d.epoch == lease.epoch => d.since,
+            TaskState::Leased { since, .. } => *since,
+            _ => now,
+        };
+        // The first commit wins: a duplicate attempt still running is ended.
+        let others: Vec<(String, u64)> = task
+            .holders()
+            .into_iter()
+            .filter(|w| w != worker_id)
+            .filter_map(|w| Some((w.clone(), task.lease_of(&w)?)))
+            .collect();
+        task.epoch = lease.epoch;
+        task.took_ms = Some(now.saturating_sub(since));
         task.state = TaskState::Succeeded { output };
+        for (other, epoch) in others {
+            self.release(&other, &lease.task);
+            let what = EventKind::LeaseLost {
+                task: lease.task.clone(),
+                worker: other,
+                epoch,
+                reason: format!("the attempt on {worker_id} committed first"),
+            };
+            self.record(&lease.task.job, now, what);
+        }
         self.release(worker_id, &lease.task);
         let what = EventKind::TaskSucceeded {
             task: lease.task.clone(),
@@ -458,8 +475,10 @@ impl Scheduler {
         failure: Failure,
         now: Millis,
     ) -> Result<(), SchedulerError> {
-        self.held_task(worker_id, lease, now)?;
+        let attempts = self.held_task(worker_id, lease, now)?.holders().len();
         match failure {
+            // One of two attempts: the other goes on, and says for itself how it ends.
+            _ if attempts > 1 => self.lose_lease(worker_id, lease, error, false, now),
             Failure::Fatal => self.fail_task(lease, error, now),
             Failure::Retryable => self.lose_lease(worker_id, lease, error, true, now),
             Failure::HandedBack => self.lose_lease(worker_id, lease, error, false, now),
@@ -499,8 +518,11 @@ impl Scheduler {
         let Some(task) = job.task_mut(&lease.task) else {
             return;
         };
-        task.lost_leases += u32::from(counts);
         self.changes.tasks.insert(lease.task.clone());
+        if task.end_one_of_two(lease.epoch) {
+            return; // the other attempt goes on
+        }
+        task.lost_leases += u32::from(counts);
         if task.lost_leases >= max_attempts {
             let error = format!("lost {} leases, the last: {reason}", task.lost_leases);
             self.fail_task(lease, error, now);
@@ -532,7 +554,7 @@ impl Scheduler {
                     .jobs
                     .get(&task.job)
                     .and_then(|j| j.task(&task))
-                    .map(|t| t.epoch)
+                    .and_then(|t| t.lease_of(&worker_id))
                 else {
                     continue;
                 };

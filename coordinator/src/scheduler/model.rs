@@ -14,6 +14,10 @@
 //!           ▲                          │ └──fail(fatal)──▶ failed
 //!           └──lease lost / retryable──┘
 //! ```
+//!
+//! A leased synthesize shard that straggles may get a duplicate attempt on an idle
+//! worker, under an epoch of its own ([`super::speculation`]): the first to commit wins,
+//! the other is told to stop, and losing one of the two leaves the other running.
 
 use std::fmt;
 
@@ -61,10 +65,28 @@ impl fmt::Display for RunState {
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum TaskState {
     Pending,
-    Leased { worker: String, since: Millis },
-    Succeeded { output: String },
-    Failed { error: String },
+    Leased {
+        worker: String,
+        since: Millis,
+        /// A duplicate attempt of a straggler, on another worker.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duplicate: Option<Duplicate>,
+    },
+    Succeeded {
+        output: String,
+    },
+    Failed {
+        error: String,
+    },
     Cancelled,
+}
+
+/// A second attempt at a leased task, on another worker, under its own epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Duplicate {
+    pub worker: String,
+    pub epoch: u64,
+    pub since: Millis,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,8 +94,15 @@ pub struct Task {
     pub id: TaskId,
     #[serde(flatten)]
     pub state: TaskState,
-    /// Bumped by every lease; reports must name the current one.
+    /// The epoch of the task's (first) lease, bumped by every lease; reports must name
+    /// a current one.
     pub epoch: u64,
+    /// The highest epoch handed out, duplicates' included (0: `epoch` is).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_epoch: u64,
+    /// How long the attempt that succeeded ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_ms: Option<Millis>,
     /// Leases that ended without success.
     pub lost_leases: u32,
     /// The newest checkpoint reported: a new lease resumes from it.
@@ -92,6 +121,8 @@ impl Task {
             id,
             state: TaskState::Pending,
             epoch: 0,
+            last_epoch: 0,
+            took_ms: None,
             lost_leases: 0,
             checkpoint: None,
             metrics: Metrics::default(),
@@ -113,6 +144,61 @@ impl Task {
             TaskState::Leased { worker, .. } => Some(worker),
             _ => None,
         }
+    }
+
+    /// Every worker holding a lease on the task: its holder, and a duplicate's.
+    pub fn holders(&self) -> Vec<String> {
+        match &self.state {
+            TaskState::Leased {
+                worker, duplicate, ..
+            } => std::iter::once(worker)
+                .chain(duplicate.iter().map(|d| &d.worker))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The epoch of `worker`'s lease on the task, if it holds one.
+    pub fn lease_of(&self, worker: &str) -> Option<u64> {
+        match &self.state {
+            TaskState::Leased { worker: w, .. } if w == worker => Some(self.epoch),
+            TaskState::Leased {
+                duplicate: Some(d), ..
+            } if d.worker == worker => Some(d.epoch),
+            _ => None,
+        }
+    }
+
+    /// An epoch never handed out before.
+    pub fn next_epoch(&mut self) -> u64 {
+        self.last_epoch = self.last_epoch.max(self.epoch) + 1;
+        self.last_epoch
+    }
+
+    /// Ends the attempt of `epoch` while another goes on: a lost duplicate is dropped,
+    /// a lost holder's duplicate takes its place. False when no other attempt runs.
+    pub fn end_one_of_two(&mut self, epoch: u64) -> bool {
+        let TaskState::Leased {
+            duplicate: Some(d), ..
+        } = &self.state
+        else {
+            return false;
+        };
+        let d = d.clone();
+        if d.epoch == epoch {
+            if let TaskState::Leased { duplicate, .. } = &mut self.state {
+                *duplicate = None;
+            }
+        } else {
+            self.epoch = d.epoch;
+            self.state = TaskState::Leased {
+                worker: d.worker,
+                since: d.since,
+                duplicate: None,
+            };
+        }
+        true
     }
 
     pub fn run_state(&self) -> RunState {
@@ -194,6 +280,27 @@ impl Job {
     pub fn input_checkpoint(&self, index: usize) -> Option<String> {
         let source = self.checkpoint_source(index)?;
         source.tasks.first()?.output().map(str::to_string)
+    }
+
+    /// What the lease of task `id` under `epoch` is given.
+    pub fn assignment(&self, id: &TaskId, epoch: u64) -> Assignment {
+        let step = &self.steps[id.step as usize];
+        Assignment {
+            lease: LeaseRef {
+                task: id.clone(),
+                epoch,
+            },
+            job_id: self.id.clone(),
+            step: step.name.clone(),
+            shards: step.tasks.len() as u32,
+            spec: self.task_spec(step),
+            output_root: step.attempt_root(id, epoch),
+            resume_checkpoint: self.task(id).and_then(|t| t.checkpoint.clone()),
+            input_checkpoint: self.input_checkpoint(id.step as usize),
+            input_step: self
+                .checkpoint_source(id.step as usize)
+                .map(|s| s.name.clone()),
+        }
     }
 
     /// What a task of step `index` is given: the step's resolved spec, with the captions
@@ -315,6 +422,14 @@ pub enum EventKind {
         worker: String,
         epoch: u64,
         resume_from: Option<String>,
+    },
+    /// A straggler got a duplicate attempt on an idle worker.
+    Duplicated {
+        task: TaskId,
+        worker: String,
+        epoch: u64,
+        /// The worker still on the first attempt.
+        straggler: String,
     },
     Resumed {
         task: TaskId,

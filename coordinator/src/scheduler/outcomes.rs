@@ -7,13 +7,13 @@ use super::*;
 
 impl Scheduler {
     pub(super) fn fail_task(&mut self, lease: &LeaseRef, error: String, now: Millis) {
-        let mut holder = None;
+        let mut holders = Vec::new();
         if let Some(task) = self
             .jobs
             .get_mut(&lease.task.job)
             .and_then(|j| j.task_mut(&lease.task))
         {
-            holder = task.holder().map(str::to_string);
+            holders = task.holders();
             task.state = TaskState::Failed {
                 error: error.clone(),
             };
@@ -21,7 +21,7 @@ impl Scheduler {
         }
         // A failed task is held by nobody: left in its worker's leases, a later expiry
         // would revive it (found by the property tests).
-        if let Some(worker) = holder {
+        for worker in holders {
             self.release(&worker, &lease.task);
         }
         let what = EventKind::TaskFailed {
@@ -104,8 +104,8 @@ impl Scheduler {
                 step.state = RunState::Cancelled;
             }
             for task in &mut step.tasks {
-                if let TaskState::Leased { worker, .. } = &task.state {
-                    released.push((worker.clone(), task.id.clone()));
+                for worker in task.holders() {
+                    released.push((worker, task.id.clone()));
                 }
                 if matches!(task.state, TaskState::Pending | TaskState::Leased { .. }) {
                     task.state = TaskState::Cancelled;

@@ -1,6 +1,6 @@
 //! Random sequences of calls against the pure scheduler, checking after every call the
-//! invariants the rest of the system relies on: a task is held by at most one worker
-//! and only under its current epoch, epochs never go back, work that succeeded is never
+//! invariants the rest of the system relies on: a task is held by the workers its state
+//! names (one, or two with a straggler's duplicate), each under its own epoch, epochs never go back, work that succeeded is never
 //! lost or committed twice, and a finished job holds no lease.
 
 use std::collections::BTreeMap;
@@ -20,6 +20,8 @@ enum Call {
     Fail(u8, u8, u8),
     Heartbeat(u8),
     Expire(u16),
+    /// Time passes without an expiry sweep (stragglers straggle).
+    Wait(u16),
     Cancel(u8),
     Retry(u8),
 }
@@ -34,6 +36,7 @@ fn call() -> impl Strategy<Value = Call> {
         1 => (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(w, l, k)| Call::Fail(w, l, k)),
         1 => any::<u8>().prop_map(Call::Heartbeat),
         1 => (0u16..3_000).prop_map(Call::Expire),
+        1 => (0u16..3_000).prop_map(Call::Wait),
         1 => any::<u8>().prop_map(Call::Cancel),
         1 => any::<u8>().prop_map(Call::Retry),
     ]
@@ -41,12 +44,17 @@ fn call() -> impl Strategy<Value = Call> {
 
 /// Specs of several shapes: shards, a chain, branches, and data (a prepare step).
 fn spec_of(choice: u8) -> JobSpec {
-    let yaml = match choice % 3 {
+    let yaml = match choice % 4 {
         0 => {
             "name: a\nstorage: /tmp/p\nphases: [{name: one, kind: noop, shards: 3, max_attempts: 2}, {name: two, kind: noop}]\n"
         }
         1 => {
             "name: b\nstorage: /tmp/p\nphases: [{name: r, kind: noop}, {name: x, kind: noop, max_attempts: 1}, {name: y, kind: noop, from: r, shards: 2}]\n"
+        }
+        3 => {
+            "name: d\nstorage: /tmp/p\ndata: [{name: b, kind: picture_book, pictures: 9}]\n\
+             model: {preset: tiny, vision: {image_size: 16, patch_size: 8, d_model: 32, n_layers: 1, n_heads: 2}}\n\
+             phases: [{name: v, kind: noop}, {name: d, kind: self_synthesis, synthesis: {images: b, shards: 3}, data: [b], steps: 1}]\n"
         }
         _ => {
             "name: c\nstorage: /tmp/p\ndata: [{name: t, kind: generated_text, words: 9}, {name: u, kind: generated_text, words: 9}]\nphases: [{name: l, kind: language, data: [t, u], steps: 1}]\n"
@@ -65,11 +73,16 @@ fn check(
     committed: &mut BTreeMap<TaskId, String>,
     epochs: &mut BTreeMap<TaskId, u64>,
 ) {
-    let mut holders: BTreeMap<TaskId, String> = BTreeMap::new();
+    let mut holders: BTreeMap<TaskId, Vec<String>> = BTreeMap::new();
     for worker in s.workers() {
         for task in &worker.leases {
-            let previous = holders.insert(task.clone(), worker.id.clone());
-            assert!(previous.is_none(), "{task} is held by two workers");
+            let held = holders.entry(task.clone()).or_default();
+            assert!(
+                !held.contains(&worker.id),
+                "{task} is held twice by {}",
+                worker.id
+            );
+            held.push(worker.id.clone());
         }
     }
     let mut succeeded_events = 0;
@@ -79,13 +92,15 @@ fn check(
                 let before = epochs.insert(task.id.clone(), task.epoch).unwrap_or(0);
                 assert!(task.epoch >= before, "{}: epoch went back", task.id);
                 match &task.state {
-                    TaskState::Leased { worker, .. } => {
-                        assert_eq!(
-                            holders.get(&task.id),
-                            Some(worker),
-                            "{}: lease not held",
-                            task.id
-                        );
+                    TaskState::Leased { duplicate, .. } => {
+                        let mut expected = task.holders();
+                        let mut held = holders.get(&task.id).cloned().unwrap_or_default();
+                        expected.sort();
+                        held.sort();
+                        assert_eq!(held, expected, "{}: leases not held", task.id);
+                        if let Some(d) = duplicate {
+                            assert!(d.epoch > task.epoch, "{}: duplicate epoch", task.id);
+                        }
                         assert!(
                             !job.state.is_finished(),
                             "{}: leased in a finished job",
@@ -139,7 +154,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_calls_keep_the_scheduler_consistent(calls in prop::collection::vec(call(), 1..120)) {
+    fn random_calls_keep_the_scheduler_consistent(calls in prop::collection::vec(call(), 1..300)) {
         let mut s = Scheduler::new(SchedulerConfig { lease_timeout_ms: 1_000, instance: 0 });
         let (mut now, mut workers, mut jobs, mut leases) = (0u64, Vec::new(), Vec::new(), Vec::new());
         let (mut committed, mut epochs) = (BTreeMap::new(), BTreeMap::new());
@@ -187,6 +202,7 @@ proptest! {
                     now += u64::from(by);
                     s.expire(now);
                 }
+                Call::Wait(by) => now += u64::from(by),
                 Call::Cancel(j) => {
                     if let Some(j) = pick(&jobs, j) {
                         let _ = s.cancel(&j, now);

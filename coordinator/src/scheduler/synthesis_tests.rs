@@ -39,6 +39,10 @@ fn scheduler() -> Scheduler {
 }
 
 fn finish(s: &mut Scheduler, w: &str, a: &Assignment, output: &str) {
+    finish_at(s, w, a, output, 1);
+}
+
+fn finish_at(s: &mut Scheduler, w: &str, a: &Assignment, output: &str, now: Millis) {
     let output = format!("{}/{output}", a.output_root);
     s.complete(
         w,
@@ -46,7 +50,7 @@ fn finish(s: &mut Scheduler, w: &str, a: &Assignment, output: &str) {
         Metrics::default(),
         output,
         Default::default(),
-        1,
+        now,
     )
     .unwrap();
 }
@@ -225,4 +229,141 @@ fn seeds_are_checked() {
         error.contains("seeds: must be at most 16, got 17 seeds"),
         "{error}"
     );
+}
+
+/// Three workers each leasing one of three synthesize shards at `t`, after the steps
+/// before them ran.
+fn three_shards_leased(s: &mut Scheduler, t: Millis) -> Vec<(String, Assignment)> {
+    s.submit(dreaming(1, 3), 0).unwrap();
+    let workers: Vec<String> = ["a", "b", "c"]
+        .map(|h| s.register(WorkerInfo::for_tests(h), 0))
+        .into();
+    for _ in 0..3 {
+        let a = s.lease(&workers[0], 1).unwrap().unwrap();
+        finish(s, &workers[0], &a, "final");
+    }
+    workers
+        .into_iter()
+        .map(|w| {
+            let a = s.lease(&w, t).unwrap().unwrap();
+            assert!(matches!(a.spec.work, Work::Synthesize(_)));
+            (w, a)
+        })
+        .collect()
+}
+
+#[test]
+fn a_straggler_gets_a_duplicate_and_the_first_commit_wins() {
+    let mut s = scheduler();
+    let leased = three_shards_leased(&mut s, 10);
+    let (slow, straggler) = leased[0].clone();
+    let alive = |s: &mut Scheduler, t| {
+        for (w, _) in &leased {
+            s.heartbeat(w, &[], t).unwrap();
+        }
+    };
+    // Shards 1 and 2 take 900 ms; nothing straggles before 2 s (the minimum).
+    alive(&mut s, 900);
+    finish_at(&mut s, &leased[1].0, &leased[1].1, "captions.jsonl", 910);
+    finish_at(&mut s, &leased[2].0, &leased[2].1, "captions.jsonl", 910);
+    let idle = leased[2].0.clone();
+    assert!(s.lease(&idle, 1_500).unwrap().is_none());
+    assert!(
+        s.lease(&slow, 2_500).unwrap().is_none(),
+        "never its own duplicate"
+    );
+    // Past 2 s, the idle worker gets a duplicate of shard 0 in a folder of its own.
+    alive(&mut s, 2_500);
+    let duplicate = s.lease(&idle, 2_500).unwrap().unwrap();
+    assert_eq!(duplicate.lease.task, straggler.lease.task);
+    assert_eq!(duplicate.lease.epoch, straggler.lease.epoch + 1);
+    assert_ne!(duplicate.output_root, straggler.output_root);
+    assert!(
+        s.lease(&leased[1].0, 2_500).unwrap().is_none(),
+        "one duplicate at most"
+    );
+    // The duplicate commits first; the straggler is told to stop and its commit is
+    // refused.
+    finish_at(&mut s, &idle, &duplicate, "captions.jsonl", 2_600);
+    let told = s
+        .heartbeat(&slow, &[straggler.lease.clone()], 2_600)
+        .unwrap();
+    assert_eq!(told, [straggler.lease.clone()]);
+    let late = s.complete(
+        &slow,
+        &straggler.lease,
+        Metrics::default(),
+        format!("{}/captions.jsonl", straggler.output_root),
+        Default::default(),
+        2_700,
+    );
+    assert!(matches!(late, Err(SchedulerError::StaleLease { .. })));
+    let job = s.jobs().next().unwrap();
+    let task = job.task(&straggler.lease.task).unwrap();
+    assert_eq!(
+        task.output(),
+        Some(format!("{}/captions.jsonl", duplicate.output_root).as_str())
+    );
+    assert_eq!(task.took_ms, Some(100));
+    assert!(s.worker(&slow).unwrap().leases.is_empty());
+    let step = job.step("dreaming.synthesize").unwrap();
+    assert_eq!(step.state, RunState::Succeeded);
+    let lost = job.history.iter().any(|e| {
+        matches!(&e.what, EventKind::LeaseLost { worker, reason, .. }
+            if *worker == slow && reason.contains("committed first"))
+    });
+    assert!(lost, "{:?}", job.history);
+}
+
+#[test]
+fn losing_one_of_two_attempts_leaves_the_other_running() {
+    // The duplicate's worker dies: the straggler goes on and commits.
+    let mut s = scheduler();
+    let leased = three_shards_leased(&mut s, 10);
+    let (slow, straggler) = leased[0].clone();
+    finish(&mut s, &leased[1].0, &leased[1].1, "captions.jsonl");
+    finish(&mut s, &leased[2].0, &leased[2].1, "captions.jsonl");
+    s.heartbeat(&slow, &[], 2_500).unwrap();
+    let duplicate = s.lease(&leased[2].0, 2_500).unwrap().unwrap();
+    s.fail(
+        &leased[2].0,
+        &duplicate.lease,
+        "bad picture".into(),
+        Failure::Fatal,
+        2_600,
+    )
+    .unwrap();
+    assert_eq!(s.jobs().next().unwrap().state, RunState::Running);
+    finish(&mut s, &slow, &straggler, "captions.jsonl");
+    let task = s
+        .jobs()
+        .next()
+        .unwrap()
+        .task(&straggler.lease.task)
+        .unwrap()
+        .clone();
+    assert!(task.output().unwrap().starts_with(&straggler.output_root));
+    assert_eq!(task.lost_leases, 0);
+
+    // The straggler's worker dies: the duplicate takes its place and commits.
+    let mut s = scheduler();
+    let leased = three_shards_leased(&mut s, 10);
+    let (slow, straggler) = leased[0].clone();
+    finish(&mut s, &leased[1].0, &leased[1].1, "captions.jsonl");
+    finish(&mut s, &leased[2].0, &leased[2].1, "captions.jsonl");
+    s.heartbeat(&slow, &[], 2_500).unwrap();
+    let idle = leased[2].0.clone();
+    let duplicate = s.lease(&idle, 2_500).unwrap().unwrap();
+    s.heartbeat(&idle, &[], 3_400).unwrap();
+    let lost = s.expire(3_600);
+    assert_eq!(lost, [straggler.lease.clone()]);
+    assert!(
+        s.lease(&leased[1].0, 3_600).unwrap().is_none(),
+        "nothing to lease again"
+    );
+    finish(&mut s, &idle, &duplicate, "captions.jsonl");
+    let job = s.jobs().next().unwrap();
+    let task = job.task(&straggler.lease.task).unwrap();
+    assert!(task.output().unwrap().starts_with(&duplicate.output_root));
+    assert_eq!(task.epoch, duplicate.lease.epoch);
 }

@@ -18,7 +18,7 @@ impl Tallies {
     pub fn count(&mut self, event: &EventKind) {
         match event {
             EventKind::Submitted => self.jobs_submitted += 1,
-            EventKind::Leased { .. } => self.leases_granted += 1,
+            EventKind::Leased { .. } | EventKind::Duplicated { .. } => self.leases_granted += 1,
             EventKind::LeaseLost { .. } => self.leases_lost += 1,
             EventKind::TaskSucceeded { .. } => self.tasks_succeeded += 1,
             EventKind::TaskFailed { .. } => self.tasks_failed += 1,
