@@ -3,12 +3,15 @@
 //!
 //! Prompts of different lengths are left-padded. A boolean mask keeps padding out of
 //! every real position's attention and positions count real tokens only, so a prompt
-//! decodes to the same tokens alone or in a batch.
+//! decodes to the same tokens alone or in a batch. Sampling draws from torch's
+//! generator, or, given a stream per row ([`generate_scored`]), from that row's own
+//! numbers: then a row samples the same tokens whatever batch it is decoded in.
 
 use tch::{Device, Kind, Tensor};
 
 use crate::error::WorkerError;
 use crate::model::{Attend, Gpt, KvCache};
+use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Sampling {
@@ -85,7 +88,9 @@ fn prefill_mask(real: &Tensor) -> Tensor {
     causal.logical_and(&keys).logical_or(&itself)
 }
 
-fn pick(logits: &Tensor, sampling: &Sampling) -> Tensor {
+/// The next token of each row. `uniforms` (B): each row's own number in [0, 1) for
+/// this step, else torch's generator draws.
+fn pick(logits: &Tensor, sampling: &Sampling, uniforms: Option<&Tensor>) -> Tensor {
     if sampling.temperature <= 0.0 {
         return logits.argmax(-1, false);
     }
@@ -94,8 +99,27 @@ fn pick(logits: &Tensor, sampling: &Sampling) -> Tensor {
     // Drop tokens once the mass before them already reaches top_p.
     let before = sorted.cumsum(-1, Kind::Float) - &sorted;
     let kept = sorted.masked_fill(&before.gt(sampling.top_p), 0.0);
-    let choice = kept.multinomial(1, false); // index into the sorted order
+    // An index into the sorted order.
+    let choice = match uniforms {
+        None => kept.multinomial(1, false),
+        Some(u) => {
+            // The inverse of the kept tokens' cumulative distribution at u.
+            let total = kept.sum_dim_intlist(-1, true, Kind::Float);
+            let below = (kept.cumsum(-1, Kind::Float) / total).lt_tensor(&u.unsqueeze(-1));
+            let last = kept.size()[1] - 1;
+            below.sum_dim_intlist(-1, true, Kind::Int64).clamp_max(last)
+        }
+    };
     order.gather(-1, &choice, false).squeeze_dim(-1)
+}
+
+/// Each row's number in [0, 1) for decoding step `step`, from its own stream.
+fn uniforms(streams: &[u64], step: usize, device: Device) -> Tensor {
+    let numbers: Vec<f32> = streams
+        .iter()
+        .map(|&s| Rng::for_stream(s, step as u64).unit() as f32)
+        .collect();
+    Tensor::from_slice(&numbers).to_device(device)
 }
 
 fn check_room(
@@ -166,20 +190,29 @@ pub fn generate(
     sampling: &Sampling,
     stop: i64,
 ) -> Result<Vec<Vec<i64>>, WorkerError> {
-    let decoded = decode(model, prefix, prompts, sampling, stop, false)?;
+    let decoded = decode(model, prefix, prompts, sampling, stop, None, false)?;
     Ok(decoded.into_iter().map(|d| d.tokens).collect())
 }
 
 /// [`generate`], with each continuation's log-probability (one more softmax and a
-/// device read a step, which plain decoding does not pay for).
+/// device read a step, which plain decoding does not pay for). Row `r` samples from
+/// its own random stream `streams[r]`, so it decodes the same tokens in any batch.
 pub fn generate_scored(
     model: &Gpt,
     prefix: Option<&Tensor>,
     prompts: &[Vec<i64>],
     sampling: &Sampling,
     stop: i64,
+    streams: &[u64],
 ) -> Result<Vec<Decoded>, WorkerError> {
-    decode(model, prefix, prompts, sampling, stop, true)
+    if streams.len() != prompts.len() {
+        return Err(WorkerError::Config(format!(
+            "{} random streams for {} prompts",
+            streams.len(),
+            prompts.len()
+        )));
+    }
+    decode(model, prefix, prompts, sampling, stop, Some(streams), true)
 }
 
 fn decode(
@@ -188,6 +221,7 @@ fn decode(
     prompts: &[Vec<i64>],
     sampling: &Sampling,
     stop: i64,
+    streams: Option<&[u64]>,
     scored: bool,
 ) -> Result<Vec<Decoded>, WorkerError> {
     check_room(model, prefix, prompts, sampling)?;
@@ -205,8 +239,9 @@ fn decode(
         let mut position = positions.select(1, -1); // (B)
         let (mut out, mut done) = (vec![Vec::new(); prompts.len()], vec![false; prompts.len()]);
         let mut scores = vec![(0.0, 0); prompts.len()];
-        for _ in 0..sampling.max_new_tokens {
-            let next = pick(&last, sampling);
+        for step in 0..sampling.max_new_tokens {
+            let drawn = streams.map(|s| uniforms(s, step, model.device()));
+            let next = pick(&last, sampling, drawn.as_ref());
             if scored {
                 score(&last, &next, &done, &mut scores);
             }
@@ -276,7 +311,7 @@ pub fn generate_without_cache(
             let mask = padded.then(|| prefill_mask(&real));
             let attend = mask.as_ref().map_or(Attend::Causal, Attend::Mask);
             let logits = model.forward_embeddings(&x, &positions_of(&real), attend, None);
-            let next = pick(&logits.select(1, -1), sampling);
+            let next = pick(&logits.select(1, -1), sampling, None);
             if collect(&next, stop, &mut out, &mut done) {
                 break;
             }
@@ -341,6 +376,33 @@ mod tests {
         assert!(rows.iter().all(|r| r.len() <= 40 && !r.contains(&299)));
         let too_long = Sampling::greedy(45);
         assert!(generate(&model, None, &prompts(), &too_long, 299).is_err());
+    }
+
+    #[test]
+    fn a_row_with_its_own_stream_samples_the_same_in_any_batch() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = model(&vs);
+        let hot = Sampling {
+            max_new_tokens: 24,
+            temperature: 1.0,
+            top_p: 0.9,
+        };
+        let tokens = |prompts: &[Vec<i64>], streams: &[u64]| -> Vec<Vec<i64>> {
+            let decoded = generate_scored(&model, None, prompts, &hot, 299, streams).unwrap();
+            decoded.into_iter().map(|d| d.tokens).collect()
+        };
+        let same_length = vec![vec![5, 17, 42]; 4];
+        let batch = tokens(&same_length, &[11, 12, 13, 14]);
+        // Torch's generator is drawn from in between: it must not matter.
+        let _ = Tensor::rand([100], (Kind::Float, Device::Cpu));
+        for (i, streams) in [[12u64], [14]].iter().enumerate() {
+            let alone = tokens(&same_length[..1], streams);
+            assert_eq!(alone[0], batch[2 * i + 1], "row {}", 2 * i + 1);
+        }
+        // One prompt, four streams: four different continuations.
+        let distinct: std::collections::BTreeSet<_> = batch.iter().collect();
+        assert!(distinct.len() > 1, "{batch:?}");
+        assert!(generate_scored(&model, None, &same_length, &hot, 299, &[1]).is_err());
     }
 }
 

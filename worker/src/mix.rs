@@ -72,8 +72,7 @@ impl Mixture {
 
     /// The source the next draw of `rng` picks.
     pub fn pick(&self, rng: &mut Rng) -> usize {
-        // 53 random bits make a uniform number in [0, 1).
-        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let u = rng.unit();
         self.cumulative
             .iter()
             .position(|&c| u < c)

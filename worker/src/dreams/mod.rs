@@ -30,10 +30,69 @@ use crate::world::language::caption_score;
 use crate::world::scene::Scene;
 use filters::Caption;
 
-/// Pictures decoded together: larger batches pay off on a GPU, where the KV cache wins
-/// only from about 128 rows (see BENCHMARKS.md); on a CPU 32 keeps memory small.
-fn pictures_per_batch(device: Device) -> usize {
-    if device.is_cuda() { 128 } else { 32 }
+/// Batch sizes (pictures) the synthesize step tries: on a GPU the KV cache pays only from
+/// about 128 rows (see BENCHMARKS.md) and larger batches may pay more; on a CPU the
+/// rows run one after another, so small batches keep memory small at the same speed.
+fn batch_candidates(device: Device) -> &'static [usize] {
+    if device.is_cuda() {
+        &[16, 64, 128, 256, 512]
+    } else {
+        &[8, 32]
+    }
+}
+
+/// The batch size (pictures) with the most captions a second on this device: each
+/// candidate decodes one full-length batch of blank pictures, timed. Captions do not
+/// depend on it: each row samples from its own stream ([`row_stream`]).
+fn pictures_per_batch(
+    model: &Vlm,
+    sampling: &Sampling,
+    per_picture: i64,
+    picture: &Tensor,
+    pictures: usize,
+    device: Device,
+) -> Result<usize, WorkerError> {
+    let candidates = batch_candidates(device);
+    let fitting: Vec<usize> = candidates
+        .iter()
+        .copied()
+        .filter(|&b| b <= pictures.max(candidates[0]))
+        .collect();
+    if fitting.len() < 2 {
+        return Ok(fitting[0]);
+    }
+    let mut best = (0.0, fitting[0]);
+    for &size in &fitting {
+        let blank = picture.zeros_like().unsqueeze(0).expand(
+            [size as i64 * per_picture]
+                .into_iter()
+                .chain(picture.size())
+                .collect::<Vec<_>>(),
+            false,
+        );
+        let visual = tch::no_grad(|| model.visual_tokens(&blank.to_device(device)));
+        let prompts = vec![vec![0i64]; visual.size()[0] as usize];
+        let started = std::time::Instant::now();
+        // A stop token never drawn: every row decodes the full length.
+        crate::generate::generate(&model.lm, Some(&visual), &prompts, sampling, -1)?;
+        let rate = size as f64 / started.elapsed().as_secs_f64();
+        tracing::debug!(size, pictures_per_s = rate, "batch size tried");
+        if rate > best.0 {
+            best = (rate, size);
+        }
+    }
+    Ok(best.1)
+}
+
+/// The random stream caption `k` of the picture at `url` samples from, in `round` of a
+/// phase seeded `seed`: the same whichever worker, batch or attempt decodes it.
+fn row_stream(seed: u64, round: u32, url: &str, k: i64) -> u64 {
+    // FNV-1a of the picture's name, then mixed with the rest.
+    let name = url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut rng = crate::rng::Rng::for_stream(seed ^ u64::from(round) << 32, name);
+    rng.next_u64() ^ k as u64
 }
 
 /// The file a shard commits, in its attempt's folder.
@@ -75,14 +134,28 @@ pub fn synthesize(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         shards,
         "pictures to caption"
     );
-    // The same shard draws the same captions, whichever worker runs it.
-    tch::manual_seed((spec.seed ^ u64::from(spec.round) << 32 ^ u64::from(shard)) as i64);
     let mut captions = Vec::new();
     let mut metrics = Metrics {
         total_items: pictures.len() as u64,
         ..Metrics::default()
     };
-    for chunk in pictures.chunks(pictures_per_batch(ctx.device)) {
+    let batch = match pictures.first() {
+        Some(first) => {
+            let one = first.input.unsqueeze(0).to_device(ctx.device);
+            let visual_tokens = tch::no_grad(|| model.visual_tokens(&one)).size()[1] as usize;
+            pictures_per_batch(
+                model,
+                &sampling_of(spec, model, visual_tokens),
+                spec.decoding.captions_per_image.max(1) as i64,
+                &first.input,
+                pictures.len(),
+                ctx.device,
+            )?
+        }
+        None => 1,
+    };
+    tracing::info!(batch, "pictures decoded together");
+    for chunk in pictures.chunks(batch) {
         ctx.check_stop()?;
         captions.extend(caption_batch(
             model,
@@ -179,6 +252,24 @@ async fn shard_pictures(
     Ok((pictures, skipped.count))
 }
 
+/// How the spec decodes, within the room the model's context leaves after the
+/// visual tokens.
+fn sampling_of(spec: &SynthesizeSpec, model: &Vlm, visual_tokens: usize) -> Sampling {
+    let room = (model.lm.config.context as usize).saturating_sub(visual_tokens + 1);
+    let d = spec.decoding;
+    Sampling {
+        max_new_tokens: (d.max_tokens as usize).min(room),
+        temperature: match d.strategy {
+            DecodingStrategy::Greedy => 0.0,
+            DecodingStrategy::Temperature | DecodingStrategy::TopP => d.temperature,
+        },
+        top_p: match d.strategy {
+            DecodingStrategy::TopP => d.top_p,
+            _ => 1.0,
+        },
+    }
+}
+
 /// Captions for a batch of pictures, `captions_per_image` each.
 fn caption_batch(
     model: &Vlm,
@@ -193,22 +284,14 @@ fn caption_batch(
     let stacked = Tensor::stack(&inputs, 0).to_device(device);
     let visual = tch::no_grad(|| model.visual_tokens(&stacked));
     let visual = visual.repeat_interleave_self_int(per_picture, Some(0), None);
-    let room = (model.lm.config.context as usize).saturating_sub(visual.size()[1] as usize + 1);
-    let d = spec.decoding;
-    let sampling = Sampling {
-        max_new_tokens: (d.max_tokens as usize).min(room),
-        temperature: match d.strategy {
-            DecodingStrategy::Greedy => 0.0,
-            DecodingStrategy::Temperature | DecodingStrategy::TopP => d.temperature,
-        },
-        top_p: match d.strategy {
-            DecodingStrategy::TopP => d.top_p,
-            _ => 1.0,
-        },
-    };
+    let sampling = sampling_of(spec, model, visual.size()[1] as usize);
     let eot = tokenizer.end_of_text() as i64;
     let prompts = vec![vec![eot]; visual.size()[0] as usize];
-    let decoded = generate_scored(&model.lm, Some(&visual), &prompts, &sampling, eot)?;
+    let streams: Vec<u64> = pictures
+        .iter()
+        .flat_map(|p| (0..per_picture).map(|k| row_stream(spec.seed, spec.round, &p.url, k)))
+        .collect();
+    let decoded = generate_scored(&model.lm, Some(&visual), &prompts, &sampling, eot, &streams)?;
     decoded
         .into_iter()
         .enumerate()
