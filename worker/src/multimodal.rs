@@ -38,28 +38,27 @@ struct Batch {
     seen: Vec<Seen>,
 }
 
+/// What a phase's batches draw from: a pool of examples per source, each pool's number
+/// in the word ledger, and the mixture that picks a pool per row.
+struct Draws<'a> {
+    pools: &'a [Vec<Example>],
+    counted: &'a [usize],
+    mixture: &'a Mixture,
+}
+
 /// The batch of `step`. Each row draws its source at the phase's weights, then an
-/// example of that source; `counted` is each pool's number in the word ledger.
-fn batch(
-    pools: &[Vec<Example>],
-    counted: &[usize],
-    mixture: &Mixture,
-    seed: u64,
-    step: u64,
-    size: usize,
-    pad: i64,
-    device: Device,
-) -> Batch {
+/// example of that source.
+fn batch(draws: &Draws, seed: u64, step: u64, size: usize, pad: i64, device: Device) -> Batch {
     let mut rng = Rng::for_stream(seed, step);
     let mut seen = Vec::with_capacity(size);
     let chosen: Vec<&Example> = (0..size)
         .map(|_| {
-            let source = mixture.pick(&mut rng);
-            let pool = &pools[source];
+            let source = draws.mixture.pick(&mut rng);
+            let pool = &draws.pools[source];
             let index = rng.below(pool.len() as u64);
             let example = &pool[index as usize];
             seen.push(Seen {
-                source: counted[source],
+                source: draws.counted[source],
                 start: index,
                 len: 1,
                 words_per_unit: example.words as f64,
@@ -312,10 +311,13 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     };
     let pad = tokenizer.end_of_text() as i64;
     let mut output = fit.run(&vs, &mut optimizer, start, resumed, |step| {
+        let draws = Draws {
+            pools: &pools,
+            counted: &counted,
+            mixture: &mixture,
+        };
         let b = batch(
-            &pools,
-            &counted,
-            &mixture,
+            &draws,
             phase.seed,
             step,
             phase.batch_size as usize,
@@ -410,7 +412,18 @@ mod tests {
             words,
             seen,
             ..
-        } = batch(&examples, &[5], &one, 0, 0, 1, 0, Device::Cpu);
+        } = batch(
+            &Draws {
+                pools: &examples,
+                counted: &[5],
+                mixture: &one,
+            },
+            0,
+            0,
+            1,
+            0,
+            Device::Cpu,
+        );
         assert_eq!((seen[0].source, seen[0].start, seen[0].len), (5, 0, 1));
         let taught: Vec<i64> = Vec::try_from(targets.view([-1])).unwrap();
         let all: Vec<i64> = Vec::try_from(ids.view([-1])).unwrap();

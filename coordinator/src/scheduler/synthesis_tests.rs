@@ -286,9 +286,9 @@ fn a_straggler_gets_a_duplicate_and_the_first_commit_wins() {
     // refused.
     finish_at(&mut s, &idle, &duplicate, "captions.jsonl", 2_600);
     let told = s
-        .heartbeat(&slow, &[straggler.lease.clone()], 2_600)
+        .heartbeat(&slow, std::slice::from_ref(&straggler.lease), 2_600)
         .unwrap();
-    assert_eq!(told, [straggler.lease.clone()]);
+    assert_eq!(told, std::slice::from_ref(&straggler.lease));
     let late = s.complete(
         &slow,
         &straggler.lease,
@@ -356,7 +356,7 @@ fn losing_one_of_two_attempts_leaves_the_other_running() {
     let duplicate = s.lease(&idle, 2_500).unwrap().unwrap();
     s.heartbeat(&idle, &[], 3_400).unwrap();
     let lost = s.expire(3_600);
-    assert_eq!(lost, [straggler.lease.clone()]);
+    assert_eq!(lost, std::slice::from_ref(&straggler.lease));
     assert!(
         s.lease(&leased[1].0, 3_600).unwrap().is_none(),
         "nothing to lease again"
