@@ -12,7 +12,7 @@ use crate::data::read_corpus;
 use crate::error::WorkerError;
 use crate::fit::{self, Fit, WEIGHT_DECAY};
 use crate::inputs;
-use crate::mix::{Mixture, TextStream, text_batch};
+use crate::mix::{self, Mixture, TextStream, text_batch};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::AdamW;
 use crate::tokenizer::Tokenizer;
@@ -69,10 +69,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         ledger,
     };
     let rows = phase.batch_size as usize;
+    let draws = mix::draw_seed(phase.seed, &ctx.assignment.step);
     fit.run(&vs, &mut optimizer, start, resumed.is_some(), |step| {
-        let b = text_batch(
-            &streams, &mixture, phase.seed, step, rows, context, ctx.device,
-        );
+        let b = text_batch(&streams, &mixture, draws, step, rows, context, ctx.device);
         Ok((model.loss(&b.inputs, &b.targets), b.consumed))
     })
 }

@@ -19,7 +19,7 @@ use crate::fit::{self, Consumed, Fit, WEIGHT_DECAY};
 use crate::inputs::{self, Start};
 use crate::ledger::{self, Seen};
 use crate::loaders;
-use crate::mix::Mixture;
+use crate::mix::{self, Mixture};
 use crate::optim::AdamW;
 use crate::probes;
 use crate::prompts::{Example, caption_example, question_example};
@@ -310,6 +310,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         ledger,
     };
     let pad = tokenizer.end_of_text() as i64;
+    let seed = mix::draw_seed(phase.seed, &ctx.assignment.step);
     let mut output = fit.run(&vs, &mut optimizer, start, resumed, |step| {
         let draws = Draws {
             pools: &pools,
@@ -318,7 +319,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         };
         let b = batch(
             &draws,
-            phase.seed,
+            seed,
             step,
             phase.batch_size as usize,
             pad,

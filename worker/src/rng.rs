@@ -5,6 +5,13 @@
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
+/// FNV-1a of `text`: a stable number for a name (a step, a picture), to seed streams by.
+pub fn name_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed ^ 0x9E37_79B9_7F4A_7C15)

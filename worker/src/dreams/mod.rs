@@ -85,12 +85,10 @@ fn pictures_per_batch(
 }
 
 /// The random stream caption `k` of the picture at `url` samples from, in `round` of a
-/// phase seeded `seed`: the same whichever worker, batch or attempt decodes it.
+/// phase seeded `seed`: the same whichever worker, batch, attempt or storage root
+/// decodes it (the picture is known by its file name).
 fn row_stream(seed: u64, round: u32, url: &str, k: i64) -> u64 {
-    // FNV-1a of the picture's name, then mixed with the rest.
-    let name = url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let name = crate::rng::name_hash(file_name(url));
     let mut rng = crate::rng::Rng::for_stream(seed ^ u64::from(round) << 32, name);
     rng.next_u64() ^ k as u64
 }

@@ -11,7 +11,7 @@ use crate::data::read_corpus;
 use crate::error::WorkerError;
 use crate::fit::{self, Fit};
 use crate::inputs::Start;
-use crate::mix::{Mixture, TextStream, text_batch};
+use crate::mix::{self, Mixture, TextStream, text_batch};
 use crate::multimodal::{Started, start_vlm};
 use crate::tokenizer::Tokenizer;
 use crate::vlm::VisionPath;
@@ -78,10 +78,9 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         ledger,
     };
     let rows = phase.batch_size as usize;
+    let draws = mix::draw_seed(phase.seed, &ctx.assignment.step);
     fit.run(&vs, &mut optimizer, start, resumed, |step| {
-        let b = text_batch(
-            &streams, &mixture, phase.seed, step, rows, context, ctx.device,
-        );
+        let b = text_batch(&streams, &mixture, draws, step, rows, context, ctx.device);
         Ok((model.lm.loss(&b.inputs, &b.targets), b.consumed))
     })
 }
