@@ -297,11 +297,7 @@ impl Scheduler {
                 job.state = RunState::Running;
                 self.changes.jobs.insert(job.id.clone());
             }
-            self.changes.tasks.insert(id.clone());
-            if let Some(worker) = self.workers.get_mut(worker_id) {
-                worker.leases.push(id.clone());
-                self.changes.workers.insert(worker_id.into());
-            }
+            self.hold(worker_id, &id);
             let event = EventKind::Leased {
                 task: id.clone(),
                 worker: worker_id.into(),
@@ -484,6 +480,15 @@ impl Scheduler {
             Failure::HandedBack => self.lose_lease(worker_id, lease, error, false, now),
         }
         Ok(())
+    }
+
+    /// Records that `worker_id` now holds a lease on `task`.
+    fn hold(&mut self, worker_id: &str, task: &TaskId) {
+        self.changes.tasks.insert(task.clone());
+        if let Some(worker) = self.workers.get_mut(worker_id) {
+            worker.leases.push(task.clone());
+            self.changes.workers.insert(worker_id.into());
+        }
     }
 
     fn release(&mut self, worker_id: &str, task: &TaskId) {

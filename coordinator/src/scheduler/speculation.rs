@@ -41,11 +41,7 @@ impl Scheduler {
         });
         let straggler = straggler.clone();
         let assignment = job.assignment(&id, epoch);
-        self.changes.tasks.insert(id.clone());
-        if let Some(worker) = self.workers.get_mut(worker_id) {
-            worker.leases.push(id.clone());
-            self.changes.workers.insert(worker_id.into());
-        }
+        self.hold(worker_id, &id);
         let event = EventKind::Duplicated {
             task: id.clone(),
             worker: worker_id.into(),

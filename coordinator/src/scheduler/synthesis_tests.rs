@@ -42,7 +42,23 @@ fn finish(s: &mut Scheduler, w: &str, a: &Assignment, output: &str) {
     finish_at(s, w, a, output, 1);
 }
 
-fn finish_at(s: &mut Scheduler, w: &str, a: &Assignment, output: &str, now: Millis) {
+/// What the scheduler answers a commit of `a`'s own captions by `w` at `now`.
+fn commit_of(
+    s: &mut Scheduler,
+    w: &str,
+    a: &Assignment,
+    now: Millis,
+) -> Result<(), SchedulerError> {
+    commit(s, w, a, "captions.jsonl", now)
+}
+
+fn commit(
+    s: &mut Scheduler,
+    w: &str,
+    a: &Assignment,
+    output: &str,
+    now: Millis,
+) -> Result<(), SchedulerError> {
     let output = format!("{}/{output}", a.output_root);
     s.complete(
         w,
@@ -52,7 +68,10 @@ fn finish_at(s: &mut Scheduler, w: &str, a: &Assignment, output: &str, now: Mill
         Default::default(),
         now,
     )
-    .unwrap();
+}
+
+fn finish_at(s: &mut Scheduler, w: &str, a: &Assignment, output: &str, now: Millis) {
+    commit(s, w, a, output, now).unwrap();
 }
 
 #[test]
@@ -137,14 +156,7 @@ fn training_reads_exactly_the_outputs_each_shard_committed() {
     for a in &again {
         finish(&mut s, &w3, a, "captions.jsonl");
     }
-    let late = s.complete(
-        &zombie_worker,
-        &zombie.lease,
-        Metrics::default(),
-        format!("{}/captions.jsonl", zombie.output_root),
-        Default::default(),
-        2_200,
-    );
+    let late = commit_of(&mut s, &zombie_worker, &zombie, 2_200);
     assert!(matches!(late, Err(SchedulerError::StaleLease { .. })));
     // The training step gets one committed file per shard: the newer lease's for shard 0.
     let train = s.lease(&w3, 2_300).unwrap().unwrap();
@@ -289,14 +301,7 @@ fn a_straggler_gets_a_duplicate_and_the_first_commit_wins() {
         .heartbeat(&slow, std::slice::from_ref(&straggler.lease), 2_600)
         .unwrap();
     assert_eq!(told, std::slice::from_ref(&straggler.lease));
-    let late = s.complete(
-        &slow,
-        &straggler.lease,
-        Metrics::default(),
-        format!("{}/captions.jsonl", straggler.output_root),
-        Default::default(),
-        2_700,
-    );
+    let late = commit_of(&mut s, &slow, &straggler, 2_700);
     assert!(matches!(late, Err(SchedulerError::StaleLease { .. })));
     let job = s.jobs().next().unwrap();
     let task = job.task(&straggler.lease.task).unwrap();
@@ -315,18 +320,25 @@ fn a_straggler_gets_a_duplicate_and_the_first_commit_wins() {
     assert!(lost, "{:?}", job.history);
 }
 
+/// Shards 1 and 2 committed at once; at 2.5 s the idle worker got a duplicate of shard
+/// 0: (straggler's worker, its lease), (duplicate's worker, its lease).
+fn duplicated() -> (Scheduler, [(String, Assignment); 2]) {
+    let mut s = scheduler();
+    let leased = three_shards_leased(&mut s, 10);
+    finish(&mut s, &leased[1].0, &leased[1].1, "captions.jsonl");
+    finish(&mut s, &leased[2].0, &leased[2].1, "captions.jsonl");
+    s.heartbeat(&leased[0].0, &[], 2_500).unwrap();
+    let idle = leased[2].0.clone();
+    let duplicate = s.lease(&idle, 2_500).unwrap().unwrap();
+    (s, [leased[0].clone(), (idle, duplicate)])
+}
+
 #[test]
 fn losing_one_of_two_attempts_leaves_the_other_running() {
     // The duplicate's worker dies: the straggler goes on and commits.
-    let mut s = scheduler();
-    let leased = three_shards_leased(&mut s, 10);
-    let (slow, straggler) = leased[0].clone();
-    finish(&mut s, &leased[1].0, &leased[1].1, "captions.jsonl");
-    finish(&mut s, &leased[2].0, &leased[2].1, "captions.jsonl");
-    s.heartbeat(&slow, &[], 2_500).unwrap();
-    let duplicate = s.lease(&leased[2].0, 2_500).unwrap().unwrap();
+    let (mut s, [(slow, straggler), (idle, duplicate)]) = duplicated();
     s.fail(
-        &leased[2].0,
+        &idle,
         &duplicate.lease,
         "bad picture".into(),
         Failure::Fatal,
@@ -346,19 +358,13 @@ fn losing_one_of_two_attempts_leaves_the_other_running() {
     assert_eq!(task.lost_leases, 0);
 
     // The straggler's worker dies: the duplicate takes its place and commits.
-    let mut s = scheduler();
-    let leased = three_shards_leased(&mut s, 10);
-    let (slow, straggler) = leased[0].clone();
-    finish(&mut s, &leased[1].0, &leased[1].1, "captions.jsonl");
-    finish(&mut s, &leased[2].0, &leased[2].1, "captions.jsonl");
-    s.heartbeat(&slow, &[], 2_500).unwrap();
-    let idle = leased[2].0.clone();
-    let duplicate = s.lease(&idle, 2_500).unwrap().unwrap();
+    let (mut s, [(_, straggler), (idle, duplicate)]) = duplicated();
     s.heartbeat(&idle, &[], 3_400).unwrap();
     let lost = s.expire(3_600);
     assert_eq!(lost, std::slice::from_ref(&straggler.lease));
+    let other = s.register(WorkerInfo::for_tests("d"), 3_600);
     assert!(
-        s.lease(&leased[1].0, 3_600).unwrap().is_none(),
+        s.lease(&other, 3_600).unwrap().is_none(),
         "nothing to lease again"
     );
     finish(&mut s, &idle, &duplicate, "captions.jsonl");
