@@ -173,6 +173,9 @@ async fn shards_commit_exactly_once_through_a_kill_and_training_follows() {
         .find(|p| p.name == "dream_caption_accuracy")
         .unwrap();
     assert!(accuracy.chance.is_some() && accuracy.items == made.kept);
+    // Distinct captions are counted before the filters (after `dedupe` all would be).
+    let distinct = results.probe("distinct_captions").unwrap();
+    assert_eq!(distinct.items, made.captions);
 
     // The killed worker's lease is stale: its commit of its own attempt is refused.
     let stale_epoch = step

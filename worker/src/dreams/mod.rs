@@ -170,8 +170,9 @@ pub fn synthesize(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         pictures: pictures.len() as u64,
         ..SynthesisCounts::default()
     };
+    // Measured before the filters: after `dedupe` every kept caption is distinct.
+    let mut probes = vec![distinct_share(&captions)];
     let kept = filters::keep(captions, &spec.filters, &mut counts);
-    let mut probes = vec![distinct_share(&kept)];
     if spec.images.kind == DataKind::PictureBook {
         probes.extend(
             ctx.runtime
@@ -306,14 +307,14 @@ fn caption_batch(
         .collect()
 }
 
-/// The share of kept captions that differ from every other (1.0: all distinct).
-fn distinct_share(kept: &[Caption]) -> ProbeScore {
-    let distinct: BTreeSet<&str> = kept.iter().map(|c| c.caption.as_str()).collect();
+/// The share of distinct captions among those decoded (1.0: no two alike).
+fn distinct_share(captions: &[Caption]) -> ProbeScore {
+    let distinct: BTreeSet<&str> = captions.iter().map(|c| c.caption.as_str()).collect();
     ProbeScore {
         name: "distinct_captions".into(),
-        value: distinct.len() as f64 / kept.len().max(1) as f64,
+        value: distinct.len() as f64 / captions.len().max(1) as f64,
         chance: None,
-        items: kept.len() as u64,
+        items: captions.len() as u64,
     }
 }
 
