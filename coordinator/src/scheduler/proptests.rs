@@ -158,6 +158,7 @@ proptest! {
         let mut s = Scheduler::new(SchedulerConfig { lease_timeout_ms: 1_000, instance: 0 });
         let (mut now, mut workers, mut jobs, mut leases) = (0u64, Vec::new(), Vec::new(), Vec::new());
         let (mut committed, mut epochs) = (BTreeMap::new(), BTreeMap::new());
+        let mut issued: BTreeMap<TaskId, u64> = BTreeMap::new();
         for call in calls {
             now += 10;
             match call {
@@ -167,6 +168,10 @@ proptest! {
                     if let Some(w) = pick(&workers, w)
                         && let Ok(Some(a)) = s.lease(&w, now)
                     {
+                        // Every lease, duplicates and retries included, gets an epoch
+                        // (and so a folder) no lease of the task had before.
+                        let before = issued.insert(a.lease.task.clone(), a.lease.epoch);
+                        prop_assert!(before.is_none_or(|e| e < a.lease.epoch), "{}: epoch {} again", a.lease.task, a.lease.epoch);
                         leases.push((w, a.lease, a.output_root));
                     }
                 }

@@ -375,9 +375,10 @@ impl Step {
             if task.run_state() == RunState::Succeeded {
                 continue;
             }
-            let epoch = task.epoch;
+            let (epoch, last_epoch) = (task.epoch, task.last_epoch);
             *task = Task::new(task.id.clone());
-            task.epoch = epoch;
+            // Epochs never come back, a dropped duplicate's included.
+            (task.epoch, task.last_epoch) = (epoch, last_epoch);
             again.push(task.id.clone());
         }
         again

@@ -373,3 +373,19 @@ fn losing_one_of_two_attempts_leaves_the_other_running() {
     assert!(task.output().unwrap().starts_with(&duplicate.output_root));
     assert_eq!(task.epoch, duplicate.lease.epoch);
 }
+
+#[test]
+fn a_retried_shard_never_reuses_a_dropped_duplicates_epoch() {
+    let (mut s, [(slow, straggler), (idle, duplicate)]) = duplicated();
+    let failure = |s: &mut Scheduler, w: &str, a: &Assignment, how| {
+        s.fail(w, &a.lease, "boom".into(), how, 2_600).unwrap();
+    };
+    failure(&mut s, &idle, &duplicate, Failure::Retryable);
+    failure(&mut s, &slow, &straggler, Failure::Fatal);
+    let job = s.jobs().next().unwrap().id.clone();
+    s.retry(&job, None, 2_700).unwrap();
+    let again = s.lease(&idle, 2_700).unwrap().unwrap();
+    assert_eq!(again.lease.task, straggler.lease.task);
+    assert!(again.lease.epoch > duplicate.lease.epoch, "{again:?}");
+    assert_ne!(again.output_root, duplicate.output_root);
+}
