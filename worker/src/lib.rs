@@ -23,6 +23,8 @@
 //! - [`vlm`]: visual tokens before text; losses on taught tokens only.
 //! - [`generate`]: batched decoding with a KV cache (greedy, temperature, top-p).
 //! - [`optim`]: AdamW with checkpointable state, the learning-rate schedule.
+//! - [`collective`]: all-reduce and broadcast between the ranks of a gang (CPU: a TCP
+//!   ring with timeouts).
 //! - [`checkpoint`]: safetensors + verified manifests in object storage.
 //! - [`tokenizer`]: byte-level BPE trained by the `tokenizers` crate.
 //! - [`data`]: where data sources live (generated ones written first); reading text.
@@ -34,6 +36,7 @@
 
 pub mod agent;
 pub mod checkpoint;
+pub mod collective;
 pub mod context;
 pub mod corpus;
 pub mod data;

@@ -1,0 +1,88 @@
+//! Collectives between the ranks of a gang: the one interface data-parallel training
+//! averages gradients through. [`ring`] is the CPU backend: TCP between worker
+//! processes, ring all-reduce (reduce-scatter, then all-gather), any number of ranks,
+//! every wait bounded by a timeout so a dead or hung rank never leaves the others
+//! waiting. The NCCL backend (GPU) will implement the same trait.
+
+pub mod ring;
+
+use std::time::Duration;
+
+/// What went wrong in a collective; every variant names the rank that saw it.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectiveError {
+    #[error("rank {rank}: {peer} did not answer within {after:?} during {during}")]
+    Timeout {
+        rank: usize,
+        peer: String,
+        after: Duration,
+        during: &'static str,
+    },
+    #[error("rank {rank}: {peer} failed during {during}: {source}")]
+    Io {
+        rank: usize,
+        peer: String,
+        during: &'static str,
+        source: std::io::Error,
+    },
+    #[error("rank {rank}: {message}")]
+    Protocol { rank: usize, message: String },
+}
+
+/// One rank's end of a gang's collectives. Every rank calls the same collectives in
+/// the same order with buffers of the same length.
+pub trait Collective {
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// Sums `data` element-wise over every rank, in place on each.
+    fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CollectiveError>;
+    /// Makes every rank's `data` what rank `root` holds.
+    fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CollectiveError>;
+
+    /// Averages `data` over the ranks, weighting each rank's values by `weight` (its
+    /// share of the global batch, e.g. its slice's rows): what data-parallel gradients
+    /// need when slices differ in size.
+    fn all_reduce_weighted_mean(
+        &mut self,
+        data: &mut [f32],
+        weight: f32,
+    ) -> Result<(), CollectiveError> {
+        let mut total = [weight];
+        self.all_reduce_sum(&mut total)?;
+        data.iter_mut().for_each(|x| *x *= weight);
+        self.all_reduce_sum(data)?;
+        let total = total[0].max(f32::MIN_POSITIVE);
+        data.iter_mut().for_each(|x| *x /= total);
+        Ok(())
+    }
+}
+
+/// How `len` elements split into `parts` contiguous chunks whose sizes differ by at most
+/// one (the larger first): chunk `i` is `chunks[i]..chunks[i + 1]`.
+pub fn chunk_bounds(len: usize, parts: usize) -> Vec<usize> {
+    let (base, extra) = (len / parts, len % parts);
+    let mut bounds = Vec::with_capacity(parts + 1);
+    let mut at = 0;
+    bounds.push(at);
+    for i in 0..parts {
+        at += base + usize::from(i < extra);
+        bounds.push(at);
+    }
+    bounds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_everything_and_differ_by_at_most_one() {
+        for (len, parts) in [(10, 3), (2, 5), (0, 2), (7, 7), (1_000_003, 4)] {
+            let b = chunk_bounds(len, parts);
+            assert_eq!((b[0], b[parts], b.len()), (0, len, parts + 1));
+            let sizes: Vec<usize> = b.windows(2).map(|w| w[1] - w[0]).collect();
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{len} in {parts}: {sizes:?}");
+        }
+    }
+}
