@@ -7,6 +7,8 @@
 //! - [`context`]: the context a task runs in (assignment, device, stop flag, progress).
 //! - [`prepare`]: the prepare step (generated data written once, user data checked).
 //! - [`inputs`]: checkpoints a task reads (resume, hand-over, the one an eval scores).
+//! - [`parallel`]: data parallelism over a collective (rank slices, gradient buckets,
+//!   parameter broadcast).
 //! - [`fit`]: the training loop every phase shares (steps, checkpoints, resume).
 //! - [`language`]: phase 1, language bootstrapping.
 //! - [`multimodal`]: phases 2 and 4, captioning and question answering.
@@ -53,6 +55,7 @@ pub mod mix;
 pub mod model;
 pub mod multimodal;
 pub mod optim;
+pub mod parallel;
 pub mod prepare;
 pub mod probes;
 pub mod prompts;
