@@ -237,16 +237,16 @@ impl Collective for Ring {
         for step in 0..n - 1 {
             let (send, receive) = (chunk(r + n - step), chunk(r + 2 * n - step - 1));
             self.exchange(&data[send], receive.len(), "all-reduce (reduce-scatter)")?;
-            let incoming: Vec<f32> = self.received().collect();
-            for (x, y) in data[receive].iter_mut().zip(incoming) {
+            for (x, y) in data[receive].iter_mut().zip(self.received()) {
                 *x += y;
             }
         }
         for step in 0..n - 1 {
             let (send, receive) = (chunk(r + 1 + n - step), chunk(r + n - step));
             self.exchange(&data[send], receive.len(), "all-reduce (all-gather)")?;
-            let incoming: Vec<f32> = self.received().collect();
-            data[receive].copy_from_slice(&incoming);
+            for (x, y) in data[receive].iter_mut().zip(self.received()) {
+                *x = y;
+            }
         }
         Ok(())
     }
@@ -269,8 +269,9 @@ impl Collective for Ring {
                 .expect("a ring of two or more has a previous rank");
             let read = prev.read_exact(&mut self.received);
             read.map_err(|e| self.failure(previous, during, e))?;
-            let incoming: Vec<f32> = self.received().collect();
-            data.copy_from_slice(&incoming);
+            for (x, y) in data.iter_mut().zip(self.received()) {
+                *x = y;
+            }
         }
         if from_root < n - 1 {
             self.sent.clear();
