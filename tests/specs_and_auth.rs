@@ -60,6 +60,19 @@ fn bad_specs() -> Vec<(&'static str, String, &'static str)> {
             "bad.yaml:10:12: phases[0].data[0]: no data source named `corpsu`",
         ),
         (
+            "a gang, which workers cannot train yet",
+            GOOD.replace("    steps: 10", "    steps: 10\n    world_size: 2"),
+            "bad.yaml:12:17: phases[0].world_size: training on several ranks is not available",
+        ),
+        (
+            "a gang range upside down",
+            GOOD.replace(
+                "    steps: 10",
+                "    steps: 10\n    min_world_size: 3\n    max_world_size: 2",
+            ),
+            "bad.yaml:12:21: phases[0].min_world_size: 3 is more than max_world_size 2",
+        ),
+        (
             "zero steps",
             GOOD.replace("steps: 10", "steps: 0"),
             "bad.yaml:11:12: phases[0].steps: must be at least 1",

@@ -114,6 +114,17 @@ pub fn job_table(job: &Job) -> String {
             out += &format!("{} {label}: {shown}\n", step.name);
         }
     }
+    for step in &job.steps {
+        for task in step
+            .tasks
+            .iter()
+            .filter(|t| t.run_state() == RunState::Pending)
+        {
+            if let Some(why) = &task.waiting {
+                out += &format!("{} {why}\n", step.name);
+            }
+        }
+    }
     out += &ledger::table(&ledger::ledger(job), job.spec.word_budget);
     let planned = job.spec.largest_path_words().map_or(0, |(_, words)| words);
     out += &format!(
@@ -194,4 +205,44 @@ pub fn workers_table(workers: &[Worker]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{Scheduler, SchedulerConfig, WorkerInfo};
+
+    #[test]
+    fn status_says_why_a_gang_waits() {
+        let mut s = Scheduler::new(SchedulerConfig {
+            lease_timeout_ms: 1_000,
+            instance: 0,
+        });
+        let yaml = "name: g\nstorage: /tmp/g\n\
+            phases: [{name: l, kind: language, data: [t], steps: 1, world_size: 2}]\n\
+            data: [{name: t, kind: generated_text, words: 9}]\n";
+        let job = s
+            .submit(outloud_core::spec::parse(yaml, "g.yaml").unwrap(), 0)
+            .unwrap();
+        let w = s.register(WorkerInfo::for_tests("a"), 0);
+        let prepare = s.lease(&w, 0).unwrap().unwrap();
+        let done = s.complete(
+            &w,
+            &prepare.lease,
+            Metrics::default(),
+            String::new(),
+            Default::default(),
+            0,
+        );
+        done.unwrap();
+        assert!(
+            s.lease(&w, 10).unwrap().is_none(),
+            "one worker is half a gang"
+        );
+        let table = job_table(s.job(&job).unwrap());
+        assert!(
+            table.contains("l waiting for a gang of 2 Cpu workers: 1 idle now"),
+            "{table}"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use crate::task_spec::TaskSpec;
 /// any other version with a message that says which side to upgrade, instead of failing
 /// somewhere inside the task. Bump it when a worker of the previous version would
 /// misread an assignment.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// `<job id>/<step index>/<shard>`: every task of every job, unambiguously.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -108,6 +108,9 @@ pub struct Assignment {
     /// The step of this job that wrote `input_checkpoint`: a checkpoint whose manifest
     /// names another job or step is refused.
     pub input_step: Option<String>,
+    /// This worker's rank in the task's gang, and the gang's size (1: no gang).
+    pub rank: u32,
+    pub world_size: u32,
 }
 
 /// Where one attempt at a task writes: `jobs/<job>/<step>/[shard-<k>/]attempt-<epoch>`

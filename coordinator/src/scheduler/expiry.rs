@@ -33,6 +33,29 @@ impl Scheduler {
         if task.end_one_of_two(lease.epoch) {
             return; // the other attempt goes on
         }
+        // A gang is revoked whole: every other rank's lease ends with this one.
+        let others: Vec<String> = task
+            .holders()
+            .into_iter()
+            .filter(|w| w != worker_id)
+            .collect();
+        for other in others {
+            self.release(&other, &lease.task);
+            let what = EventKind::LeaseLost {
+                task: lease.task.clone(),
+                worker: other,
+                epoch: lease.epoch,
+                reason: format!("its gang was revoked: {worker_id} lost its rank"),
+            };
+            self.record(&lease.task.job, now, what);
+        }
+        let Some(task) = self
+            .jobs
+            .get_mut(&lease.task.job)
+            .and_then(|job| job.task_mut(&lease.task))
+        else {
+            return;
+        };
         task.lost_leases += u32::from(counts);
         if task.lost_leases >= max_attempts {
             let error = format!("lost {} leases, the last: {reason}", task.lost_leases);

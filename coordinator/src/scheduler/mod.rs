@@ -10,11 +10,13 @@
 //! `outcomes`: how task outcomes move steps and jobs along, and retries; `changes`: what
 //! a call changed;
 //! `tallies`: event counts for metrics; `summary`: jobs cut to a size answers can carry;
-//! `speculation`: duplicate attempts for straggling synthesize shards; `expiry`: leases
+//! `speculation`: duplicate attempts for straggling synthesize shards; `gangs`: tasks
+//! trained by several ranks, granted and revoked together, and placement; `expiry`: leases
 //! that end without success, silent workers, departed workers forgotten.
 
 mod changes;
 mod expiry;
+mod gangs;
 pub mod model;
 mod outcomes;
 mod speculation;
@@ -264,52 +266,88 @@ impl Scheduler {
             .collect())
     }
 
-    /// Hands the oldest ready task to the worker, under a new epoch; with none ready, a
-    /// duplicate attempt of a straggler ([`speculation`]) to a worker holding nothing.
+    /// Hands the worker its rank of a gang granted meanwhile, else the oldest ready task
+    /// it may take (placement: its device kind), under a new epoch; a gang task only when
+    /// the whole gang can be granted at once ([`gangs`]). With none, a duplicate attempt
+    /// of a straggler ([`speculation`]) to a worker holding nothing.
     pub fn lease(
         &mut self,
         worker_id: &str,
         now: Millis,
     ) -> Result<Option<Assignment>, SchedulerError> {
         self.touch(worker_id, now)?;
+        if let Some(rank) = self.hand_rank(worker_id) {
+            return Ok(Some(rank));
+        }
+        let mut deferred = Vec::new();
+        let mut granted = None;
         while let Some(id) = self.ready.pop_front() {
             let startable = self.is_startable(&id);
-            let Some(job) = self.jobs.get_mut(&id.job) else {
-                continue;
-            };
-            let Some(task) = job.task_mut(&id) else {
+            let Some(task) = self.jobs.get(&id.job).and_then(|job| job.task(&id)) else {
                 continue;
             };
             if task.state != TaskState::Pending || !startable {
                 continue;
             }
-            task.epoch = task.next_epoch();
-            task.state = TaskState::Leased {
-                worker: worker_id.into(),
-                since: now,
-                duplicate: None,
-            };
-            let lease = LeaseRef {
-                task: id.clone(),
-                epoch: task.epoch,
-            };
-            let resume_checkpoint = task.checkpoint.clone();
-            let assignment = job.assignment(&id, lease.epoch);
-            if job.state == RunState::Pending {
-                job.state = RunState::Running;
-                self.changes.jobs.insert(job.id.clone());
+            if !self.placeable(worker_id, &id) {
+                deferred.push(id);
+                continue;
             }
-            self.hold(worker_id, &id);
-            let event = EventKind::Leased {
-                task: id.clone(),
-                worker: worker_id.into(),
-                epoch: lease.epoch,
-                resume_from: resume_checkpoint,
+            granted = match self.gang_of(&id) {
+                Some(gang) => self.form_gang(worker_id, &id, gang, now),
+                None => Some(self.grant(worker_id, &id, now)),
             };
-            self.record(&id.job, now, event);
-            return Ok(Some(assignment));
+            if granted.is_some() {
+                break;
+            }
+            deferred.push(id);
+        }
+        for id in deferred.into_iter().rev() {
+            self.ready.push_front(id);
+        }
+        if granted.is_some() {
+            return Ok(granted);
         }
         Ok(self.lease_duplicate(worker_id, now))
+    }
+
+    /// Leases pending task `id` to `worker_id` alone.
+    fn grant(&mut self, worker_id: &str, id: &TaskId, now: Millis) -> Assignment {
+        let job = self
+            .jobs
+            .get_mut(&id.job)
+            .expect("the caller found the job");
+        let task = job.task_mut(id).expect("the caller found the task");
+        task.epoch = task.next_epoch();
+        task.state = TaskState::Leased {
+            worker: worker_id.into(),
+            since: now,
+            duplicate: None,
+            ranks: Vec::new(),
+        };
+        let epoch = task.epoch;
+        let resume_from = task.checkpoint.clone();
+        let assignment = job.assignment(id, epoch, 0, 1);
+        self.started(id, now);
+        self.hold(worker_id, id);
+        let event = EventKind::Leased {
+            task: id.clone(),
+            worker: worker_id.into(),
+            epoch,
+            resume_from,
+        };
+        self.record(&id.job, now, event);
+        assignment
+    }
+
+    /// A job whose first task was just leased is running.
+    fn started(&mut self, id: &TaskId, _now: Millis) {
+        if let Some(job) = self.jobs.get_mut(&id.job)
+            && job.state == RunState::Pending
+        {
+            job.state = RunState::Running;
+            self.changes.jobs.insert(job.id.clone());
+        }
     }
 
     /// The task behind `lease`, if the lease is current and held by `worker_id`.
@@ -379,7 +417,16 @@ impl Scheduler {
         resumed_from_step: Option<u64>,
         now: Millis,
     ) -> Result<(), SchedulerError> {
-        self.check_lease(worker_id, lease)?;
+        let task = self.check_lease(worker_id, lease)?;
+        if task.rank_of(worker_id) != Some(0) {
+            // Ranks past 0 train the same model: their figures are rank 0's, and they
+            // never checkpoint.
+            if checkpoint.is_some() {
+                task.rank_zero(worker_id)?;
+            }
+            self.touch(worker_id, now)?;
+            return Ok(());
+        }
         if let Some(checkpoint) = &checkpoint {
             self.check_fenced(lease, checkpoint)?;
         }
@@ -420,7 +467,7 @@ impl Scheduler {
         now: Millis,
     ) -> Result<(), SchedulerError> {
         // The lease first: a stale epoch hears that it is stale, whatever it names.
-        self.check_lease(worker_id, lease)?;
+        self.check_lease(worker_id, lease)?.rank_zero(worker_id)?;
         self.check_fenced(lease, &output)?;
         let task = self.held_task(worker_id, lease, now)?;
         task.metrics = metrics;
@@ -449,7 +496,7 @@ impl Scheduler {
                 task: lease.task.clone(),
                 worker: other,
                 epoch,
-                reason: format!("the attempt on {worker_id} committed first"),
+                reason: format!("{worker_id} committed the task first"),
             };
             self.record(&lease.task.job, now, what);
         }
@@ -473,10 +520,10 @@ impl Scheduler {
         failure: Failure,
         now: Millis,
     ) -> Result<(), SchedulerError> {
-        let attempts = self.held_task(worker_id, lease, now)?.holders().len();
+        let duplicated = self.held_task(worker_id, lease, now)?.has_duplicate();
         match failure {
             // One of two attempts: the other goes on, and says for itself how it ends.
-            _ if attempts > 1 => self.lose_lease(worker_id, lease, error, false, now),
+            _ if duplicated => self.lose_lease(worker_id, lease, error, false, now),
             Failure::Fatal => self.fail_task(lease, error, now),
             Failure::Retryable => self.lose_lease(worker_id, lease, error, true, now),
             Failure::HandedBack => self.lose_lease(worker_id, lease, error, false, now),
@@ -510,6 +557,8 @@ fn after_key<'a, V>(
     map.range::<str, _>(from).map(|(_, value)| value)
 }
 
+#[cfg(test)]
+mod gang_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]

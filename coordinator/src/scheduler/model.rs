@@ -71,6 +71,10 @@ pub enum TaskState {
         /// A duplicate attempt of a straggler, on another worker.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         duplicate: Option<Duplicate>,
+        /// A gang's other ranks (1, 2, ...); `worker` is rank 0. Granted together,
+        /// revoked together ([`super::gangs`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ranks: Vec<Rank>,
     },
     Succeeded {
         output: String,
@@ -79,6 +83,14 @@ pub enum TaskState {
         error: String,
     },
     Cancelled,
+}
+
+/// A rank of a gang past rank 0, and whether its worker has been handed its assignment
+/// (it is, at its next lease call).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rank {
+    pub worker: String,
+    pub handed: bool,
 }
 
 /// A second attempt at a leased task, on another worker, under its own epoch.
@@ -103,6 +115,11 @@ pub struct Task {
     /// How long the attempt that succeeded ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub took_ms: Option<Millis>,
+    /// Why a gang task waits for workers, and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<Millis>,
     /// Leases that ended without success.
     pub lost_leases: u32,
     /// The newest checkpoint reported: a new lease resumes from it.
@@ -123,6 +140,8 @@ impl Task {
             epoch: 0,
             last_epoch: 0,
             took_ms: None,
+            waiting: None,
+            waiting_since: None,
             lost_leases: 0,
             checkpoint: None,
             metrics: Metrics::default(),
@@ -150,9 +169,13 @@ impl Task {
     pub fn holders(&self) -> Vec<String> {
         match &self.state {
             TaskState::Leased {
-                worker, duplicate, ..
+                worker,
+                duplicate,
+                ranks,
+                ..
             } => std::iter::once(worker)
                 .chain(duplicate.iter().map(|d| &d.worker))
+                .chain(ranks.iter().map(|r| &r.worker))
                 .cloned()
                 .collect(),
             _ => Vec::new(),
@@ -163,11 +186,56 @@ impl Task {
     pub fn lease_of(&self, worker: &str) -> Option<u64> {
         match &self.state {
             TaskState::Leased { worker: w, .. } if w == worker => Some(self.epoch),
+            TaskState::Leased { ranks, .. } if ranks.iter().any(|r| r.worker == worker) => {
+                Some(self.epoch)
+            }
             TaskState::Leased {
                 duplicate: Some(d), ..
             } if d.worker == worker => Some(d.epoch),
             _ => None,
         }
+    }
+
+    /// Refuses a commit or checkpoint from a rank past 0.
+    pub fn rank_zero(&self, worker: &str) -> Result<(), SchedulerError> {
+        match self.rank_of(worker) {
+            Some(rank) if rank > 0 => Err(SchedulerError::NotRankZero {
+                task: self.id.to_string(),
+                rank,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// `worker`'s rank in the task's gang (0 also when there is no gang).
+    pub fn rank_of(&self, worker: &str) -> Option<u32> {
+        match &self.state {
+            TaskState::Leased { worker: w, .. } if w == worker => Some(0),
+            TaskState::Leased { ranks, .. } => ranks
+                .iter()
+                .position(|r| r.worker == worker)
+                .map(|i| i as u32 + 1),
+            _ => None,
+        }
+    }
+
+    /// Ranks of the task's current lease (1 without a gang).
+    pub fn world_size(&self) -> u32 {
+        match &self.state {
+            TaskState::Leased { ranks, .. } => ranks.len() as u32 + 1,
+            _ => 1,
+        }
+    }
+
+    /// Whether a duplicate attempt runs beside the first.
+    pub fn has_duplicate(&self) -> bool {
+        matches!(
+            self.state,
+            TaskState::Leased {
+                duplicate: Some(_),
+                ..
+            }
+        )
     }
 
     /// An epoch never handed out before.
@@ -196,6 +264,7 @@ impl Task {
                 worker: d.worker,
                 since: d.since,
                 duplicate: None,
+                ranks: Vec::new(),
             };
         }
         true
@@ -282,8 +351,8 @@ impl Job {
         source.tasks.first()?.output().map(str::to_string)
     }
 
-    /// What the lease of task `id` under `epoch` is given.
-    pub fn assignment(&self, id: &TaskId, epoch: u64) -> Assignment {
+    /// What the lease of task `id` under `epoch` is given, as `rank` of `world_size`.
+    pub fn assignment(&self, id: &TaskId, epoch: u64, rank: u32, world_size: u32) -> Assignment {
         let step = &self.steps[id.step as usize];
         Assignment {
             lease: LeaseRef {
@@ -300,6 +369,8 @@ impl Job {
             input_step: self
                 .checkpoint_source(id.step as usize)
                 .map(|s| s.name.clone()),
+            rank,
+            world_size,
         }
     }
 
@@ -423,6 +494,12 @@ pub enum EventKind {
         epoch: u64,
         resume_from: Option<String>,
     },
+    /// A gang was granted: `workers[r]` is rank r.
+    GangLeased {
+        task: TaskId,
+        epoch: u64,
+        workers: Vec<String>,
+    },
     /// A straggler got a duplicate attempt on an idle worker.
     Duplicated {
         task: TaskId,
@@ -493,6 +570,9 @@ pub enum SchedulerError {
         url: String,
         root: String,
     },
+    /// A gang's rank past 0 tried to commit or checkpoint.
+    #[error("task {task}: rank {rank} of its gang does not commit or checkpoint; rank 0 does")]
+    NotRankZero { task: String, rank: u32 },
     #[error("job `{0}` has already finished")]
     JobFinished(String),
     #[error("unknown step `{0}`")]

@@ -42,9 +42,14 @@ fn call() -> impl Strategy<Value = Call> {
     ]
 }
 
-/// Specs of several shapes: shards, a chain, branches, and data (a prepare step).
+/// Specs of several shapes: shards, a chain, branches, data (a prepare step), a
+/// synthesize step, and a gang.
 fn spec_of(choice: u8) -> JobSpec {
-    let yaml = match choice % 4 {
+    let yaml = match choice % 5 {
+        4 => {
+            "name: e\nstorage: /tmp/p\ndata: [{name: t, kind: generated_text, words: 9}]\n\
+             phases: [{name: g, kind: language, data: [t], steps: 1, min_world_size: 2, max_world_size: 3, gang_grace_ms: 500}]\n"
+        }
         0 => {
             "name: a\nstorage: /tmp/p\nphases: [{name: one, kind: noop, shards: 3, max_attempts: 2}, {name: two, kind: noop}]\n"
         }
@@ -158,7 +163,8 @@ proptest! {
         let mut s = Scheduler::new(SchedulerConfig { lease_timeout_ms: 1_000, instance: 0 });
         let (mut now, mut workers, mut jobs, mut leases) = (0u64, Vec::new(), Vec::new(), Vec::new());
         let (mut committed, mut epochs) = (BTreeMap::new(), BTreeMap::new());
-        let mut issued: BTreeMap<TaskId, u64> = BTreeMap::new();
+        // Per task: the newest epoch handed out, and the gang ranks handed under it.
+        let mut issued: BTreeMap<TaskId, (u64, Vec<u32>)> = BTreeMap::new();
         for call in calls {
             now += 10;
             match call {
@@ -169,9 +175,16 @@ proptest! {
                         && let Ok(Some(a)) = s.lease(&w, now)
                     {
                         // Every lease, duplicates and retries included, gets an epoch
-                        // (and so a folder) no lease of the task had before.
-                        let before = issued.insert(a.lease.task.clone(), a.lease.epoch);
-                        prop_assert!(before.is_none_or(|e| e < a.lease.epoch), "{}: epoch {} again", a.lease.task, a.lease.epoch);
+                        // (and so a folder) no lease of the task had before; only the
+                        // ranks of one gang share one, each rank handed once.
+                        let (epoch, ranks) = issued.entry(a.lease.task.clone()).or_default();
+                        let fresh = a.lease.epoch > *epoch;
+                        let same_gang = a.lease.epoch == *epoch && a.rank > 0 && !ranks.contains(&a.rank);
+                        prop_assert!(fresh || same_gang, "{}: epoch {} rank {} again", a.lease.task, a.lease.epoch, a.rank);
+                        if fresh {
+                            (*epoch, *ranks) = (a.lease.epoch, Vec::new());
+                        }
+                        ranks.push(a.rank);
                         leases.push((w, a.lease, a.output_root));
                     }
                 }

@@ -40,7 +40,7 @@ impl Scheduler {
             since: now,
         });
         let straggler = straggler.clone();
-        let assignment = job.assignment(&id, epoch);
+        let assignment = job.assignment(&id, epoch, 0, 1);
         self.hold(worker_id, &id);
         let event = EventKind::Duplicated {
             task: id.clone(),
@@ -72,6 +72,7 @@ impl Scheduler {
                             worker,
                             since,
                             duplicate: None,
+                            ..
                         } if worker != worker_id && now.saturating_sub(*since) > threshold => {
                             Some((*since, task.id.clone()))
                         }

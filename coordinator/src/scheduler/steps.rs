@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use outloud_core::results::TaskResults;
-use outloud_core::spec::{JobSpec, PhaseKind};
+use outloud_core::spec::{DeviceKind, GangSize, JobSpec, PhaseKind};
 use outloud_core::storage::join_url;
 use outloud_core::task::attempt_folder;
 use outloud_core::task_spec::TaskSpec;
@@ -74,6 +74,12 @@ pub struct Step {
     /// The run (`seeds`) the step belongs to, when the job has several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Ranks its task trains on at once, when more than one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang: Option<GangSize>,
+    /// The kind of device its tasks need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceKind>,
 }
 
 impl Step {
@@ -192,7 +198,12 @@ fn expand_run(
         };
         let work = TaskSpec::train(spec, index)?;
         let step = Step::new(job_id, train, &phase.name, kind, phase.shards, work);
-        steps.push(Step { inputs, ..step });
+        steps.push(Step {
+            inputs,
+            gang: phase.gang(),
+            device: phase.device,
+            ..step
+        });
         push_evaluation(job_id, spec, index, train, prepared, steps)?;
     }
     Ok(())
@@ -242,6 +253,7 @@ fn expand_round(
     );
     steps.push(Step {
         inputs: inputs.clone(),
+        device: phase.device,
         ..step
     });
     let train = steps.len() as u32;
@@ -251,7 +263,12 @@ fn expand_round(
     };
     let work = TaskSpec::train(spec, index)?;
     let step = Step::new(job_id, train, &train_name, kind, 1, work);
-    steps.push(Step { inputs, ..step });
+    steps.push(Step {
+        inputs,
+        gang: phase.gang(),
+        device: phase.device,
+        ..step
+    });
     if round == phase.rounds {
         push_evaluation(job_id, spec, index, train, prepared, steps)?;
     }
@@ -311,6 +328,8 @@ impl Step {
             work,
             totals: None,
             seed: None,
+            gang: None,
+            device: None,
         }
     }
 

@@ -97,6 +97,8 @@ impl Step {
             work: self.work.clone(),
             totals: self.totals.clone(),
             seed: self.seed,
+            gang: self.gang,
+            device: self.device,
         }
     }
 }

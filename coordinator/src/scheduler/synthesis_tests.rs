@@ -315,7 +315,7 @@ fn a_straggler_gets_a_duplicate_and_the_first_commit_wins() {
     assert_eq!(step.state, RunState::Succeeded);
     let lost = job.history.iter().any(|e| {
         matches!(&e.what, EventKind::LeaseLost { worker, reason, .. }
-            if *worker == slow && reason.contains("committed first"))
+            if *worker == slow && reason.contains("committed the task first"))
     });
     assert!(lost, "{:?}", job.history);
 }

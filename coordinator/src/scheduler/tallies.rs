@@ -19,6 +19,7 @@ impl Tallies {
         match event {
             EventKind::Submitted => self.jobs_submitted += 1,
             EventKind::Leased { .. } | EventKind::Duplicated { .. } => self.leases_granted += 1,
+            EventKind::GangLeased { workers, .. } => self.leases_granted += workers.len() as u64,
             EventKind::LeaseLost { .. } => self.leases_lost += 1,
             EventKind::TaskSucceeded { .. } => self.tasks_succeeded += 1,
             EventKind::TaskFailed { .. } => self.tasks_failed += 1,

@@ -156,6 +156,7 @@ fn status_of(error: SchedulerError) -> Status {
         | SchedulerError::UnknownTask(_)
         | SchedulerError::UnknownStep(_) => Status::not_found(error.to_string()),
         SchedulerError::OutsideAttempt { .. } => Status::invalid_argument(error.to_string()),
+        SchedulerError::NotRankZero { .. } => Status::failed_precondition(error.to_string()),
         SchedulerError::NotRetryable(_) => Status::failed_precondition(error.to_string()),
         SchedulerError::StaleLease { .. } | SchedulerError::JobFinished(_) => {
             Status::failed_precondition(error.to_string())

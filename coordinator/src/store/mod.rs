@@ -24,7 +24,7 @@ mod migrate;
 
 use std::collections::BTreeMap;
 
-use outloud_core::spec::JobSpec;
+use outloud_core::spec::{DeviceKind, GangSize, JobSpec};
 use outloud_core::task_spec::TaskSpec;
 
 use crate::scheduler::{
@@ -96,6 +96,10 @@ struct StepRecord {
     /// The run (`seeds`) the step belongs to, when the job has several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gang: Option<GangSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceKind>,
 }
 
 /// One record to write.
@@ -175,6 +179,8 @@ impl JobRecord {
                     attempts: step.attempts,
                     work: step.work.clone(),
                     seed: step.seed,
+                    gang: step.gang,
+                    device: step.device,
                 })
                 .collect(),
         }
@@ -193,6 +199,8 @@ impl JobRecord {
                     inputs: r.inputs,
                     attempts: r.attempts,
                     seed: r.seed,
+                    gang: r.gang,
+                    device: r.device,
                     ..step
                 }
             })

@@ -7,6 +7,7 @@
 
 mod data;
 mod eval;
+mod gang;
 pub mod limits;
 mod lineage;
 mod locate;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::storage;
 pub use data::{DataKind, DataRef, DataSource, ReadAs};
 pub use eval::{BenchmarkSource, EvaluationSpec};
+pub use gang::{DEFAULT_GANG_GRACE_MS, DeviceKind, GangSize, MAX_WORLD_SIZE};
 pub use limits::Limits;
 pub use locate::Locator;
 pub use model::{ModelShape, ModelSpec, VisionEncoder, VisionSpec};
@@ -170,6 +172,20 @@ pub struct PhaseSpec {
     /// `self_synthesis`: what it captions and how.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthesis: Option<SynthesisSpec>,
+    /// Ranks that train the phase together (data parallel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<u32>,
+    /// Or a range: the gang starts with at least `min_world_size` free workers, up to
+    /// `max_world_size`, after waiting `gang_grace_ms` for the largest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_world_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_world_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gang_grace_ms: Option<u64>,
+    /// The kind of device the phase's tasks need (`cpu` or `cuda`); any when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceKind>,
 }
 
 fn default_rounds() -> u32 {
@@ -512,7 +528,7 @@ impl JobSpec {
 
 impl PhaseSpec {
     fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
+        let mut problems = self.gang_problems();
         if !self.kind.is_runnable() {
             problems.push((
                 "kind",

@@ -74,6 +74,8 @@ pub fn assignment_to(a: &Assignment) -> pb::TaskAssignment {
         input_checkpoint: a.input_checkpoint.clone(),
         input_step: a.input_step.clone(),
         output_root: a.output_root.clone(),
+        rank: a.rank,
+        world_size: a.world_size,
         protocol_version: PROTOCOL_VERSION,
         spec: Some(task_spec_to(&a.spec)),
     }
@@ -103,6 +105,8 @@ pub fn assignment_from(task: pb::TaskAssignment) -> Result<Assignment, String> {
         input_checkpoint: task.input_checkpoint,
         input_step: task.input_step,
         output_root: task.output_root,
+        rank: task.rank,
+        world_size: task.world_size.max(1),
     })
 }
 

@@ -24,6 +24,8 @@ fn assignment() -> Assignment {
         input_checkpoint: Some("file:///j/l/final".into()),
         input_step: Some("l".into()),
         output_root: "file:///j/v/attempt-3".into(),
+        rank: 1,
+        world_size: 3,
     }
 }
 

@@ -1,0 +1,188 @@
+//! Gangs and placement in the state machine: all ranks or none, waiting that holds
+//! nothing and says why, revocation of the whole gang, min/max with a grace period,
+//! device kinds never mixed, and only rank 0 commits.
+
+use super::*;
+use outloud_core::spec;
+
+const TIMEOUT: u64 = 1_000;
+
+fn scheduler() -> Scheduler {
+    Scheduler::new(SchedulerConfig {
+        lease_timeout_ms: TIMEOUT,
+        instance: 0,
+    })
+}
+
+/// One language phase on `gang` (spec text such as `world_size: 3`, `device: cuda`),
+/// its prepare step done by a cpu worker; answers the job and that worker.
+fn gang_job(s: &mut Scheduler, gang: &str) -> (String, String) {
+    let yaml = format!(
+        "name: g\nstorage: /tmp/g\ndata: [{{name: t, kind: generated_text, words: 9}}]\n\
+         phases: [{{name: l, kind: language, data: [t], steps: 1, {gang}}}]\n"
+    );
+    let job = s.submit(spec::parse(&yaml, "g.yaml").unwrap(), 0).unwrap();
+    let w = s.register(WorkerInfo::for_tests("a"), 0);
+    let a = s.lease(&w, 0).unwrap().unwrap();
+    let done = s.complete(
+        &w,
+        &a.lease,
+        Metrics::default(),
+        String::new(),
+        Default::default(),
+        0,
+    );
+    done.unwrap();
+    (job, w)
+}
+
+fn worker(s: &mut Scheduler, name: &str, device: &str, now: Millis) -> String {
+    let mut info = WorkerInfo::for_tests(name);
+    info.device = device.into();
+    s.register(info, now)
+}
+
+fn train_task(s: &Scheduler, job: &str) -> Task {
+    s.job(job).unwrap().step("l").unwrap().tasks[0].clone()
+}
+
+#[test]
+fn a_gang_is_granted_whole_or_not_at_all_and_waits_holding_nothing() {
+    let mut s = scheduler();
+    let (job, a) = gang_job(&mut s, "world_size: 3");
+    let b = worker(&mut s, "b", "cpu", 10);
+    // Two workers for three ranks: nothing is granted, nobody holds anything, and the
+    // task says why.
+    assert!(s.lease(&a, 20).unwrap().is_none());
+    assert!(s.lease(&b, 20).unwrap().is_none());
+    let task = train_task(&s, &job);
+    assert_eq!(task.state, TaskState::Pending);
+    assert!(s.workers().all(|w| w.leases.is_empty()));
+    let why = task.waiting.unwrap();
+    assert!(why.contains("gang of 3") && why.contains("2 idle"), "{why}");
+    // A third: the poll that forms the gang makes its worker rank 0 and holds all three.
+    let c = worker(&mut s, "c", "cpu", 30);
+    let zero = s.lease(&c, 30).unwrap().unwrap();
+    assert_eq!((zero.rank, zero.world_size), (0, 3));
+    for w in [&a, &b, &c] {
+        assert_eq!(
+            s.worker(w).unwrap().leases,
+            std::slice::from_ref(&zero.lease.task),
+            "{w}"
+        );
+    }
+    // The others are handed their ranks at their next poll, under the same epoch.
+    let one = s.lease(&a, 40).unwrap().unwrap();
+    let two = s.lease(&b, 40).unwrap().unwrap();
+    assert_eq!((one.rank, two.rank), (1, 2));
+    assert_eq!(one.lease, zero.lease);
+    assert_eq!(one.output_root, zero.output_root);
+    assert!(s.lease(&a, 50).unwrap().is_none(), "a rank is handed once");
+    // Only rank 0 commits.
+    let output = format!("{}/final", one.output_root);
+    let refused = s.complete(
+        &a,
+        &one.lease,
+        Metrics::default(),
+        output.clone(),
+        Default::default(),
+        60,
+    );
+    assert!(matches!(
+        refused,
+        Err(SchedulerError::NotRankZero { rank: 1, .. })
+    ));
+    s.complete(
+        &c,
+        &zero.lease,
+        Metrics::default(),
+        output,
+        Default::default(),
+        60,
+    )
+    .unwrap();
+    assert!(s.workers().all(|w| w.leases.is_empty()));
+    assert_eq!(s.job(&job).unwrap().state, RunState::Succeeded);
+}
+
+#[test]
+fn losing_one_rank_revokes_the_gang_and_the_next_grant_has_a_new_epoch() {
+    let mut s = scheduler();
+    let (job, a) = gang_job(&mut s, "world_size: 2");
+    let b = worker(&mut s, "b", "cpu", 10);
+    let zero = s.lease(&b, 10).unwrap().unwrap();
+    let one = s.lease(&a, 10).unwrap().unwrap();
+    assert_eq!((zero.rank, one.rank), (0, 1));
+    // Rank 1 goes silent: both leases end; rank 0 is told to stop.
+    s.heartbeat(&b, &[], 900).unwrap();
+    let lost = s.expire(1_500);
+    assert_eq!(lost.len(), 1);
+    assert_eq!(
+        s.heartbeat(&b, std::slice::from_ref(&zero.lease), 1_500)
+            .unwrap(),
+        std::slice::from_ref(&zero.lease)
+    );
+    assert!(s.workers().all(|w| w.leases.is_empty()));
+    let task = train_task(&s, &job);
+    assert_eq!(
+        (task.state.clone(), task.lost_leases),
+        (TaskState::Pending, 1)
+    );
+    // Re-formed from the workers there are: a new epoch for every rank.
+    let c = worker(&mut s, "c", "cpu", 1_500);
+    let again = s.lease(&c, 1_500).unwrap().unwrap();
+    assert_eq!(again.world_size, 2);
+    assert!(again.lease.epoch > zero.lease.epoch);
+    let history = &s.job(&job).unwrap().history;
+    let revoked = history.iter().any(|e| {
+        matches!(&e.what, EventKind::LeaseLost { worker, reason, .. }
+            if *worker == b && reason.contains("gang was revoked"))
+    });
+    assert!(revoked, "{history:?}");
+}
+
+#[test]
+fn a_range_waits_its_grace_then_starts_with_what_it_has() {
+    let mut s = scheduler();
+    let (job, a) = gang_job(
+        &mut s,
+        "min_world_size: 2, max_world_size: 4, gang_grace_ms: 500",
+    );
+    let b = worker(&mut s, "b", "cpu", 0);
+    assert!(
+        s.lease(&a, 100).unwrap().is_none(),
+        "within the grace it waits for 4"
+    );
+    s.heartbeat(&b, &[], 550).unwrap();
+    let zero = s.lease(&a, 700).unwrap().unwrap();
+    assert_eq!(zero.world_size, 2);
+    assert!(train_task(&s, &job).waiting.is_none());
+    // One worker alone never makes a gang of at least 2, however long it waits.
+    let mut s = scheduler();
+    let (_, lonely) = gang_job(
+        &mut s,
+        "min_world_size: 2, max_world_size: 4, gang_grace_ms: 500",
+    );
+    assert!(s.lease(&lonely, 5_000).unwrap().is_none());
+}
+
+#[test]
+fn device_kinds_are_never_mixed_and_steps_are_placed_by_kind() {
+    let mut s = scheduler();
+    let (job, cpu) = gang_job(&mut s, "world_size: 2, device: cuda");
+    let gpu = worker(&mut s, "gpu", "cuda(0)", 0);
+    assert!(
+        s.lease(&cpu, 10).unwrap().is_none(),
+        "a cpu worker never takes a cuda step"
+    );
+    assert!(
+        s.lease(&gpu, 10).unwrap().is_none(),
+        "the idle cpu worker does not count"
+    );
+    assert!(train_task(&s, &job).waiting.unwrap().contains("Cuda"));
+    let gpu2 = worker(&mut s, "gpu2", "cuda(1)", 20);
+    let zero = s.lease(&gpu2, 20).unwrap().unwrap();
+    assert_eq!(zero.world_size, 2);
+    assert!(s.worker(&cpu).unwrap().leases.is_empty());
+    assert_eq!(s.worker(&gpu).unwrap().leases.len(), 1);
+}

@@ -1,0 +1,144 @@
+//! Gangs and placement. A step whose phase trains on several ranks (`world_size`, or
+//! `min_world_size`..`max_world_size`) has its task leased to a gang: every rank at once,
+//! to workers that are idle (alive, seen within a lease timeout, holding nothing) and of
+//! the same device kind, under one epoch, or to nobody: never half a gang holding
+//! devices. The worker whose poll formed the gang is rank 0; the others are handed their
+//! rank at their next poll. Losing any rank revokes the whole gang (see `expiry`), and
+//! the next grant is under a new epoch. Below its largest size a gang waits
+//! `gang_grace_ms` for more workers, then starts with what it has if that is at least its
+//! smallest; while it waits it holds nothing and its task says why.
+//!
+//! Placement: a step may need a device kind (`device: cpu | cuda`); a worker of another
+//! kind is never given its tasks.
+
+use outloud_core::spec::{DeviceKind, GangSize};
+
+use super::*;
+
+impl Scheduler {
+    /// Whether `worker_id` may take task `id`: the kind of device its step needs.
+    pub(super) fn placeable(&self, worker_id: &str, id: &TaskId) -> bool {
+        let needed = self
+            .jobs
+            .get(&id.job)
+            .and_then(|job| job.steps.get(id.step as usize))
+            .and_then(|step| step.device);
+        match (needed, self.workers.get(worker_id)) {
+            (Some(kind), Some(worker)) => DeviceKind::of(&worker.info.device) == kind,
+            _ => true,
+        }
+    }
+
+    /// The gang task `id` trains on, when its step has one.
+    pub(super) fn gang_of(&self, id: &TaskId) -> Option<GangSize> {
+        self.jobs.get(&id.job)?.steps.get(id.step as usize)?.gang
+    }
+
+    /// Idle workers of `kind` besides `requester`, in id order.
+    fn idle_workers(&self, requester: &str, kind: DeviceKind, now: Millis) -> Vec<String> {
+        let timeout = self.config.lease_timeout_ms;
+        self.workers
+            .values()
+            .filter(|w| w.id != requester && w.alive && w.leases.is_empty())
+            .filter(|w| now.saturating_sub(w.last_seen) <= timeout)
+            .filter(|w| DeviceKind::of(&w.info.device) == kind)
+            .map(|w| w.id.clone())
+            .collect()
+    }
+
+    /// Grants task `id` to a gang with `requester` as rank 0, if enough idle workers
+    /// of its kind are there; otherwise records why it waits and grants nothing.
+    pub(super) fn form_gang(
+        &mut self,
+        requester: &str,
+        id: &TaskId,
+        gang: GangSize,
+        now: Millis,
+    ) -> Option<Assignment> {
+        let requester_idle = self.workers.get(requester)?.leases.is_empty();
+        let kind = DeviceKind::of(&self.workers.get(requester)?.info.device);
+        let mut others = self.idle_workers(requester, kind, now);
+        let task = self.jobs.get_mut(&id.job)?.task_mut(id)?;
+        let since = *task.waiting_since.get_or_insert(now);
+        let wanted = gang.max as usize - 1;
+        let waited = now.saturating_sub(since) >= gang.grace_ms;
+        let enough = others.len() >= wanted || (waited && others.len() + 1 >= gang.min as usize);
+        if !(enough && requester_idle) {
+            let why = format!(
+                "waiting for a gang of {}{} {kind:?} workers: {} idle now",
+                gang.min,
+                if gang.max > gang.min {
+                    format!("-{}", gang.max)
+                } else {
+                    String::new()
+                },
+                others.len() + usize::from(requester_idle),
+            );
+            if task.waiting.as_deref() != Some(why.as_str()) {
+                task.waiting = Some(why);
+                self.changes.tasks.insert(id.clone());
+            }
+            return None;
+        }
+        others.truncate(wanted);
+        task.epoch = task.next_epoch();
+        task.state = TaskState::Leased {
+            worker: requester.into(),
+            since: now,
+            duplicate: None,
+            ranks: others
+                .iter()
+                .map(|w| Rank {
+                    worker: w.clone(),
+                    handed: false,
+                })
+                .collect(),
+        };
+        (task.waiting, task.waiting_since) = (None, None);
+        let epoch = task.epoch;
+        let world = others.len() as u32 + 1;
+        let assignment = self.jobs.get(&id.job)?.assignment(id, epoch, 0, world);
+        self.started(id, now);
+        let workers: Vec<String> = std::iter::once(requester.to_string())
+            .chain(others)
+            .collect();
+        for worker in &workers {
+            self.hold(worker, id);
+        }
+        let event = EventKind::GangLeased {
+            task: id.clone(),
+            epoch,
+            workers,
+        };
+        self.record(&id.job, now, event);
+        Some(assignment)
+    }
+
+    /// The assignment of a gang rank `worker_id` was granted and not yet handed.
+    pub(super) fn hand_rank(&mut self, worker_id: &str) -> Option<Assignment> {
+        let held = self.workers.get(worker_id)?.leases.clone();
+        for id in held {
+            let Some(job) = self.jobs.get_mut(&id.job) else {
+                continue;
+            };
+            let Some(task) = job.task_mut(&id) else {
+                continue;
+            };
+            let TaskState::Leased { ranks, .. } = &mut task.state else {
+                continue;
+            };
+            let world = ranks.len() as u32 + 1;
+            let Some(at) = ranks
+                .iter()
+                .position(|r| r.worker == worker_id && !r.handed)
+            else {
+                continue;
+            };
+            ranks[at].handed = true;
+            let epoch = task.epoch;
+            self.changes.tasks.insert(id.clone());
+            return Some(job.assignment(&id, epoch, at as u32 + 1, world));
+        }
+        None
+    }
+}

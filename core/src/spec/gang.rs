@@ -1,0 +1,149 @@
+//! Data-parallel gangs and placement in a spec: `world_size: N` (or `min_world_size` /
+//! `max_world_size`, with `gang_grace_ms`) trains a phase on N worker processes at once,
+//! each a rank; `device: cpu | cuda` says which workers may take the phase's tasks.
+
+use serde::{Deserialize, Serialize};
+
+use super::{PhaseKind, PhaseSpec};
+
+/// Ranks a gang may have; `min < max` lets it start with fewer after `grace_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GangSize {
+    pub min: u32,
+    pub max: u32,
+    pub grace_ms: u64,
+}
+
+/// The kind of device a step needs; a gang never mixes kinds (NCCL or TCP, not both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+impl DeviceKind {
+    /// The kind of what a worker advertises (`cpu`, `cuda(0)`, ...).
+    pub fn of(advertised: &str) -> Self {
+        if advertised.starts_with("cuda") {
+            Self::Cuda
+        } else {
+            Self::Cpu
+        }
+    }
+}
+
+/// How long a gang below its largest size waits for more workers, by default.
+pub const DEFAULT_GANG_GRACE_MS: u64 = 10_000;
+/// The most ranks one gang may have.
+pub const MAX_WORLD_SIZE: u32 = 1_024;
+
+impl PhaseSpec {
+    /// The phase's gang, when it trains on more than one rank.
+    pub fn gang(&self) -> Option<GangSize> {
+        let (min, max) = match self.world_size {
+            Some(n) => (n, n),
+            None => (
+                self.min_world_size.unwrap_or(1),
+                self.max_world_size.or(self.min_world_size).unwrap_or(1),
+            ),
+        };
+        (max > 1).then_some(GangSize {
+            min: min.max(1),
+            max,
+            grace_ms: self.gang_grace_ms.unwrap_or(DEFAULT_GANG_GRACE_MS),
+        })
+    }
+
+    pub(super) fn gang_problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        let sizes = [
+            ("world_size", self.world_size),
+            ("min_world_size", self.min_world_size),
+            ("max_world_size", self.max_world_size),
+        ];
+        for (field, size) in sizes {
+            match size {
+                Some(0) => problems.push((field, "must be at least 1".into())),
+                Some(n) if n > MAX_WORLD_SIZE => {
+                    problems.push((field, format!("must be at most {MAX_WORLD_SIZE}, got {n}")));
+                }
+                _ => {}
+            }
+        }
+        if self.world_size.is_some()
+            && (self.min_world_size.is_some() || self.max_world_size.is_some())
+        {
+            problems.push((
+                "world_size",
+                "give `world_size`, or `min_world_size` and `max_world_size`, not both".into(),
+            ));
+        }
+        if let (Some(min), Some(max)) = (self.min_world_size, self.max_world_size)
+            && min > max
+        {
+            problems.push((
+                "min_world_size",
+                format!("{min} is more than max_world_size {max}"),
+            ));
+        }
+        let trains = !matches!(self.kind, PhaseKind::Noop);
+        if self.gang().is_some() && !trains {
+            problems.push((
+                "world_size",
+                "only a training phase runs on several ranks".into(),
+            ));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::spec::{DeviceKind, GangSize, parse};
+
+    fn phase(extra: &str) -> Result<crate::spec::JobSpec, String> {
+        let yaml = format!(
+            "name: g\nstorage: /s\ndata: [{{name: t, kind: generated_text, words: 9}}]\n\
+             phases: [{{name: l, kind: language, data: [t], steps: 1, {extra}}}]\n"
+        );
+        parse(&yaml, "g.yaml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn gang_sizes_read_and_checked() {
+        let gang = |extra| phase(extra).unwrap().phases[0].gang();
+        assert_eq!(gang("world_size: 1"), None);
+        let exact = GangSize {
+            min: 4,
+            max: 4,
+            grace_ms: super::DEFAULT_GANG_GRACE_MS,
+        };
+        assert_eq!(gang("world_size: 4"), Some(exact));
+        let range = GangSize {
+            min: 2,
+            max: 8,
+            grace_ms: 50,
+        };
+        assert_eq!(
+            gang("min_world_size: 2, max_world_size: 8, gang_grace_ms: 50"),
+            Some(range)
+        );
+        let spec = phase("device: cuda").unwrap();
+        assert_eq!(spec.phases[0].device, Some(DeviceKind::Cuda));
+        assert_eq!(DeviceKind::of("cuda(1)"), DeviceKind::Cuda);
+        assert_eq!(DeviceKind::of("cpu"), DeviceKind::Cpu);
+        for (extra, says) in [
+            ("world_size: 0", "world_size: must be at least 1"),
+            ("world_size: 2, max_world_size: 3", "not both"),
+            (
+                "min_world_size: 3, max_world_size: 2",
+                "3 is more than max_world_size 2",
+            ),
+            ("world_size: 5000", "must be at most 1024"),
+        ] {
+            let error = phase(extra).unwrap_err();
+            assert!(error.contains(says), "{extra}: {error}");
+        }
+    }
+}
