@@ -60,6 +60,30 @@ pub struct Fit<'a> {
     pub vision: Option<VisionPath>,
     /// What the lineage had read when this run started, its sources registered.
     pub ledger: Ledger,
+    /// The seed each step's batch is drawn with ([`crate::mix::draw_seed`]).
+    pub draw_seed: u64,
+}
+
+impl<'a> Fit<'a> {
+    /// The run of `ctx`'s phase: it writes under the task's attempt folder, saves
+    /// `tokenizer` with every checkpoint, and counts words on top of `ledger`.
+    pub fn new(
+        ctx: &'a TaskContext,
+        tokenizer: &crate::tokenizer::Tokenizer,
+        model: GptConfig,
+        vision: Option<VisionPath>,
+        ledger: Ledger,
+    ) -> Result<Self, WorkerError> {
+        Ok(Self {
+            ctx,
+            root: ctx.output_root()?,
+            tokenizer_json: tokenizer.to_json()?,
+            model,
+            vision,
+            ledger,
+            draw_seed: crate::mix::draw_seed(ctx.train()?.seed, &ctx.assignment.step),
+        })
+    }
 }
 
 impl Fit<'_> {
@@ -104,7 +128,7 @@ impl Fit<'_> {
     /// Trains from `start` (a fresh or resumed count) until the phase's steps or words
     /// are spent; `step_loss` answers the loss of a step and what it consumed.
     pub fn run(
-        &self,
+        mut self,
         vs: &nn::VarStore,
         optimizer: &mut AdamW,
         start: Metrics,
@@ -118,7 +142,7 @@ impl Fit<'_> {
         };
         let mut window = LossWindow::default();
         let mut resumed_from = resumed.then_some(start.step);
-        let mut ledger = self.ledger.clone();
+        let mut ledger = std::mem::take(&mut self.ledger);
         metrics.unique_words = ledger.unique_words();
         for step in start.step..phase.steps {
             if let Some(spent) = words_spent(phase, &metrics, &ledger) {

@@ -12,7 +12,7 @@ use crate::data::read_corpus;
 use crate::error::WorkerError;
 use crate::fit::{self, Fit, WEIGHT_DECAY};
 use crate::inputs;
-use crate::mix::{self, Mixture, TextStream, text_batch};
+use crate::mix::{Mixture, TextStream, text_batch};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::AdamW;
 use crate::tokenizer::Tokenizer;
@@ -60,16 +60,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         Some(loaded) => inputs::restore(&vs, &mut optimizer, loaded)?,
         None => Metrics::default(),
     };
-    let fit = Fit {
-        ctx,
-        root: ctx.output_root()?,
-        tokenizer_json: tokenizer.to_json()?,
-        model: shape,
-        vision: None,
-        ledger,
-    };
-    let rows = phase.batch_size as usize;
-    let draws = mix::draw_seed(phase.seed, &ctx.assignment.step);
+    let fit = Fit::new(ctx, &tokenizer, shape, None, ledger)?;
+    let (rows, draws) = (phase.batch_size as usize, fit.draw_seed);
     fit.run(&vs, &mut optimizer, start, resumed.is_some(), |step| {
         let b = text_batch(&streams, &mixture, draws, step, rows, context, ctx.device);
         Ok((model.loss(&b.inputs, &b.targets), b.consumed))

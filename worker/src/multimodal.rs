@@ -19,7 +19,7 @@ use crate::fit::{self, Consumed, Fit, WEIGHT_DECAY};
 use crate::inputs::{self, Start};
 use crate::ledger::{self, Seen};
 use crate::loaders;
-use crate::mix::{self, Mixture};
+use crate::mix::Mixture;
 use crate::optim::AdamW;
 use crate::probes;
 use crate::prompts::{Example, caption_example, question_example};
@@ -301,22 +301,15 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         skipped,
         "examples ready"
     );
-    let fit = Fit {
-        ctx,
-        root: ctx.output_root()?,
-        tokenizer_json: tokenizer.to_json()?,
-        model: shape,
-        vision: Some(vision),
-        ledger,
-    };
+    let fit = Fit::new(ctx, &tokenizer, shape, Some(vision), ledger)?;
     let pad = tokenizer.end_of_text() as i64;
-    let seed = mix::draw_seed(phase.seed, &ctx.assignment.step);
+    let seed = fit.draw_seed;
+    let draws = Draws {
+        pools: &pools,
+        counted: &counted,
+        mixture: &mixture,
+    };
     let mut output = fit.run(&vs, &mut optimizer, start, resumed, |step| {
-        let draws = Draws {
-            pools: &pools,
-            counted: &counted,
-            mixture: &mixture,
-        };
         let b = batch(
             &draws,
             seed,

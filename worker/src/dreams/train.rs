@@ -11,7 +11,7 @@ use crate::data::read_corpus;
 use crate::error::WorkerError;
 use crate::fit::{self, Fit};
 use crate::inputs::Start;
-use crate::mix::{self, Mixture, TextStream, text_batch};
+use crate::mix::{Mixture, TextStream, text_batch};
 use crate::multimodal::{Started, start_vlm};
 use crate::tokenizer::Tokenizer;
 use crate::vlm::VisionPath;
@@ -69,16 +69,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     } = start_vlm(ctx, shape, &vision, &start_from)?;
     // The vision path is carried over as it was: no gradient, no weight decay.
     fit::freeze(&vs, &["vision.", "projector."]);
-    let fit = Fit {
-        ctx,
-        root: ctx.output_root()?,
-        tokenizer_json: tokenizer.to_json()?,
-        model: shape,
-        vision: Some(vision),
-        ledger,
-    };
-    let rows = phase.batch_size as usize;
-    let draws = mix::draw_seed(phase.seed, &ctx.assignment.step);
+    let fit = Fit::new(ctx, &tokenizer, shape, Some(vision), ledger)?;
+    let (rows, draws) = (phase.batch_size as usize, fit.draw_seed);
     fit.run(&vs, &mut optimizer, start, resumed, |step| {
         let b = text_batch(&streams, &mixture, draws, step, rows, context, ctx.device);
         Ok((model.lm.loss(&b.inputs, &b.targets), b.consumed))
