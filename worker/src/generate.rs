@@ -240,7 +240,8 @@ fn decode(
         let (mut out, mut done) = (vec![Vec::new(); prompts.len()], vec![false; prompts.len()]);
         let mut scores = vec![(0.0, 0); prompts.len()];
         for step in 0..sampling.max_new_tokens {
-            let drawn = streams.map(|s| uniforms(s, step, model.device()));
+            let sampled = streams.filter(|_| sampling.temperature > 0.0);
+            let drawn = sampled.map(|s| uniforms(s, step, model.device()));
             let next = pick(&last, sampling, drawn.as_ref());
             if scored {
                 score(&last, &next, &done, &mut scores);

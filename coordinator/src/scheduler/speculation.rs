@@ -21,8 +21,10 @@ impl Scheduler {
     /// A duplicate attempt of the longest-running straggler, for `worker_id` when it
     /// holds nothing.
     pub(super) fn lease_duplicate(&mut self, worker_id: &str, now: Millis) -> Option<Assignment> {
-        let idle = self.workers.get(worker_id)?.leases.is_empty();
-        let id = self.straggler(worker_id, now).filter(|_| idle)?;
+        if !self.workers.get(worker_id)?.leases.is_empty() {
+            return None;
+        }
+        let id = self.straggler(worker_id, now)?;
         let job = self.jobs.get_mut(&id.job)?;
         let task = job.task_mut(&id)?;
         let epoch = task.next_epoch();

@@ -8,7 +8,7 @@
 pub mod filters;
 pub mod train;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use outloud_core::results::{ProbeScore, SynthesisCounts, TaskResults};
 use outloud_core::spec::{DataKind, DecodingStrategy};
@@ -41,6 +41,12 @@ fn batch_candidates(device: Device) -> &'static [usize] {
     }
 }
 
+/// Batch sizes this process has measured, by everything that decides them (device,
+/// model shape, decoding length, pictures): a worker captioning many shards of a step
+/// measures once, not once a shard.
+static MEASURED: std::sync::OnceLock<std::sync::Mutex<HashMap<String, usize>>> =
+    std::sync::OnceLock::new();
+
 /// The batch size (pictures) with the most captions a second on this device: each
 /// candidate decodes one full-length batch of blank pictures, timed. Captions do not
 /// depend on it: each row samples from its own stream ([`row_stream`]).
@@ -60,6 +66,16 @@ fn pictures_per_batch(
         .collect();
     if fitting.len() < 2 {
         return Ok(fitting[0]);
+    }
+    let key = format!(
+        "{device:?} {:?} {} {per_picture} {:?} {fitting:?}",
+        model.lm.config,
+        sampling.max_new_tokens,
+        picture.size()
+    );
+    let measured = MEASURED.get_or_init(Default::default);
+    if let Some(&size) = measured.lock().expect("not poisoned").get(&key) {
+        return Ok(size);
     }
     let mut best = (0.0, fitting[0]);
     for &size in &fitting {
@@ -81,6 +97,7 @@ fn pictures_per_batch(
             best = (rate, size);
         }
     }
+    measured.lock().expect("not poisoned").insert(key, best.1);
     Ok(best.1)
 }
 
