@@ -560,6 +560,8 @@ fn after_key<'a, V>(
 #[cfg(test)]
 mod gang_tests;
 #[cfg(test)]
+mod graph_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod synthesis_tests;
