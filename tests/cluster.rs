@@ -204,18 +204,9 @@ async fn a_killed_workers_task_resumes_elsewhere_and_its_late_reports_are_refuse
         &format!("/attempt-{}/", old_epoch + 1),
         &format!("/attempt-{old_epoch}/"),
     );
-    let late = pb::CompleteTaskRequest {
-        worker_id: victim,
-        lease: Some(stale),
-        output: zombie_output.clone(),
-        ..Default::default()
-    };
     let refused = cluster
-        .connection
-        .workers()
-        .complete_task(late)
-        .await
-        .unwrap_err();
+        .refused_commit(victim, stale, zombie_output.clone())
+        .await;
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     let after = cluster.wait(&id, Duration::from_secs(5), finished).await;
     assert_ne!(committed(&after, "language"), zombie_output);

@@ -202,21 +202,12 @@ async fn shards_commit_exactly_once_through_a_kill_and_training_follows() {
         let worker_id = dead.map_or("w-unknown".to_string(), |w| {
             w["id"].as_str().unwrap().to_string()
         });
-        let late = pb::CompleteTaskRequest {
-            worker_id,
-            lease: Some(pb::LeaseRef {
-                task_id: task.to_string(),
-                epoch,
-            }),
-            output: format!("whatever/attempt-{epoch}/captions.jsonl"),
-            ..Default::default()
+        let lease = pb::LeaseRef {
+            task_id: task.to_string(),
+            epoch,
         };
-        let refused = cluster
-            .connection
-            .workers()
-            .complete_task(late)
-            .await
-            .unwrap_err();
+        let output = format!("whatever/attempt-{epoch}/captions.jsonl");
+        let refused = cluster.refused_commit(worker_id, lease, output).await;
         assert!(
             matches!(
                 refused.code(),

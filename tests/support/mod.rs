@@ -454,6 +454,24 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// What the coordinator answers when `worker_id` commits `output` under `lease`,
+    /// a call the test expects refused.
+    pub async fn refused_commit(
+        &self,
+        worker_id: String,
+        lease: pb::LeaseRef,
+        output: String,
+    ) -> tonic::Status {
+        let late = pb::CompleteTaskRequest {
+            worker_id,
+            lease: Some(lease),
+            output,
+            ..Default::default()
+        };
+        let answer = self.connection.workers().complete_task(late).await;
+        answer.expect_err("the commit was accepted")
+    }
+
     pub async fn start(lease_timeout_ms: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let coordinator = Coordinator::start(&dir.path().join("state"), 0, lease_timeout_ms, None);
