@@ -60,7 +60,7 @@ pub struct Fit<'a> {
     pub vision: Option<VisionPath>,
     /// What the lineage had read when this run started, its sources registered.
     pub ledger: Ledger,
-    /// The seed each step's batch is drawn with ([`crate::mix::draw_seed`]).
+    /// The seed each step's batch is drawn with ([`crate::rng::draw_seed`]).
     pub draw_seed: u64,
 }
 
@@ -81,7 +81,7 @@ impl<'a> Fit<'a> {
             model,
             vision,
             ledger,
-            draw_seed: crate::mix::draw_seed(ctx.train()?.seed, &ctx.assignment.step),
+            draw_seed: crate::rng::draw_seed(ctx.train()?.seed, &ctx.assignment.step),
         })
     }
 }

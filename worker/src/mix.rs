@@ -2,7 +2,7 @@
 //! (`data: [{source: dreams, weight: 0.5}, ...]`), from a generator seeded by the phase's
 //! seed, its step's name and the optimizer step, so a run (and a resumed run) draws the
 //! same sources, and two phases reading one source draw different parts of it
-//! ([`draw_seed`]). Text phases (1 and 3b) draw windows of each source's token stream
+//! ([`crate::rng::draw_seed`]). Text phases (1 and 3b) draw windows of each source's token stream
 //! ([`text_batch`]).
 
 use tch::{Device, Tensor};
@@ -14,14 +14,6 @@ use crate::fit::Consumed;
 use crate::ledger::{self, Ledger, Seen};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
-
-/// The seed a step's batches are drawn with: the phase's `seed` and the step's name.
-/// Without the name every phase of a job (all seed 0 by default) would draw the same
-/// rows at the same optimizer steps: a later phase reading a source again would re-read
-/// exactly the windows an earlier one read (the word ledger showed it).
-pub fn draw_seed(seed: u64, step_name: &str) -> u64 {
-    Rng::for_stream(seed, crate::rng::name_hash(step_name)).next_u64()
-}
 
 /// The weights to draw a phase's sources at: the spec's (a source without one counts
 /// 1), or with none given at all, the sources' sizes (as if they were one).
@@ -244,7 +236,7 @@ mod tests {
         }];
         let one = Mixture::new(&[1.0]);
         let starts = |step_name: &str| -> Vec<u64> {
-            let seed = draw_seed(0, step_name);
+            let seed = crate::rng::draw_seed(0, step_name);
             let batch = text_batch(&streams, &one, seed, 0, 32, 8, Device::Cpu);
             batch.consumed.seen.iter().map(|s| s.start).collect()
         };

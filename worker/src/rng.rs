@@ -2,6 +2,14 @@
 //! machine and in every version, which the corpus generator and batch sampling need for
 //! reproducible runs and exact resumes.
 
+/// The seed a step's batches are drawn with: the phase's `seed` and the step's name.
+/// Without the name every phase of a job (all seed 0 by default) would draw the same
+/// rows at the same optimizer steps: a later phase reading a source again would re-read
+/// exactly the windows an earlier one read (the word ledger showed it).
+pub fn draw_seed(seed: u64, step_name: &str) -> u64 {
+    Rng::for_stream(seed, name_hash(step_name)).next_u64()
+}
+
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
 
