@@ -244,7 +244,7 @@ async fn a_stalled_shard_is_duplicated_and_the_first_commit_wins() {
     assert_eq!(busy.state, RunState::Running, "{:?}", busy.error);
     // Stall one worker mid-shard: the other finishes the rest, then, idle, gets a
     // duplicate of the stalled shard, commits it, and the job goes on without waiting.
-    signal(&workers[0], "-STOP");
+    workers[0].signal("-STOP");
     let job = cluster.wait(&id, Duration::from_secs(300), finished).await;
     assert_succeeded(&job);
     let step = synthesize_step(&job);
@@ -266,7 +266,7 @@ async fn a_stalled_shard_is_duplicated_and_the_first_commit_wins() {
     assert_eq!(made.kept as usize, per_picture.values().sum::<usize>());
     assert!(per_picture.values().all(|&n| n <= PER_PICTURE));
     // The stalled worker wakes up: it is told to stop, and what was committed stays.
-    signal(&workers[0], "-CONT");
+    workers[0].signal("-CONT");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = job_of(&cluster, &id).await;
     let again = synthesize_step(&after)
@@ -276,14 +276,6 @@ async fn a_stalled_shard_is_duplicated_and_the_first_commit_wins() {
         .unwrap();
     assert_eq!(again.state, task.state);
     assert_eq!(after.state, RunState::Succeeded);
-}
-
-fn signal(process: &Process, which: &str) {
-    let status = std::process::Command::new("kill")
-        .args([which, &process.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 async fn job_of(cluster: &Cluster, id: &str) -> Job {

@@ -60,9 +60,12 @@ fn bad_specs() -> Vec<(&'static str, String, &'static str)> {
             "bad.yaml:10:12: phases[0].data[0]: no data source named `corpsu`",
         ),
         (
-            "a gang, which workers cannot train yet",
-            GOOD.replace("    steps: 10", "    steps: 10\n    world_size: 2"),
-            "bad.yaml:12:17: phases[0].world_size: training on several ranks is not available",
+            "a collective that never waits",
+            GOOD.replace(
+                "    steps: 10",
+                "    steps: 10\n    world_size: 2\n    collective_timeout_ms: 0",
+            ),
+            "bad.yaml:13:28: phases[0].collective_timeout_ms: must be at least 1",
         ),
         (
             "a gang range upside down",

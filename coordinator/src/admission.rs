@@ -5,7 +5,7 @@
 //! the roots is refused before anything touches it, and a path inside is probed for one
 //! entry. Workers read and check the data itself in the job's prepare step.
 
-use outloud_core::spec::{self, JobSpec, Limits, Locator, SpecError, SpecErrors};
+use outloud_core::spec::{self, JobSpec, Limits, Locator, SpecErrors};
 use outloud_core::storage::{self, Location, is_within};
 
 /// What a coordinator admits.
@@ -61,18 +61,6 @@ pub async fn admit(
     let mut spec = spec::parse_within(yaml, source_name, &policy.limits)?;
     let locator = Locator::new(yaml);
     let at = |field: &str, message: String| locator.error(source_name, field, message);
-    // The scheduler forms gangs; workers do not train across ranks yet (issue 12).
-    let gangs: Vec<SpecError> = (spec.phases.iter().enumerate())
-        .filter(|(_, phase)| phase.gang().is_some())
-        .map(|(i, _)| {
-            let message = "training on several ranks is not available in this build yet:                            its workers train a phase on one process"
-                .to_string();
-            at(&format!("phases[{i}].world_size"), message)
-        })
-        .collect();
-    if !gangs.is_empty() {
-        return Err(SpecErrors(gangs));
-    }
     if let Err(message) = spec.resolve(working_dir) {
         return Err(SpecErrors(vec![at("storage", message)]));
     }

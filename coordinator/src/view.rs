@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use outloud_core::results::TaskResults;
 
 use crate::report::ledger;
-use crate::scheduler::{Job, Metrics, RunState, Step, StepKind, Worker};
+use crate::scheduler::{Job, Metrics, RunState, Step, StepKind, TaskState, Worker};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepSummary {
@@ -189,6 +189,43 @@ pub fn jobs_table(jobs: &[JobSummary]) -> String {
     out
 }
 
+/// The gangs training now: each rank's worker and device under the lease's epoch, and
+/// what rank 0 last said of its all-reduces.
+pub fn gangs_table(job: &Job, workers: &[Worker]) -> String {
+    let device = |id: &str| {
+        workers
+            .iter()
+            .find(|w| w.id == id)
+            .map_or("?".to_string(), |w| w.info.device.clone())
+    };
+    let mut out = String::new();
+    for step in &job.steps {
+        for task in &step.tasks {
+            let TaskState::Leased { worker, ranks, .. } = &task.state else {
+                continue;
+            };
+            if ranks.is_empty() && step.gang.is_none() {
+                continue;
+            }
+            let members: Vec<String> = std::iter::once(worker)
+                .chain(ranks.iter().map(|r| &r.worker))
+                .enumerate()
+                .map(|(rank, w)| format!("rank {rank} {w} ({})", device(w)))
+                .collect();
+            let m = task.metrics;
+            out += &format!(
+                "{} gang epoch {}: {}; all-reduce {:.1} s, {:.1} MiB\n",
+                step.name,
+                task.epoch,
+                members.join(", "),
+                m.allreduce_seconds,
+                m.allreduce_bytes as f64 / f64::from(1u32 << 20)
+            );
+        }
+    }
+    out
+}
+
 pub fn workers_table(workers: &[Worker]) -> String {
     let mut out = format!(
         "{:<28} {:<8} {:<6} {}\n",
@@ -244,5 +281,19 @@ mod tests {
             table.contains("l waiting for a gang of 2 Cpu workers: 1 idle now"),
             "{table}"
         );
+        // A second worker: the gang forms, and status names its ranks and devices.
+        let mut cpu = WorkerInfo::for_tests("c");
+        cpu.device = "cpu".into();
+        let v = s.register(cpu, 20);
+        let zero = s.lease(&v, 20).unwrap().unwrap();
+        let job = s.job(&job).unwrap();
+        let workers: Vec<Worker> = s.workers().cloned().collect();
+        let gangs = gangs_table(job, &workers);
+        let expected = format!(
+            "l gang epoch {}: rank 0 {v} (cpu), rank 1 {w} (",
+            zero.lease.epoch
+        );
+        assert!(gangs.starts_with(&expected), "{gangs}");
+        assert!(!job_table(job).contains("waiting"), "{}", job_table(job));
     }
 }

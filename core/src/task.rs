@@ -12,7 +12,7 @@ use crate::task_spec::TaskSpec;
 /// any other version with a message that says which side to upgrade, instead of failing
 /// somewhere inside the task. Bump it when a worker of the previous version would
 /// misread an assignment.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// `<job id>/<step index>/<shard>`: every task of every job, unambiguously.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -87,6 +87,11 @@ pub struct Metrics {
     /// ancestors' text, each word once however often it was read (the word ledger).
     #[serde(default)]
     pub unique_words: u64,
+    /// Seconds a gang rank spent in gradient all-reduces, and the bytes it reduced.
+    #[serde(default)]
+    pub allreduce_seconds: f64,
+    #[serde(default)]
+    pub allreduce_bytes: u64,
 }
 
 /// What a worker gets when it leases a task: the lease, and exactly what the task needs.

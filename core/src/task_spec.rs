@@ -8,7 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{
-    DataKind, DataSource, Decoding, Filters, JobSpec, ModelShape, PhaseKind, ReadAs, VisionSpec,
+    DataKind, DataSource, Decoding, Filters, GangPlan, JobSpec, ModelShape, PhaseKind, ReadAs,
+    VisionSpec,
 };
 
 /// Picture side of a generated world when the model has no vision path to say it.
@@ -96,6 +97,9 @@ pub struct TrainSpec {
     /// Words of its own captions the lineage may read (`synthetic_word_budget`).
     #[serde(default)]
     pub synthetic_word_budget: Option<u64>,
+    /// How its ranks train together, when the phase trains on a gang.
+    #[serde(default)]
+    pub gang: Option<GangPlan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -235,6 +239,7 @@ impl TaskSpec {
             seed: phase.seed,
             word_budget: Some(spec.word_budget),
             synthetic_word_budget: spec.synthetic_word_budget,
+            gang: phase.gang_plan(),
         })))
     }
 

@@ -62,6 +62,15 @@ impl Process {
         self.child.id()
     }
 
+    /// Sends `which` (`-STOP`, `-CONT`, ...) to the process.
+    pub fn signal(&self, which: &str) {
+        let status = Command::new("kill")
+            .args([which, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Waits up to `timeout` for the process to exit by itself.
     pub fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -325,6 +334,18 @@ pub fn language_job(storage: &Path, data: &str, steps: u64, checkpoint_every: u6
         "name: test\nstorage: {storage}\ndata:\n{data}\nmodel: {{preset: tiny}}\nphases:\n  - name: language\n    kind: language\n    data: [corpus]\n    steps: {steps}\n    batch_size: 16\n    learning_rate: 0.003\n    warmup_steps: 10\n    checkpoint_every: {checkpoint_every}\n",
         storage = storage.display()
     )
+}
+
+/// A phase-1 job of `steps` (12 rows a batch, a checkpoint every 10 steps) whose phase
+/// also has the spec lines `gang` (such as `world_size: 2`).
+pub fn gang_job(storage: &Path, steps: u64, gang: &str) -> String {
+    let data = "  - {name: corpus, kind: generated_text, seed: 5, words: 30000}";
+    let mut yaml =
+        language_job(storage, data, steps, 10).replace("batch_size: 16", "batch_size: 12");
+    for line in gang.lines() {
+        yaml += &format!("    {line}\n");
+    }
+    yaml
 }
 
 /// A real S3-compatible server (moto, installed by scripts/setup) on a loopback port.

@@ -34,6 +34,9 @@ pub struct AgentConfig {
     pub dial: Dial,
     pub threads: u32,
     pub device: Device,
+    /// Where other ranks of a gang reach this worker; by default the local address of
+    /// the route to the coordinator.
+    pub advertise_host: Option<String>,
 }
 
 /// The lease being worked on, shared with the heartbeat loop.
@@ -52,6 +55,8 @@ struct Agent {
     device: Device,
     current: Arc<Current>,
     shutdown: watch::Receiver<bool>,
+    /// Where this worker's gang listeners are reached.
+    host: String,
 }
 
 fn worker_info(config: &AgentConfig) -> pb::WorkerInfo {
@@ -115,6 +120,10 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
         device: config.device,
         current,
         shutdown: shutdown.clone(),
+        host: config
+            .advertise_host
+            .clone()
+            .unwrap_or_else(|| crate::gang::advertised_host(&config.coordinator)),
     };
     while !*shutdown.borrow() {
         let request = pb::LeaseTaskRequest {
@@ -204,7 +213,7 @@ impl Agent {
             phase = %assignment.step,
             task = %assignment.lease.task,
             worker = %self.worker_id,
-            rank = assignment.lease.task.shard,
+            rank = assignment.rank,
             epoch = assignment.lease.epoch,
         );
         self.run_assignment(assignment).instrument(span).await;
@@ -212,6 +221,7 @@ impl Agent {
 
     async fn run_assignment(&mut self, assignment: Assignment) {
         let lease = wire::lease_to(&assignment.lease);
+        let rank = assignment.rank;
         let stop = Arc::new(AtomicBool::new(false));
         *self.current.lock() = Some((lease.clone(), stop.clone()));
         tracing::info!(resume = ?assignment.resume_checkpoint, "task started");
@@ -222,6 +232,12 @@ impl Agent {
             runtime: tokio::runtime::Handle::current(),
             stop: stop.clone(),
             progress,
+            rendezvous: crate::gang::Rendezvous {
+                client: self.client.clone(),
+                worker_id: self.worker_id.clone(),
+                lease: lease.clone(),
+                host: self.host.clone(),
+            },
         };
         let span = tracing::Span::current();
         let mut running = tokio::task::spawn_blocking(move || span.in_scope(|| task::run(&ctx)));
@@ -242,6 +258,7 @@ impl Agent {
         }
         let revoked = stop.load(Ordering::Relaxed) && !*self.shutdown.borrow();
         match result {
+            Ok(Ok(_)) if rank > 0 => tracing::info!(rank, "rank done; rank 0 commits for the gang"),
             Ok(Ok(output)) => self.complete(lease, output).await,
             Ok(Err(_)) if revoked => tracing::warn!("task stopped: its lease is gone"),
             Ok(Err(e)) => self.fail(lease, &e).await,

@@ -39,6 +39,8 @@ pub struct TaskContext {
     /// Set when the lease is revoked or the worker shuts down.
     pub stop: Arc<AtomicBool>,
     pub progress: mpsc::UnboundedSender<Progress>,
+    /// How a gang rank meets the others through the coordinator.
+    pub rendezvous: crate::gang::Rendezvous,
 }
 
 impl TaskContext {

@@ -26,6 +26,9 @@ pub enum WorkerError {
     /// Training produced a non-finite loss: it would fail again from the same state.
     #[error("diverged: {0}")]
     Diverged(String),
+    /// A rank of the gang died, hung or refused: the gang is formed anew.
+    #[error("gang: {0}")]
+    Collective(#[from] crate::collective::CollectiveError),
     /// The assignment is of a protocol version this worker cannot read.
     #[error("assignment refused: {0}")]
     Refused(String),
@@ -36,7 +39,12 @@ impl WorkerError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Storage(_) | Self::Io(_) | Self::Stopped(_) | Self::Torch(_) | Self::Refused(_)
+            Self::Storage(_)
+                | Self::Io(_)
+                | Self::Stopped(_)
+                | Self::Torch(_)
+                | Self::Refused(_)
+                | Self::Collective(_)
         )
     }
 }

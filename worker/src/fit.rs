@@ -1,11 +1,18 @@
 //! The training loop every phase shares, nanoGPT-style: resume or start ->
-//! (lr -> loss -> backward -> clip -> step -> report -> checkpoint) per step -> final
-//! checkpoint. A phase supplies only its model and a function from step to loss.
+//! (lr -> batch -> loss -> backward -> clip -> step -> report -> checkpoint) per step ->
+//! final checkpoint. A phase supplies only its model, a function from step to batch and
+//! one from batch to loss.
+//!
+//! On a gang ([`crate::gang`]) every rank draws the same global batch (so every rank
+//! counts the same words into the same ledger), runs its own rows as micro-batches, and
+//! the gang sums the gradients before the step; only rank 0 reports and checkpoints.
 //!
 //! Batches are drawn from a seeded generator per step, so a run resumed from step N
 //! sees exactly the batches the lost run would have seen. Training also stops once the
 //! phase has consumed its planned `words`, or its lineage has read the job's budget of
 //! distinct real words or of its own captions (the [`Ledger`]), whichever comes first.
+
+use std::ops::Range;
 
 use outloud_core::results::TaskResults;
 use outloud_core::storage::Location;
@@ -15,6 +22,7 @@ use tch::{Tensor, nn};
 use crate::checkpoint::{self, Manifest, ToSave};
 use crate::context::{TaskContext, TaskOutput};
 use crate::error::WorkerError;
+use crate::gang::Gang;
 use crate::ledger::{Ledger, Seen};
 use crate::model::GptConfig;
 use crate::optim::{AdamW, learning_rate};
@@ -39,6 +47,47 @@ pub fn freeze(vs: &tch::nn::VarStore, prefixes: &[&str]) {
             let _ = var.set_requires_grad(false);
         }
     }
+}
+
+/// A step's global batch, which the ranks of a gang cut into rows.
+pub trait Rows {
+    fn rows(&self) -> usize;
+    /// Rows `range` of the batch.
+    fn take(&self, range: Range<usize>) -> Self;
+}
+
+/// Tensors of one batch, each with a row per example: rows are cut in all of them.
+impl Rows for (Tensor, Tensor) {
+    fn rows(&self) -> usize {
+        self.0.size()[0] as usize
+    }
+
+    fn take(&self, range: Range<usize>) -> Self {
+        let (start, len) = (range.start as i64, range.len() as i64);
+        (self.0.narrow(0, start, len), self.1.narrow(0, start, len))
+    }
+}
+
+impl Rows for (Tensor, Tensor, Tensor) {
+    fn rows(&self) -> usize {
+        self.0.size()[0] as usize
+    }
+
+    fn take(&self, range: Range<usize>) -> Self {
+        let (start, len) = (range.start as i64, range.len() as i64);
+        (
+            self.0.narrow(0, start, len),
+            self.1.narrow(0, start, len),
+            self.2.narrow(0, start, len),
+        )
+    }
+}
+
+/// A batch's loss: the mean over the tokens it predicts, and how many those are (what
+/// the ranks of a gang weight their slices by).
+pub struct Loss {
+    pub mean: Tensor,
+    pub weight: f64,
 }
 
 /// What one step consumed.
@@ -126,20 +175,24 @@ impl Fit<'_> {
     }
 
     /// Trains from `start` (a fresh or resumed count) until the phase's steps or words
-    /// are spent; `step_loss` answers the loss of a step and what it consumed.
-    pub fn run(
+    /// are spent; `draw` answers a step's global batch and what it consumed, `loss` a
+    /// batch's (or some of its rows') loss.
+    pub fn run<B: Rows>(
         mut self,
         vs: &nn::VarStore,
         optimizer: &mut AdamW,
         start: Metrics,
         resumed: bool,
-        mut step_loss: impl FnMut(u64) -> Result<(Tensor, Consumed), WorkerError>,
+        mut draw: impl FnMut(u64) -> Result<(B, Consumed), WorkerError>,
+        loss: impl Fn(&B) -> Loss,
     ) -> Result<TaskOutput, WorkerError> {
         let phase = self.ctx.train()?;
         let mut metrics = Metrics {
             total_steps: phase.steps,
             ..start
         };
+        let mut gang = Gang::join(self.ctx, vs)?;
+        let rank_zero = gang.as_ref().is_none_or(|g| g.rank() == 0);
         let mut window = LossWindow::default();
         let mut resumed_from = resumed.then_some(start.step);
         let mut ledger = std::mem::take(&mut self.ledger);
@@ -156,13 +209,26 @@ impl Fit<'_> {
             self.ctx.check_stop()?;
             let lr = learning_rate(step, phase.steps, phase.warmup_steps, phase.learning_rate);
             optimizer.zero_grad();
-            let (loss, consumed) = step_loss(step)?;
-            loss.backward();
-            optimizer.clip_grad_norm(MAX_GRAD_NORM);
-            optimizer.step(lr);
-            // Read after the step, where the loop already waited for the device. The
-            // weights just stepped are never saved: the last checkpoint is the good one.
-            let value = loss.double_value(&[]);
+            let (batch, consumed) = draw(step)?;
+            let value = match &mut gang {
+                None => {
+                    let mean = loss(&batch).mean;
+                    mean.backward();
+                    optimizer.clip_grad_norm(MAX_GRAD_NORM);
+                    optimizer.step(lr);
+                    // Read after the step, where the loop already waited for the device.
+                    mean.double_value(&[])
+                }
+                Some(gang) => {
+                    let value = backward_on_gang(gang, &batch, &loss)?;
+                    optimizer.clip_grad_norm(MAX_GRAD_NORM);
+                    optimizer.step(lr);
+                    gang.check_agreement(vs, step + 1)?;
+                    value
+                }
+            };
+            // The weights just stepped are never saved: the last checkpoint is the good
+            // one.
             if !value.is_finite() {
                 return Err(WorkerError::Diverged(format!(
                     "the loss became {value} at step {}; the last good checkpoint is the \
@@ -180,9 +246,12 @@ impl Fit<'_> {
             ledger.mark(&consumed.seen);
             ledger.add_synthetic(consumed.synthetic_words);
             metrics.unique_words = ledger.unique_words();
+            if let Some(gang) = &gang {
+                (metrics.allreduce_seconds, metrics.allreduce_bytes) = (gang.seconds, gang.bytes);
+            }
             let checkpoint_due =
                 metrics.step.is_multiple_of(phase.checkpoint_every) && metrics.step < phase.steps;
-            if checkpoint_due || step == start.step || window.due() {
+            if rank_zero && (checkpoint_due || step == start.step || window.due()) {
                 metrics.loss = window.take();
                 let checkpoint = if checkpoint_due {
                     let location = self
@@ -199,6 +268,14 @@ impl Fit<'_> {
         if window.count > 0 {
             metrics.loss = window.take();
         }
+        if !rank_zero {
+            // Rank 0 writes the model and commits the task for the gang.
+            return Ok(TaskOutput {
+                output: String::new(),
+                metrics,
+                results: TaskResults::default(),
+            });
+        }
         let location = self.root.join("final");
         self.save(&location, vs, optimizer, &metrics, &ledger)?;
         Ok(TaskOutput {
@@ -207,6 +284,23 @@ impl Fit<'_> {
             results: TaskResults::default(),
         })
     }
+}
+
+/// This rank's backward pass over its micro-batches of `batch`, each weighted by the
+/// tokens it predicts, then the gang's sum: answers the global batch's mean loss.
+fn backward_on_gang<B: Rows>(
+    gang: &mut Gang,
+    batch: &B,
+    loss: &impl Fn(&B) -> Loss,
+) -> Result<f64, WorkerError> {
+    let (mut loss_sum, mut weight) = (0.0, 0.0);
+    for rows in gang.micro_batches(batch.rows()) {
+        let part = loss(&batch.take(rows));
+        (&part.mean * part.weight).backward();
+        loss_sum += part.mean.double_value(&[]) * part.weight;
+        weight += part.weight;
+    }
+    gang.reduce(loss_sum, weight)
 }
 
 /// Which of the words a phase may read are spent, if any: the phase's own `words`, the
@@ -283,6 +377,7 @@ mod tests {
             seed: 0,
             word_budget: budget,
             synthetic_word_budget: synthetic,
+            gang: None,
         }
     }
 

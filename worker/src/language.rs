@@ -10,7 +10,7 @@ use tch::nn;
 use crate::context::{TaskContext, TaskOutput};
 use crate::data::read_corpus;
 use crate::error::WorkerError;
-use crate::fit::{self, Fit, WEIGHT_DECAY};
+use crate::fit::{self, Fit, Loss, WEIGHT_DECAY};
 use crate::inputs;
 use crate::mix::{Mixture, TextStream, text_batch};
 use crate::model::{Gpt, GptConfig};
@@ -62,8 +62,18 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     };
     let fit = Fit::new(ctx, &tokenizer, shape, None, ledger)?;
     let (rows, draws) = (phase.batch_size as usize, fit.draw_seed);
-    fit.run(&vs, &mut optimizer, start, resumed.is_some(), |step| {
-        let b = text_batch(&streams, &mixture, draws, step, rows, context, ctx.device);
-        Ok((model.loss(&b.inputs, &b.targets), b.consumed))
-    })
+    fit.run(
+        &vs,
+        &mut optimizer,
+        start,
+        resumed.is_some(),
+        |step| {
+            let b = text_batch(&streams, &mixture, draws, step, rows, context, ctx.device);
+            Ok(((b.inputs, b.targets), b.consumed))
+        },
+        |(inputs, targets)| Loss {
+            mean: model.loss(inputs, targets),
+            weight: targets.numel() as f64,
+        },
+    )
 }

@@ -7,8 +7,10 @@
 //! - [`context`]: the context a task runs in (assignment, device, stop flag, progress).
 //! - [`prepare`]: the prepare step (generated data written once, user data checked).
 //! - [`inputs`]: checkpoints a task reads (resume, hand-over, the one an eval scores).
+//! - [`gang`]: a training task's gang: rendezvous through the coordinator, the backend
+//!   (NCCL or the TCP ring), micro-batches, gradient reduction, all-reduce counters.
 //! - [`parallel`]: data parallelism over a collective (rank slices, gradient buckets,
-//!   parameter broadcast).
+//!   parameter broadcast, rank checksums).
 //! - [`fit`]: the training loop every phase shares (steps, checkpoints, resume).
 //! - [`language`]: phase 1, language bootstrapping.
 //! - [`multimodal`]: phases 2 and 4, captioning and question answering.
@@ -26,7 +28,7 @@
 //! - [`generate`]: batched decoding with a KV cache (greedy, temperature, top-p).
 //! - [`optim`]: AdamW with checkpointable state, the learning-rate schedule.
 //! - [`collective`]: all-reduce and broadcast between the ranks of a gang (CPU: a TCP
-//!   ring with timeouts).
+//!   ring with timeouts; GPU: NCCL with a watchdog).
 //! - [`checkpoint`]: safetensors + verified manifests in object storage.
 //! - [`tokenizer`]: byte-level BPE trained by the `tokenizers` crate.
 //! - [`data`]: where data sources live (generated ones written first); reading text.
@@ -46,6 +48,7 @@ pub mod dreams;
 pub mod error;
 pub mod eval;
 pub mod fit;
+pub mod gang;
 pub mod generate;
 pub mod inputs;
 pub mod language;

@@ -43,6 +43,10 @@ struct Args {
     /// `auto` (CUDA when present), `cpu`, or `cuda:N`.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Where the other ranks of a gang reach this worker (a host name or IP); by
+    /// default the local address of the route to the coordinator.
+    #[arg(long, env = "OUTLOUD_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -99,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         dial: Dial::from_flags(token, args.tls_ca.as_deref(), args.insecure)?,
         threads: args.threads,
         device: device(&args.device)?,
+        advertise_host: args.advertise_host,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

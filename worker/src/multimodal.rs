@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::context::{TaskContext, TaskOutput};
 use crate::data;
 use crate::error::WorkerError;
-use crate::fit::{self, Consumed, Fit, WEIGHT_DECAY};
+use crate::fit::{self, Consumed, Fit, Loss, WEIGHT_DECAY};
 use crate::inputs::{self, Start};
 use crate::ledger::{self, Seen};
 use crate::loaders;
@@ -309,26 +309,28 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         counted: &counted,
         mixture: &mixture,
     };
-    let mut output = fit.run(&vs, &mut optimizer, start, resumed, |step| {
-        let b = batch(
-            &draws,
-            seed,
-            step,
-            phase.batch_size as usize,
-            pad,
-            ctx.device,
-        );
-        let tokens = b.targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]) as u64;
-        Ok((
-            model.loss(&b.pixels, &b.ids, &b.targets),
-            Consumed {
-                tokens,
+    let rows = phase.batch_size as usize;
+    let taught = |targets: &Tensor| targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]);
+    let mut output = fit.run(
+        &vs,
+        &mut optimizer,
+        start,
+        resumed,
+        |step| {
+            let b = batch(&draws, seed, step, rows, pad, ctx.device);
+            let consumed = Consumed {
+                tokens: taught(&b.targets) as u64,
                 words: b.words,
                 synthetic_words: 0,
                 seen: b.seen,
-            },
-        ))
-    })?;
+            };
+            Ok(((b.pixels, b.ids, b.targets), consumed))
+        },
+        |(pixels, ids, targets)| Loss {
+            mean: model.loss(pixels, ids, targets),
+            weight: taught(targets) as f64,
+        },
+    )?;
     output.results.counts.images_skipped = skipped;
     output.results.probes.extend(probes::after_phase(
         ctx,

@@ -1,16 +1,19 @@
 //! Data parallelism over a gang's [`Collective`]: every rank holds the whole model,
 //! reads its own slice of each global batch, and after the backward pass the ranks
-//! average their gradients, weighted by slice size, so every rank takes the step the
+//! sum their gradients, each weighted by what its slice counted in the loss (its
+//! predicted tokens), and divide by the gang's total, so every rank takes the step the
 //! whole batch would have given one process.
 //!
 //! Parameters start equal (rank 0's, broadcast). Gradients travel in flat buckets of a
-//! few MiB: each bucket gathers its parameters' gradients into one buffer, is all-reduced
-//! in one collective, and is copied back, so a step makes a few large transfers rather
-//! than one per parameter.
+//! few MiB: each bucket gathers its parameters' gradients into one buffer on the
+//! backend's device, is all-reduced in one collective, and is copied back, so a step
+//! makes a few large transfers rather than one per parameter. Ranks compare parameter
+//! checksums every few steps ([`check_ranks_agree`]): ranks drifting apart is an error,
+//! never a silent divergence.
 
 use std::ops::Range;
 
-use tch::{Kind, Tensor, nn};
+use tch::{Device, Kind, Tensor, nn};
 
 use crate::collective::{Collective, CollectiveError};
 
@@ -65,15 +68,19 @@ impl GradBuckets {
         self.buckets.is_empty()
     }
 
-    /// Replaces every rank's gradients by their mean over the gang, each rank's
-    /// weighted by `weight` (its slice's rows). Every trainable parameter must have a
-    /// gradient: one missing on some rank would leave the ranks' parameters apart.
-    pub fn average(
+    /// Sums every rank's gradients over the gang and multiplies the sums by `scale`,
+    /// bucket by bucket; answers the bytes reduced. With each rank's gradient the
+    /// weighted sum of its micro-batches' and `scale` one over the gang's total weight,
+    /// every rank ends with the gradient of the whole global batch. Every trainable
+    /// parameter must have a gradient: one missing on some rank would leave the ranks'
+    /// parameters apart.
+    pub fn sum_scaled(
         &self,
         collective: &mut dyn Collective,
-        weight: f32,
-    ) -> Result<(), CollectiveError> {
+        scale: f64,
+    ) -> Result<u64, CollectiveError> {
         let rank = collective.rank();
+        let mut bytes = 0;
         tch::no_grad(|| {
             for bucket in &self.buckets {
                 let mut grads = Vec::with_capacity(bucket.len());
@@ -83,59 +90,107 @@ impl GradBuckets {
                         return Err(CollectiveError::Protocol {
                             rank,
                             message: format!(
-                                "a parameter of shape {:?} has no gradient to average",
+                                "a parameter of shape {:?} has no gradient to reduce",
                                 p.size()
                             ),
                         });
                     }
                     grads.push(g);
                 }
-                let flat: Vec<Tensor> = grads
-                    .iter()
-                    .map(|g| g.to_kind(Kind::Float).flatten(0, -1))
-                    .collect();
-                let flat = Tensor::cat(&flat, 0).to_device(tch::Device::Cpu);
-                let mut values: Vec<f32> =
-                    Vec::try_from(&flat).expect("a float tensor converts to f32");
-                collective.all_reduce_weighted_mean(&mut values, weight)?;
-                let mut at = 0;
-                for g in &mut grads {
-                    let n = g.numel();
-                    let averaged = Tensor::from_slice(&values[at..at + n])
-                        .view(g.size().as_slice())
-                        .to_kind(g.kind())
-                        .to_device(g.device());
-                    g.copy_(&averaged);
-                    at += n;
-                }
+                let mut flat = flat_floats(&grads, collective.device());
+                collective.all_reduce_sum(&mut flat)?;
+                bytes += flat.numel() as u64 * 4;
+                let _ = flat.g_mul_scalar_(scale);
+                unflatten_into(&flat, &mut grads);
+            }
+            Ok(bytes)
+        })
+    }
+
+    /// Makes every rank's parameters rank 0's, a bucket at a time.
+    pub fn broadcast_parameters(
+        &self,
+        collective: &mut dyn Collective,
+    ) -> Result<(), CollectiveError> {
+        tch::no_grad(|| {
+            for bucket in &self.buckets {
+                let mut parameters: Vec<Tensor> =
+                    bucket.iter().map(Tensor::shallow_clone).collect();
+                let mut flat = flat_floats(&parameters, collective.device());
+                collective.broadcast(&mut flat, 0)?;
+                unflatten_into(&flat, &mut parameters);
             }
             Ok(())
         })
     }
 }
 
-/// Makes every rank's parameters rank 0's.
-pub fn broadcast_parameters(
+/// `tensors` as one flat f32 buffer on `device`.
+fn flat_floats(tensors: &[Tensor], device: Device) -> Tensor {
+    let flat: Vec<Tensor> = tensors
+        .iter()
+        .map(|t| t.to_kind(Kind::Float).flatten(0, -1).to_device(device))
+        .collect();
+    if flat.is_empty() {
+        return Tensor::zeros([0], (Kind::Float, device));
+    }
+    Tensor::cat(&flat, 0)
+}
+
+/// Copies consecutive pieces of `flat` back into `tensors`, each in its own kind,
+/// shape and device.
+fn unflatten_into(flat: &Tensor, tensors: &mut [Tensor]) {
+    let mut at = 0;
+    for t in tensors {
+        let n = t.numel() as i64;
+        let piece = flat
+            .narrow(0, at, n)
+            .view(t.size().as_slice())
+            .to_kind(t.kind())
+            .to_device(t.device());
+        t.copy_(&piece);
+        at += n;
+    }
+}
+
+/// Sums a few numbers over the gang (a step's loss and weight totals): f64 on the way
+/// in and out, f32 on the wire.
+pub fn sum_values(
+    collective: &mut dyn Collective,
+    values: &[f64],
+) -> Result<Vec<f64>, CollectiveError> {
+    let floats: Vec<f32> = values.iter().map(|v| *v as f32).collect();
+    let mut buffer = Tensor::from_slice(&floats).to_device(collective.device());
+    collective.all_reduce_sum(&mut buffer)?;
+    let summed = Vec::<f32>::try_from(buffer.to_device(Device::Cpu)).expect("floats");
+    Ok(summed.into_iter().map(f64::from).collect())
+}
+
+/// Compares every rank's parameters with rank 0's by [`parameter_checksum`]: an error
+/// on every rank, naming the ranks that differ, when any does.
+pub fn check_ranks_agree(
     vs: &nn::VarStore,
     collective: &mut dyn Collective,
 ) -> Result<(), CollectiveError> {
-    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    variables.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::no_grad(|| {
-        for (_, mut p) in variables {
-            let flat = p
-                .to_kind(Kind::Float)
-                .flatten(0, -1)
-                .to_device(tch::Device::Cpu);
-            let mut values: Vec<f32> = Vec::try_from(&flat).expect("a float tensor converts");
-            collective.broadcast(&mut values, 0)?;
-            let from_root = Tensor::from_slice(&values)
-                .view(p.size().as_slice())
-                .to_kind(p.kind())
-                .to_device(p.device());
-            p.copy_(&from_root);
-        }
-        Ok(())
+    let mine = parameter_checksum(vs);
+    // 16 bits a float: exact in f32.
+    let pieces: Vec<f32> = (0..4)
+        .map(|i| ((mine >> (16 * i)) & 0xffff) as f32)
+        .collect();
+    let mut buffer = Tensor::from_slice(&pieces).to_device(collective.device());
+    collective.broadcast(&mut buffer, 0)?;
+    let root = Vec::<f32>::try_from(buffer.to_device(Device::Cpu)).expect("floats");
+    let world = collective.world_size();
+    let mut flags = vec![0.0; world];
+    flags[collective.rank()] = f64::from(u8::from(root != pieces));
+    let flags = sum_values(collective, &flags)?;
+    let apart: Vec<usize> = (0..world).filter(|r| flags[*r] > 0.0).collect();
+    if apart.is_empty() {
+        return Ok(());
+    }
+    Err(CollectiveError::Protocol {
+        rank: collective.rank(),
+        message: format!("the parameters of ranks {apart:?} differ from rank 0's"),
     })
 }
 

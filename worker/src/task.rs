@@ -8,12 +8,6 @@ use crate::error::WorkerError;
 use crate::{dreams, eval, language, multimodal, prepare};
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
-    if ctx.assignment.world_size > 1 {
-        return Err(WorkerError::Config(format!(
-            "rank {} of a gang of {}: this worker build trains on one rank only",
-            ctx.assignment.rank, ctx.assignment.world_size
-        )));
-    }
     match &ctx.assignment.spec.work {
         Work::Prepare(_) => prepare::run(ctx),
         Work::Evaluate(_) => eval::run(ctx),

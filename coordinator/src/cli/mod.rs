@@ -173,7 +173,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&view::job_json(&job))?);
             } else {
                 print!("{}", view::job_table(&job));
-                if !job.state.is_finished() && live_workers(&connection).await? == 0 {
+                let workers = all_workers(&connection).await?;
+                print!("{}", view::gangs_table(&job, &workers));
+                if !job.state.is_finished() && workers.iter().all(|w| !w.alive) {
                     println!(
                         "no live worker: nothing runs until one registers (outloud-worker --coordinator {})",
                         args.coordinator
@@ -315,11 +317,6 @@ pub async fn submit(connection: &Connection, file: &Path) -> anyhow::Result<Stri
 }
 
 /// Workers that have heartbeated within their lease timeout.
-async fn live_workers(connection: &Connection) -> anyhow::Result<usize> {
-    let workers = all_workers(connection).await?;
-    Ok(workers.iter().filter(|w| w.alive).count())
-}
-
 /// Every item of a paged list: `fetch` answers a page's JSON and the next page's token.
 async fn all_pages<T, F, Fut>(mut fetch: F) -> anyhow::Result<Vec<T>>
 where

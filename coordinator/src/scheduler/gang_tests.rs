@@ -33,6 +33,8 @@ fn gang_job(s: &mut Scheduler, gang: &str) -> (String, String) {
         0,
     );
     done.unwrap();
+    // It asks for more at once, as a worker does.
+    let _ = s.lease(&w, 0).unwrap();
     (job, w)
 }
 
@@ -128,7 +130,9 @@ fn losing_one_rank_revokes_the_gang_and_the_next_grant_has_a_new_epoch() {
         (task.state.clone(), task.lost_leases),
         (TaskState::Pending, 1)
     );
-    // Re-formed from the workers there are: a new epoch for every rank.
+    // Re-formed from the workers there are: b asks again (a, silent, is not idle), then
+    // c: a new epoch for every rank.
+    assert!(s.lease(&b, 1_500).unwrap().is_none());
     let c = worker(&mut s, "c", "cpu", 1_500);
     let again = s.lease(&c, 1_500).unwrap().unwrap();
     assert_eq!(again.world_size, 2);
@@ -185,4 +189,74 @@ fn device_kinds_are_never_mixed_and_steps_are_placed_by_kind() {
     assert_eq!(zero.world_size, 2);
     assert!(s.worker(&cpu).unwrap().leases.is_empty());
     assert_eq!(s.worker(&gpu).unwrap().leases.len(), 1);
+}
+
+#[test]
+fn ranks_meet_under_their_epoch_and_a_revoked_gang_never_meets_the_next() {
+    let mut s = scheduler();
+    let (job, a) = gang_job(&mut s, "world_size: 2");
+    let b = worker(&mut s, "b", "cpu", 10);
+    let zero = s.lease(&b, 20).unwrap().unwrap();
+    let one = s.lease(&a, 20).unwrap().unwrap();
+    assert_eq!((zero.rank, one.rank), (0, 1));
+    // Rank 0 publishes first: nothing yet; again (a retry): still nothing.
+    for _ in 0..2 {
+        let heard = s.rendezvous(&b, &zero.lease, b"zero".to_vec(), 30).unwrap();
+        assert_eq!(heard, None);
+    }
+    let heard = s.rendezvous(&a, &one.lease, b"one".to_vec(), 40).unwrap();
+    let both = Some(vec![b"zero".to_vec(), b"one".to_vec()]);
+    assert_eq!(heard, both);
+    assert_eq!(
+        s.rendezvous(&b, &zero.lease, b"zero".to_vec(), 50).unwrap(),
+        both
+    );
+    // A stranger's lease is refused.
+    let c = worker(&mut s, "c", "cpu", 50);
+    assert!(s.rendezvous(&c, &zero.lease, Vec::new(), 50).is_err());
+    // Rank 1 fails: the gang is revoked, its lease refused, and the next gang meets
+    // afresh under the new epoch.
+    s.fail(
+        &a,
+        &one.lease,
+        "collective timed out".into(),
+        Failure::Retryable,
+        60,
+    )
+    .unwrap();
+    assert!(s.rendezvous(&b, &zero.lease, b"zero".to_vec(), 70).is_err());
+    // Released from the revoked gang, a and b are not idle until they ask again (a
+    // dead rank never would): c asking alone forms nothing.
+    assert!(s.lease(&c, 65).unwrap().is_none());
+    let next = s.lease(&b, 70).unwrap().unwrap();
+    assert_eq!((next.rank, next.lease.epoch), (0, zero.lease.epoch + 1));
+    assert!(
+        s.worker(&a).unwrap().leases.is_empty(),
+        "a never asked again"
+    );
+    let other = s.lease(&c, 80).unwrap().unwrap();
+    assert_eq!((other.rank, &other.lease), (1, &next.lease));
+    // Nothing of the revoked gang's meeting is carried over.
+    assert_eq!(
+        s.rendezvous(&b, &next.lease, b"b".to_vec(), 90).unwrap(),
+        None
+    );
+    assert_eq!(train_task(&s, &job).epoch, next.lease.epoch);
+}
+
+#[test]
+fn a_worker_silent_for_more_than_a_few_polls_is_not_idle() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        lease_timeout_ms: 60_000,
+        instance: 0,
+    });
+    let (job, a) = gang_job(&mut s, "world_size: 2");
+    // b last polled long ago: stopped or dead, its lease timeout not yet past.
+    let b = worker(&mut s, "b", "cpu", 0);
+    let later = gangs::IDLE_WITHIN_MS + 1;
+    assert!(s.lease(&a, later).unwrap().is_none());
+    let why = train_task(&s, &job).waiting.unwrap();
+    assert!(why.contains("1 idle now"), "{why}");
+    // Once it polls again it counts.
+    assert!(s.lease(&b, later + 1).unwrap().is_some());
 }

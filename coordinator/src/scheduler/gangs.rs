@@ -10,12 +10,66 @@
 //!
 //! Placement: a step may need a device kind (`device: cpu | cuda`); a worker of another
 //! kind is never given its tasks.
+//!
+//! Rendezvous: each rank of a granted gang publishes a payload (its listener's address,
+//! or NCCL's unique id from rank 0) and hears every rank's once all have published. No
+//! extra service and no fixed ports: the coordinator every worker already reaches relays
+//! them, under the lease's epoch, so a revoked gang's ranks can never meet a new one's.
 
 use outloud_core::spec::{DeviceKind, GangSize};
 
 use super::*;
 
+/// How recently a worker must have polled to be counted idle for a gang.
+pub const IDLE_WITHIN_MS: u64 = 2_000;
+
+/// A gang's rendezvous: each rank's payload once published, under the lease's epoch.
+#[derive(Debug, Clone)]
+pub(super) struct Meeting {
+    epoch: u64,
+    payloads: Vec<Option<Vec<u8>>>,
+}
+
 impl Scheduler {
+    /// Records `payload` as `worker_id`'s for its gang's current lease; every rank's
+    /// payload, in rank order, once all have published, else `None`. A stale lease is
+    /// refused: its gang was revoked.
+    pub fn rendezvous(
+        &mut self,
+        worker_id: &str,
+        lease: &LeaseRef,
+        payload: Vec<u8>,
+        now: Millis,
+    ) -> Result<Option<Vec<Vec<u8>>>, SchedulerError> {
+        let task = self.check_lease(worker_id, lease)?;
+        let (rank, world) = (task.rank_of(worker_id), task.world_size() as usize);
+        let rank = rank.ok_or_else(|| SchedulerError::StaleLease {
+            task: lease.task.to_string(),
+            epoch: lease.epoch,
+            worker: worker_id.into(),
+        })? as usize;
+        self.touch(worker_id, now)?;
+        // Meetings of leases that ended meanwhile go: they can never complete.
+        let jobs = &self.jobs;
+        self.meetings.retain(|id, meeting| {
+            jobs.get(&id.job)
+                .and_then(|job| job.task(id))
+                .is_some_and(|t| t.epoch == meeting.epoch && t.world_size() > 1)
+        });
+        let meeting = self.meetings.entry(lease.task.clone()).or_insert(Meeting {
+            epoch: lease.epoch,
+            payloads: vec![None; world],
+        });
+        if meeting.epoch != lease.epoch || meeting.payloads.len() != world {
+            *meeting = Meeting {
+                epoch: lease.epoch,
+                payloads: vec![None; world],
+            };
+        }
+        meeting.payloads[rank] = Some(payload);
+        Ok(meeting.payloads.iter().cloned().collect())
+    }
+
     /// Whether `worker_id` may take task `id`: the kind of device its step needs.
     pub(super) fn placeable(&self, worker_id: &str, id: &TaskId) -> bool {
         let needed = self
@@ -29,18 +83,43 @@ impl Scheduler {
         }
     }
 
+    /// Says on a task no worker of the kind it needs has asked for it, until one does.
+    pub(super) fn note_unplaced(&mut self, id: &TaskId) {
+        let Some(job) = self.jobs.get_mut(&id.job) else {
+            return;
+        };
+        let kind = job.steps.get(id.step as usize).and_then(|step| step.device);
+        let Some(task) = job.task_mut(id) else {
+            return;
+        };
+        if let Some(kind) = kind
+            && task.waiting.is_none()
+        {
+            task.waiting = Some(format!(
+                "waiting for a {kind:?} worker: only workers of other kinds have asked"
+            ));
+            self.changes.tasks.insert(id.clone());
+        }
+    }
+
     /// The gang task `id` trains on, when its step has one.
     pub(super) fn gang_of(&self, id: &TaskId) -> Option<GangSize> {
         self.jobs.get(&id.job)?.steps.get(id.step as usize)?.gang
     }
 
-    /// Idle workers of `kind` besides `requester`, in id order.
+    /// Idle workers of `kind` besides `requester`, in id order: holding nothing and
+    /// asking for work within [`IDLE_WITHIN_MS`] (an idle worker polls several times a
+    /// second; one silent longer, or that has not asked since its last lease ended, is
+    /// busy elsewhere, stopped or dead, and would leave the gang waiting on it).
     fn idle_workers(&self, requester: &str, kind: DeviceKind, now: Millis) -> Vec<String> {
-        let timeout = self.config.lease_timeout_ms;
+        let within = IDLE_WITHIN_MS.min(self.config.lease_timeout_ms);
         self.workers
             .values()
             .filter(|w| w.id != requester && w.alive && w.leases.is_empty())
-            .filter(|w| now.saturating_sub(w.last_seen) <= timeout)
+            .filter(|w| {
+                w.asked_at
+                    .is_some_and(|at| now.saturating_sub(at) <= within)
+            })
             .filter(|w| DeviceKind::of(&w.info.device) == kind)
             .map(|w| w.id.clone())
             .collect()

@@ -62,6 +62,9 @@ pub struct Scheduler {
     changes: Changes,
     /// Event counts since this process started, for metrics.
     tallies: Tallies,
+    /// Gangs' rendezvous in progress ([`gangs`]): kept in memory only, since ranks
+    /// publish again until every rank has, a restarted coordinator hears them anew.
+    meetings: BTreeMap<TaskId, gangs::Meeting>,
 }
 
 impl Scheduler {
@@ -92,6 +95,7 @@ impl Scheduler {
             counters,
             changes: Changes::default(),
             tallies: Tallies::default(),
+            meetings: BTreeMap::new(),
         };
         let pending: Vec<TaskId> = scheduler
             .jobs
@@ -232,6 +236,8 @@ impl Scheduler {
             last_seen: now,
             alive: true,
             leases: Vec::new(),
+            // It asks for work next.
+            asked_at: Some(now),
         };
         self.workers.insert(id.clone(), worker);
         self.changes.workers.insert(id.clone());
@@ -275,7 +281,10 @@ impl Scheduler {
         worker_id: &str,
         now: Millis,
     ) -> Result<Option<Assignment>, SchedulerError> {
-        self.touch(worker_id, now)?;
+        let worker = self.touch(worker_id, now)?;
+        if worker.leases.is_empty() {
+            worker.asked_at = Some(now);
+        }
         if let Some(rank) = self.hand_rank(worker_id) {
             return Ok(Some(rank));
         }
@@ -290,6 +299,7 @@ impl Scheduler {
                 continue;
             }
             if !self.placeable(worker_id, &id) {
+                self.note_unplaced(&id);
                 deferred.push(id);
                 continue;
             }
@@ -325,6 +335,7 @@ impl Scheduler {
             duplicate: None,
             ranks: Vec::new(),
         };
+        (task.waiting, task.waiting_since) = (None, None);
         let epoch = task.epoch;
         let resume_from = task.checkpoint.clone();
         let assignment = job.assignment(id, epoch, 0, 1);
@@ -480,11 +491,13 @@ impl Scheduler {
             TaskState::Leased { since, .. } => *since,
             _ => now,
         };
+        // A gang's other ranks are done with rank 0's commit.
+        let ranks = task.gang_ranks();
         // The first commit wins: a duplicate attempt still running is ended.
         let others: Vec<(String, u64)> = task
             .holders()
             .into_iter()
-            .filter(|w| w != worker_id)
+            .filter(|w| w != worker_id && !ranks.contains(w))
             .filter_map(|w| Some((w.clone(), task.lease_of(&w)?)))
             .collect();
         task.epoch = lease.epoch;
@@ -500,7 +513,9 @@ impl Scheduler {
             };
             self.record(&lease.task.job, now, what);
         }
-        self.release(worker_id, &lease.task);
+        for rank in ranks.iter().chain([&worker_id.to_string()]) {
+            self.release(rank, &lease.task);
+        }
         let what = EventKind::TaskSucceeded {
             task: lease.task.clone(),
             epoch: lease.epoch,
@@ -536,6 +551,7 @@ impl Scheduler {
         self.changes.tasks.insert(task.clone());
         if let Some(worker) = self.workers.get_mut(worker_id) {
             worker.leases.push(task.clone());
+            worker.asked_at = None;
             self.changes.workers.insert(worker_id.into());
         }
     }

@@ -182,6 +182,14 @@ impl Task {
         }
     }
 
+    /// The workers of the current gang's ranks past 0 (none without a gang).
+    pub fn gang_ranks(&self) -> Vec<String> {
+        match &self.state {
+            TaskState::Leased { ranks, .. } => ranks.iter().map(|r| r.worker.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The epoch of `worker`'s lease on the task, if it holds one.
     pub fn lease_of(&self, worker: &str) -> Option<u64> {
         match &self.state {
@@ -472,6 +480,11 @@ pub struct Worker {
     pub alive: bool,
     /// Tasks this worker holds now.
     pub leases: Vec<TaskId>,
+    /// When it last asked for work holding nothing, since it last held a lease: what
+    /// makes it idle for a gang. A worker released from a revoked gang is not idle
+    /// until it asks again, so a dead rank is never picked for the next gang.
+    #[serde(skip)]
+    pub asked_at: Option<Millis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -356,6 +356,8 @@ impl Step {
             total.unique_words = total.unique_words.max(task.metrics.unique_words);
             total.items += task.metrics.items;
             total.total_items += task.metrics.total_items;
+            total.allreduce_seconds += task.metrics.allreduce_seconds;
+            total.allreduce_bytes += task.metrics.allreduce_bytes;
             total.loss += task.metrics.loss / self.tasks.len() as f64;
         }
         if self.tasks.is_empty() {

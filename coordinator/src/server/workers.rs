@@ -1,4 +1,5 @@
-//! The Workers service: register, heartbeat, lease, report, complete, fail.
+//! The Workers service: register, heartbeat, lease, report, complete, fail, and the
+//! rendezvous of a gang's ranks.
 
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ use crate::wire;
 
 /// The longest URL a worker may report (checkpoints, outputs): they are kept for good.
 const MAX_URL_BYTES: usize = 4096;
+/// The most a gang rank may publish at its rendezvous (an address, NCCL's 128-byte id).
+const MAX_PAYLOAD_BYTES: usize = 4096;
 /// The most of a worker's error message kept (in the task, the job and the history).
 const MAX_ERROR_BYTES: usize = 4096;
 
@@ -155,5 +158,27 @@ impl Workers for WorkerService {
             .await?
             .map_err(status_of)?;
         Ok(Response::new(pb::FailTaskResponse {}))
+    }
+
+    async fn rendezvous(
+        &self,
+        request: Request<pb::RendezvousRequest>,
+    ) -> Result<Response<pb::RendezvousResponse>, Status> {
+        let r = request.into_inner();
+        let lease = wire::lease_from(r.lease)?;
+        if r.payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "a rendezvous payload of {} bytes; at most {MAX_PAYLOAD_BYTES}",
+                r.payload.len()
+            )));
+        }
+        let payloads = self
+            .0
+            .mutate(|s, now| s.rendezvous(&r.worker_id, &lease, r.payload, now))
+            .await?
+            .map_err(status_of)?;
+        Ok(Response::new(pb::RendezvousResponse {
+            payloads: payloads.unwrap_or_default(),
+        }))
     }
 }

@@ -33,6 +33,21 @@ impl DeviceKind {
     }
 }
 
+/// What every rank of a gang needs to know to train with the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GangPlan {
+    /// The gang's largest size: the global batch is cut into this many micro-batches,
+    /// so a smaller gang accumulates gradients and takes the same steps.
+    pub max_world_size: u32,
+    pub collective_timeout_ms: u64,
+    pub check_ranks_every: u64,
+}
+
+/// How long a rank waits on the others in one collective, by default.
+pub const DEFAULT_COLLECTIVE_TIMEOUT_MS: u64 = 120_000;
+/// How often ranks compare parameter checksums, by default.
+pub const DEFAULT_CHECK_RANKS_EVERY: u64 = 100;
+
 /// How long a gang below its largest size waits for more workers, by default.
 pub const DEFAULT_GANG_GRACE_MS: u64 = 10_000;
 /// The most ranks one gang may have.
@@ -52,6 +67,17 @@ impl PhaseSpec {
             min: min.max(1),
             max,
             grace_ms: self.gang_grace_ms.unwrap_or(DEFAULT_GANG_GRACE_MS),
+        })
+    }
+
+    /// What the phase's ranks need, when it trains on more than one.
+    pub fn gang_plan(&self) -> Option<GangPlan> {
+        self.gang().map(|gang| GangPlan {
+            max_world_size: gang.max,
+            collective_timeout_ms: self
+                .collective_timeout_ms
+                .unwrap_or(DEFAULT_COLLECTIVE_TIMEOUT_MS),
+            check_ranks_every: self.check_ranks_every.unwrap_or(DEFAULT_CHECK_RANKS_EVERY),
         })
     }
 
@@ -79,12 +105,31 @@ impl PhaseSpec {
                 "give `world_size`, or `min_world_size` and `max_world_size`, not both".into(),
             ));
         }
+        for (field, value) in [
+            ("collective_timeout_ms", self.collective_timeout_ms),
+            ("check_ranks_every", self.check_ranks_every),
+        ] {
+            if value == Some(0) {
+                problems.push((field, "must be at least 1".into()));
+            }
+        }
         if let (Some(min), Some(max)) = (self.min_world_size, self.max_world_size)
             && min > max
         {
             problems.push((
                 "min_world_size",
                 format!("{min} is more than max_world_size {max}"),
+            ));
+        }
+        if let Some(gang) = self.gang()
+            && self.batch_size < gang.max
+        {
+            problems.push((
+                "batch_size",
+                format!(
+                    "{} rows cannot be shared by a gang of up to {} ranks: each rank needs one",
+                    self.batch_size, gang.max
+                ),
             ));
         }
         let trains = !matches!(self.kind, PhaseKind::Noop);
@@ -141,6 +186,11 @@ mod tests {
                 "3 is more than max_world_size 2",
             ),
             ("world_size: 5000", "must be at most 1024"),
+            (
+                "world_size: 2, collective_timeout_ms: 0",
+                "must be at least 1",
+            ),
+            ("world_size: 32, batch_size: 8", "each rank needs one"),
         ] {
             let error = phase(extra).unwrap_err();
             assert!(error.contains(says), "{extra}: {error}");

@@ -12,20 +12,24 @@ pub mod limits;
 mod lineage;
 mod locate;
 mod model;
+mod parse;
 mod synthesis;
 
 use std::collections::HashSet;
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::storage;
 pub use data::{DataKind, DataRef, DataSource, ReadAs};
 pub use eval::{BenchmarkSource, EvaluationSpec};
-pub use gang::{DEFAULT_GANG_GRACE_MS, DeviceKind, GangSize, MAX_WORLD_SIZE};
+pub use gang::{
+    DEFAULT_CHECK_RANKS_EVERY, DEFAULT_COLLECTIVE_TIMEOUT_MS, DEFAULT_GANG_GRACE_MS, DeviceKind,
+    GangPlan, GangSize, MAX_WORLD_SIZE,
+};
 pub use limits::Limits;
 pub use locate::Locator;
 pub use model::{ModelShape, ModelSpec, VisionEncoder, VisionSpec};
+pub use parse::{SpecError, SpecErrors, parse, parse_within};
 pub use synthesis::{Decoding, DecodingStrategy, Filters, SynthesisSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,6 +187,13 @@ pub struct PhaseSpec {
     pub max_world_size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gang_grace_ms: Option<u64>,
+    /// How long a rank waits on the others in a collective before the gang is given
+    /// up (a dead or hung rank); longer than the slowest step and checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collective_timeout_ms: Option<u64>,
+    /// How often (in steps) the ranks compare checksums of their parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_ranks_every: Option<u64>,
     /// The kind of device the phase's tasks need (`cpu` or `cuda`); any when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceKind>,
@@ -209,115 +220,6 @@ fn default_shards() -> u32 {
 }
 fn default_max_attempts() -> u32 {
     3
-}
-
-/// One problem with a spec, located in its source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecError {
-    pub source_name: String,
-    pub line: usize,
-    pub column: usize,
-    /// Dotted path of the field (`phases[1].steps`), empty for the whole document.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.source_name, self.line, self.column)?;
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        write!(f, "{}", self.message)
-    }
-}
-
-/// Every problem found in one spec.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct SpecErrors(pub Vec<SpecError>);
-
-impl fmt::Display for SpecErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        write!(f, "{}", lines.join("\n"))
-    }
-}
-
-/// Parses and checks a spec within the default [`Limits`]. `source_name` is what errors
-/// call the file.
-pub fn parse(yaml: &str, source_name: &str) -> Result<JobSpec, SpecErrors> {
-    parse_within(yaml, source_name, &Limits::default())
-}
-
-/// Parses and checks a spec within `limits`.
-pub fn parse_within(yaml: &str, source_name: &str, limits: &Limits) -> Result<JobSpec, SpecErrors> {
-    if yaml.len() > limits.spec_bytes {
-        return Err(SpecErrors(vec![SpecError {
-            source_name: source_name.into(),
-            line: 1,
-            column: 1,
-            field: String::new(),
-            message: format!(
-                "the spec is {} bytes; at most {} are read",
-                yaml.len(),
-                limits.spec_bytes
-            ),
-        }]));
-    }
-    let spec: JobSpec = serde_yaml::from_str(yaml).map_err(|e| from_serde(&e, source_name))?;
-    let locator = Locator::new(yaml);
-    let problems = spec.problems(limits);
-    if problems.is_empty() {
-        return Ok(spec);
-    }
-    Err(SpecErrors(
-        problems
-            .into_iter()
-            .map(|(field, message)| locator.error(source_name, &field, message))
-            .collect(),
-    ))
-}
-
-/// serde_yaml says "phases[0]: unknown field `x`, expected ... at line 5 column 3".
-fn from_serde(error: &serde_yaml::Error, source_name: &str) -> SpecErrors {
-    let (line, column) = error
-        .location()
-        .map(|l| (l.line(), l.column()))
-        .unwrap_or((1, 1));
-    let text = error.to_string();
-    let text = match text.rfind(" at line ") {
-        Some(at) => text[..at].to_string(),
-        None => text,
-    };
-    let (field, message) = match text.split_once(": ") {
-        Some((field, rest)) if !field.contains(' ') => (field.to_string(), rest.to_string()),
-        _ => (String::new(), text),
-    };
-    let message = excerpt(&explain_negative(&message).unwrap_or(message));
-    SpecErrors(vec![SpecError {
-        source_name: source_name.into(),
-        line,
-        column,
-        field,
-        message,
-    }])
-}
-
-/// At most a short excerpt of a message that may quote the input.
-fn excerpt(message: &str) -> String {
-    const MOST: usize = 200;
-    match message.char_indices().nth(MOST) {
-        Some((cut, _)) => format!("{}... ({} bytes)", &message[..cut], message.len()),
-        None => message.to_string(),
-    }
-}
-
-/// serde's "invalid type: integer `-5`, expected u64" says it the hard way.
-fn explain_negative(message: &str) -> Option<String> {
-    let value = message.strip_prefix("invalid type: integer `-")?;
-    let (digits, rest) = value.split_once('`')?;
-    rest.contains("expected u")
-        .then(|| format!("must not be negative, got `-{digits}`"))
 }
 
 impl JobSpec {

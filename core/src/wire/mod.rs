@@ -10,7 +10,8 @@ use crate::results::{
     BenchmarkScore, Counts, ProbeScore, ScoreMode, SourceReport, SynthesisCounts, TaskResults,
 };
 use crate::spec::{
-    DataKind, Decoding, DecodingStrategy, Filters, ModelShape, ReadAs, VisionEncoder, VisionSpec,
+    DataKind, Decoding, DecodingStrategy, Filters, GangPlan, ModelShape, ReadAs, VisionEncoder,
+    VisionSpec,
 };
 use crate::task::{Assignment, LeaseRef, Metrics, PROTOCOL_VERSION, TaskId};
 use crate::task_spec::{
@@ -46,6 +47,8 @@ pub fn metrics_from(metrics: Option<pb::Metrics>) -> Metrics {
         total_items: m.total_items,
         synthetic_words: m.synthetic_words,
         unique_words: m.unique_words,
+        allreduce_seconds: m.allreduce_seconds,
+        allreduce_bytes: m.allreduce_bytes,
     }
 }
 
@@ -60,6 +63,8 @@ pub fn metrics_to(m: &Metrics) -> pb::Metrics {
         total_items: m.total_items,
         synthetic_words: m.synthetic_words,
         unique_words: m.unique_words,
+        allreduce_seconds: m.allreduce_seconds,
+        allreduce_bytes: m.allreduce_bytes,
     }
 }
 
@@ -304,6 +309,11 @@ fn train_to(t: &TrainSpec) -> pb::TrainSpec {
         seed: t.seed,
         word_budget: t.word_budget,
         synthetic_word_budget: t.synthetic_word_budget,
+        gang: t.gang.map(|g| pb::GangPlan {
+            max_world_size: g.max_world_size,
+            collective_timeout_ms: g.collective_timeout_ms,
+            check_ranks_every: g.check_ranks_every,
+        }),
     }
 }
 
@@ -327,6 +337,11 @@ fn train_from(t: pb::TrainSpec) -> Result<TrainSpec, String> {
         seed: t.seed,
         word_budget: t.word_budget,
         synthetic_word_budget: t.synthetic_word_budget,
+        gang: t.gang.map(|g| GangPlan {
+            max_world_size: g.max_world_size.max(1),
+            collective_timeout_ms: g.collective_timeout_ms.max(1),
+            check_ranks_every: g.check_ranks_every.max(1),
+        }),
     })
 }
 

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use outloud_worker::collective::{Collective, ring};
+use outloud_worker::collective::ring;
 
 #[derive(Parser)]
 struct Args {
@@ -39,7 +39,7 @@ fn all_reduce_seconds(n: usize, floats: usize, repeats: usize) -> anyhow::Result
                     let mut times = Vec::new();
                     for round in 0..=repeats {
                         let started = Instant::now();
-                        ring.all_reduce_sum(&mut data).expect("all-reduce");
+                        ring.sum_slice(&mut data).expect("all-reduce");
                         if round > 0 {
                             times.push(started.elapsed().as_secs_f64());
                         }

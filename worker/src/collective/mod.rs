@@ -2,11 +2,15 @@
 //! averages gradients through. [`ring`] is the CPU backend: TCP between worker
 //! processes, ring all-reduce (reduce-scatter, then all-gather), any number of ranks,
 //! every wait bounded by a timeout so a dead or hung rank never leaves the others
-//! waiting. The NCCL backend (GPU) will implement the same trait.
+//! waiting. [`nccl`] is the GPU backend: NCCL through cudarc on the device memory of
+//! tch tensors, with a watchdog that aborts a collective past its timeout.
 
+pub mod nccl;
 pub mod ring;
 
 use std::time::Duration;
+
+use tch::{Device, Tensor};
 
 /// What went wrong in a collective; every variant names the rank that saw it.
 #[derive(Debug, thiserror::Error)]
@@ -30,31 +34,18 @@ pub enum CollectiveError {
 }
 
 /// One rank's end of a gang's collectives. Every rank calls the same collectives in
-/// the same order with buffers of the same length.
-pub trait Collective {
+/// the same order with buffers of the same length. Buffers are flat, contiguous f32
+/// tensors on the backend's [`Collective::device`]: NCCL reduces GPU memory in place,
+/// the ring the host memory of CPU tensors.
+pub trait Collective: Send {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
-    /// Sums `data` element-wise over every rank, in place on each.
-    fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CollectiveError>;
-    /// Makes every rank's `data` what rank `root` holds.
-    fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CollectiveError>;
-
-    /// Averages `data` over the ranks, weighting each rank's values by `weight` (its
-    /// share of the global batch, e.g. its slice's rows): what data-parallel gradients
-    /// need when slices differ in size.
-    fn all_reduce_weighted_mean(
-        &mut self,
-        data: &mut [f32],
-        weight: f32,
-    ) -> Result<(), CollectiveError> {
-        let mut total = [weight];
-        self.all_reduce_sum(&mut total)?;
-        data.iter_mut().for_each(|x| *x *= weight);
-        self.all_reduce_sum(data)?;
-        let total = total[0].max(f32::MIN_POSITIVE);
-        data.iter_mut().for_each(|x| *x /= total);
-        Ok(())
-    }
+    /// Where the buffers handed to this backend live.
+    fn device(&self) -> Device;
+    /// Sums `buffer` element-wise over every rank, in place on each.
+    fn all_reduce_sum(&mut self, buffer: &mut Tensor) -> Result<(), CollectiveError>;
+    /// Makes every rank's `buffer` what rank `root` holds.
+    fn broadcast(&mut self, buffer: &mut Tensor, root: usize) -> Result<(), CollectiveError>;
 }
 
 /// How `len` elements split into `parts` contiguous chunks whose sizes differ by at most

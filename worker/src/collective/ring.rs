@@ -15,6 +15,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use tch::{Device, Kind, Tensor};
+
 use super::{Collective, CollectiveError, chunk_bounds};
 
 /// One rank's end of the ring.
@@ -226,7 +228,47 @@ impl Collective for Ring {
         self.world
     }
 
-    fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn all_reduce_sum(&mut self, buffer: &mut Tensor) -> Result<(), CollectiveError> {
+        let data = self.host_floats(buffer)?;
+        self.sum_slice(data)
+    }
+
+    fn broadcast(&mut self, buffer: &mut Tensor, root: usize) -> Result<(), CollectiveError> {
+        let data = self.host_floats(buffer)?;
+        self.broadcast_slice(data, root)
+    }
+}
+
+impl Ring {
+    /// The floats of a flat, contiguous f32 CPU tensor, to be reduced in place.
+    fn host_floats<'t>(&self, buffer: &'t mut Tensor) -> Result<&'t mut [f32], CollectiveError> {
+        let fits = buffer.device() == Device::Cpu
+            && buffer.kind() == Kind::Float
+            && buffer.dim() == 1
+            && buffer.is_contiguous();
+        if !fits {
+            return Err(self.protocol(format!(
+                "the ring reduces flat f32 CPU tensors, not {:?} {:?} of shape {:?}",
+                buffer.device(),
+                buffer.kind(),
+                buffer.size()
+            )));
+        }
+        let len = buffer.numel();
+        if len == 0 {
+            return Ok(&mut []);
+        }
+        // SAFETY: a contiguous f32 CPU tensor of `len` elements owns `len` floats at its
+        // data pointer, and `buffer` is borrowed mutably for as long as the slice lives.
+        Ok(unsafe { std::slice::from_raw_parts_mut(buffer.data_ptr() as *mut f32, len) })
+    }
+
+    /// [`Collective::all_reduce_sum`] on host memory.
+    pub fn sum_slice(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
         let n = self.world;
         if n <= 1 {
             return Ok(());
@@ -251,7 +293,12 @@ impl Collective for Ring {
         Ok(())
     }
 
-    fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CollectiveError> {
+    /// [`Collective::broadcast`] on host memory.
+    pub fn broadcast_slice(
+        &mut self,
+        data: &mut [f32],
+        root: usize,
+    ) -> Result<(), CollectiveError> {
         let n = self.world;
         if n <= 1 {
             return Ok(());
@@ -350,7 +397,7 @@ mod tests {
             for len in [0, 1, 2, 7, 1_001] {
                 let results = gang(n, Duration::from_secs(10), |mut ring| {
                     let mut data = values(ring.rank(), len);
-                    ring.all_reduce_sum(&mut data).unwrap();
+                    ring.sum_slice(&mut data).unwrap();
                     data
                 });
                 let expected: Vec<f32> = (0..len)
@@ -364,20 +411,20 @@ mod tests {
     }
 
     #[test]
-    fn broadcast_and_weighted_mean() {
+    fn broadcast_on_slices_and_tensors() {
         let results = gang(4, Duration::from_secs(10), |mut ring| {
             let mut data = values(ring.rank(), 33);
-            ring.broadcast(&mut data, 2).unwrap();
-            // Rank r holds r + 1 rows, all of value r: the weighted mean is
-            // (0*1 + 1*2 + 2*3 + 3*4) / 10 = 2.
-            let mut mean = vec![ring.rank() as f32; 5];
-            let weight = (ring.rank() + 1) as f32;
-            ring.all_reduce_weighted_mean(&mut mean, weight).unwrap();
-            (data, mean)
+            ring.broadcast_slice(&mut data, 2).unwrap();
+            // The same through the trait, on a tensor.
+            let mut tensor = Tensor::from_slice(&values(ring.rank(), 9));
+            ring.broadcast(&mut tensor, 1).unwrap();
+            ring.all_reduce_sum(&mut tensor).unwrap();
+            (data, Vec::<f32>::try_from(&tensor).unwrap())
         });
-        for (data, mean) in results {
+        let from_one: Vec<f32> = values(1, 9).iter().map(|x| x * 4.0).collect();
+        for (data, tensor) in results {
             assert_eq!(data, values(2, 33));
-            assert!(mean.iter().all(|m| (m - 2.0).abs() < 1e-6), "{mean:?}");
+            assert_eq!(tensor, from_one);
         }
     }
 
@@ -392,7 +439,7 @@ mod tests {
                 return Ok(());
             }
             let mut data = vec![1.0; 100];
-            ring.all_reduce_sum(&mut data)
+            ring.sum_slice(&mut data)
         });
         assert!(started.elapsed() < Duration::from_secs(5));
         for (rank, result) in results.iter().enumerate().filter(|(r, _)| *r != 1) {

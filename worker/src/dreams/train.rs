@@ -9,7 +9,7 @@ use super::filters::Caption;
 use crate::context::{TaskContext, TaskOutput};
 use crate::data::read_corpus;
 use crate::error::WorkerError;
-use crate::fit::{self, Fit};
+use crate::fit::{self, Fit, Loss};
 use crate::inputs::Start;
 use crate::mix::{Mixture, TextStream, text_batch};
 use crate::multimodal::{Started, start_vlm};
@@ -71,8 +71,18 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     fit::freeze(&vs, &["vision.", "projector."]);
     let fit = Fit::new(ctx, &tokenizer, shape, Some(vision), ledger)?;
     let (rows, draws) = (phase.batch_size as usize, fit.draw_seed);
-    fit.run(&vs, &mut optimizer, start, resumed, |step| {
-        let b = text_batch(&streams, &mixture, draws, step, rows, context, ctx.device);
-        Ok((model.lm.loss(&b.inputs, &b.targets), b.consumed))
-    })
+    fit.run(
+        &vs,
+        &mut optimizer,
+        start,
+        resumed,
+        |step| {
+            let b = text_batch(&streams, &mixture, draws, step, rows, context, ctx.device);
+            Ok(((b.inputs, b.targets), b.consumed))
+        },
+        |(inputs, targets)| Loss {
+            mean: model.lm.loss(inputs, targets),
+            weight: targets.numel() as f64,
+        },
+    )
 }

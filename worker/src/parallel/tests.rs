@@ -65,8 +65,8 @@ struct Seen {
 /// of one: the whole batch on one process).
 fn train(vs: &nn::VarStore, gpt: &Gpt, collective: &mut dyn Collective, update: Update) -> Seen {
     let (rank, world) = (collective.rank(), collective.world_size());
-    broadcast_parameters(vs, collective).unwrap();
     let buckets = GradBuckets::new(vs, 4_096);
+    buckets.broadcast_parameters(collective).unwrap();
     assert!(buckets.len() > 3, "small buckets, several of them");
     let mut adamw = AdamW::new(vs, 0.1);
     let mut seen = Seen {
@@ -79,8 +79,12 @@ fn train(vs: &nn::VarStore, gpt: &Gpt, collective: &mut dyn Collective, update: 
         let (ids, targets) = global_batch(step);
         let part = |t: &Tensor| t.narrow(0, rows.start as i64, rows.len() as i64);
         adamw.zero_grad();
-        gpt.loss(&part(&ids), &part(&targets)).backward();
-        buckets.average(collective, rows.len() as f32).unwrap();
+        // Weighted by the tokens the slice predicts, summed, divided by the total.
+        let weight = (rows.len() as i64 * CONTEXT) as f64;
+        (gpt.loss(&part(&ids), &part(&targets)) * weight).backward();
+        let total = sum_values(collective, &[weight]).unwrap()[0];
+        buckets.sum_scaled(collective, 1.0 / total).unwrap();
+        check_ranks_agree(vs, collective).unwrap();
         if step == 0 {
             seen.first_gradient = flat(vs, true);
         }
@@ -181,5 +185,33 @@ fn adamw_steps_match_one_process_within_tolerance() {
             "rank {rank}: one moved {largest} apart"
         );
         assert_eq!(seen.checksums, ranks[0].checksums, "rank {rank}");
+    }
+}
+
+#[test]
+fn ranks_whose_parameters_drift_apart_are_named_on_every_rank() {
+    let rings = ring::local(3, std::time::Duration::from_secs(10)).unwrap();
+    let models: Vec<(nn::VarStore, Gpt)> = (0..3).map(|_| model(7)).collect();
+    let verdicts: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = models
+            .into_iter()
+            .zip(rings)
+            .map(|((vs, _gpt), mut ring)| {
+                scope.spawn(move || {
+                    check_ranks_agree(&vs, &mut ring).map_err(|e| e.to_string())?;
+                    if ring.rank() == 2 {
+                        // One bit of one parameter on one rank.
+                        let (_, p) = &vs.variables().into_iter().next().unwrap();
+                        let _ = tch::no_grad(|| p.flatten(0, -1).get(0).g_add_scalar_(1e-3));
+                    }
+                    check_ranks_agree(&vs, &mut ring).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for verdict in verdicts {
+        let error = verdict.unwrap_err();
+        assert!(error.contains("ranks [2] differ from rank 0"), "{error}");
     }
 }
