@@ -158,3 +158,14 @@ async fn a_gang_that_cannot_be_filled_waits_holding_nothing_and_says_why() {
     let held = &workers[0]["leases"];
     assert_eq!(held.as_array().map(Vec::len), Some(0), "{workers}");
 }
+
+#[test]
+fn one_worker_per_gpu_is_refused_where_there_is_no_gpu() {
+    let out = std::process::Command::new(bin("outloud-worker"))
+        .args(["--gpus", "all", "--coordinator", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("no CUDA device that torch can use"), "{said}");
+}

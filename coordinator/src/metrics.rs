@@ -89,7 +89,7 @@ pub fn render(scheduler: &Scheduler) -> String {
 /// Per-phase progress of unfinished jobs.
 fn render_phases(out: &mut String, scheduler: &Scheduler) {
     type Pick = fn(&crate::scheduler::Metrics) -> f64;
-    let series: [(&str, &str, Pick); 5] = [
+    let series: [(&str, &str, Pick); 7] = [
         ("outloud_phase_step", "Optimizer steps done.", |m| {
             m.step as f64
         }),
@@ -103,6 +103,16 @@ fn render_phases(out: &mut String, scheduler: &Scheduler) {
             m.tokens as f64
         }),
         ("outloud_phase_words", "Words consumed.", |m| m.words as f64),
+        (
+            "outloud_phase_allreduce_seconds",
+            "Seconds rank 0 of the phase's gang spent in all-reduces (this lease).",
+            |m| m.allreduce_seconds,
+        ),
+        (
+            "outloud_phase_allreduce_bytes",
+            "Bytes rank 0 of the phase's gang all-reduced (this lease).",
+            |m| m.allreduce_bytes as f64,
+        ),
     ];
     for (name, help, pick) in series {
         family(out, name, "gauge", help);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use outloud_core::client::Workers;
 use outloud_core::spec::GangPlan;
 use outloud_proto::v1 as pb;
-use tch::{Device, nn};
+use tch::{Device, Kind, Tensor, nn};
 use tonic::Code;
 
 use crate::collective::nccl::{self, Nccl};
@@ -174,10 +174,34 @@ impl Gang {
             bytes: 0,
         };
         let started = Instant::now();
+        gang.check_backend()?;
         gang.buckets
             .broadcast_parameters(gang.collective.as_mut())?;
         gang.seconds += started.elapsed().as_secs_f64();
         Ok(Some(gang))
+    }
+
+    /// The gang's first all-reduce is checked against what it must give: rank `r`
+    /// offers `r + 1` in every element, so every element must sum to `n (n + 1) / 2`. A
+    /// backend that reduces wrongly (or a device pointer misread) fails here, before it
+    /// can corrupt training.
+    fn check_backend(&mut self) -> Result<(), WorkerError> {
+        let (rank, world) = (self.rank(), self.collective.world_size());
+        let device = self.collective.device();
+        let mut probe = Tensor::full([1_031], (rank + 1) as f64, (Kind::Float, device));
+        self.collective.all_reduce_sum(&mut probe)?;
+        let expected = (world * (world + 1) / 2) as f64;
+        let (low, high) = (probe.min().double_value(&[]), probe.max().double_value(&[]));
+        if (low, high) != (expected, expected) {
+            return Err(CollectiveError::Protocol {
+                rank,
+                message: format!(
+                    "the backend's test all-reduce gave values in {low}..{high}, not {expected}"
+                ),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     pub fn rank(&self) -> usize {

@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`agent`]: the control loop (register, lease, heartbeat, report, complete).
+//! - [`per_gpu`]: `--gpus`: one worker process per GPU, restarted when one exits.
 //! - [`task`]: the dispatch by what a task's resolved spec says to do.
 //! - [`context`]: the context a task runs in (assignment, device, stop flag, progress).
 //! - [`prepare`]: the prepare step (generated data written once, user data checked).
@@ -59,6 +60,7 @@ pub mod model;
 pub mod multimodal;
 pub mod optim;
 pub mod parallel;
+pub mod per_gpu;
 pub mod prepare;
 pub mod probes;
 pub mod prompts;

@@ -47,6 +47,10 @@ struct Args {
     /// default the local address of the route to the coordinator.
     #[arg(long, env = "OUTLOUD_ADVERTISE_HOST")]
     advertise_host: Option<String>,
+    /// Start one worker process per GPU (`all`, or indices such as `0,2`), each bound
+    /// to its device, instead of working here.
+    #[arg(long, conflicts_with = "device")]
+    gpus: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -94,6 +98,9 @@ fn main() -> anyhow::Result<()> {
         return evaluate(command, device(&args.device)?);
     }
     telemetry::init("info");
+    if let Some(wanted) = &args.gpus {
+        return per_gpu_workers(wanted, &args);
+    }
     let token = match auth::load_worker_token(args.token_file.as_deref())? {
         Some(token) => Some(token),
         None => auth::load_token(None)?,
@@ -117,6 +124,38 @@ fn main() -> anyhow::Result<()> {
         });
         agent::run(config, shutdown).await
     })
+}
+
+/// `--gpus`: this process starts and watches one worker per GPU, each with this
+/// process's flags.
+fn per_gpu_workers(wanted: &str, args: &Args) -> anyhow::Result<()> {
+    let gpus = outloud_worker::per_gpu::devices(wanted, tch::Cuda::device_count() as usize)?;
+    let mut flags = vec![
+        "--coordinator".to_string(),
+        args.coordinator.clone(),
+        "--threads".into(),
+        args.threads.to_string(),
+    ];
+    let paths = [
+        ("--token-file", &args.token_file),
+        ("--tls-ca", &args.tls_ca),
+    ];
+    for (flag, path) in paths {
+        if let Some(path) = path {
+            flags.extend([flag.to_string(), path.display().to_string()]);
+        }
+    }
+    if let Some(host) = &args.advertise_host {
+        flags.extend(["--advertise-host".to_string(), host.clone()]);
+    }
+    if args.insecure {
+        flags.push("--insecure".into());
+    }
+    tracing::info!(?gpus, "one worker per GPU");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(outloud_worker::per_gpu::supervise(gpus, flags))
 }
 
 fn evaluate(command: Command, device: tch::Device) -> anyhow::Result<()> {

@@ -175,6 +175,14 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
                         m.tokens as f64 / took.max(1e-3),
                         m.words
                     );
+                    if m.allreduce_bytes > 0 {
+                        println!(
+                            "{}: rank 0 all-reduced {:.1} MiB in {:.1} s",
+                            step.name,
+                            m.allreduce_bytes as f64 / f64::from(1u32 << 20),
+                            m.allreduce_seconds
+                        );
+                    }
                 }
             }
         }
