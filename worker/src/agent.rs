@@ -232,7 +232,7 @@ impl Agent {
             runtime: tokio::runtime::Handle::current(),
             stop: stop.clone(),
             progress,
-            rendezvous: crate::gang::Rendezvous {
+            rendezvous: crate::context::Rendezvous {
                 client: self.client.clone(),
                 worker_id: self.worker_id.clone(),
                 lease: lease.clone(),

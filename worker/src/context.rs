@@ -1,8 +1,13 @@
-//! The context a task runs in: its assignment, the device, the stop flag and the
-//! progress channel; and what a finished task hands back.
+//! The context a task runs in: its assignment, the device, the stop flag, the progress
+//! channel and the way to its gang's rendezvous; and what a finished task hands back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use outloud_core::client::Workers;
+use outloud_proto::v1 as pb;
+use tonic::Code;
 
 use outloud_core::results::TaskResults;
 use outloud_core::storage::Location;
@@ -11,6 +16,7 @@ use outloud_core::task_spec::TrainSpec;
 use tch::Device;
 use tokio::sync::mpsc;
 
+use crate::collective::CollectiveError;
 use crate::error::WorkerError;
 
 /// A progress report on its way to the coordinator.
@@ -40,7 +46,7 @@ pub struct TaskContext {
     pub stop: Arc<AtomicBool>,
     pub progress: mpsc::UnboundedSender<Progress>,
     /// How a gang rank meets the others through the coordinator.
-    pub rendezvous: crate::gang::Rendezvous,
+    pub rendezvous: Rendezvous,
 }
 
 impl TaskContext {
@@ -87,5 +93,65 @@ impl TaskContext {
     /// chose. What it commits must lie inside.
     pub fn output_root(&self) -> Result<Location, WorkerError> {
         Ok(Location::open(&self.assignment.output_root)?)
+    }
+}
+
+/// How often a rank asks whether the others have published.
+const MEET_POLL: Duration = Duration::from_millis(50);
+
+/// A rank's way to the coordinator's rendezvous for the lease it holds.
+#[derive(Clone)]
+pub struct Rendezvous {
+    pub client: Workers,
+    pub worker_id: String,
+    pub lease: pb::LeaseRef,
+    /// The address other ranks reach this worker's ring listener at.
+    pub host: String,
+}
+
+impl TaskContext {
+    /// Publishes `payload` at the rendezvous of this task's gang and waits until every
+    /// rank has: their payloads in rank order. Ends with an error once `timeout`
+    /// passes, the lease is revoked, or the task is told to stop.
+    pub fn meet(&self, payload: Vec<u8>, timeout: Duration) -> Result<Vec<Vec<u8>>, WorkerError> {
+        let (ctx, rendezvous) = (self, &self.rendezvous);
+        let deadline = Instant::now() + timeout;
+        let request = pb::RendezvousRequest {
+            worker_id: rendezvous.worker_id.clone(),
+            lease: Some(rendezvous.lease.clone()),
+            payload,
+        };
+        loop {
+            ctx.check_stop()?;
+            let mut client = rendezvous.client.clone();
+            let answer = ctx.runtime.block_on(client.rendezvous(request.clone()));
+            match answer {
+                Ok(answer) => {
+                    let payloads = answer.into_inner().payloads;
+                    if !payloads.is_empty() {
+                        return Ok(payloads);
+                    }
+                }
+                Err(status)
+                    if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) =>
+                {
+                    return Err(WorkerError::Stopped(format!(
+                        "the gang was revoked before it met: {}",
+                        status.message()
+                    )));
+                }
+                Err(status) => tracing::debug!(error = %status.message(), "rendezvous call failed"),
+            }
+            if Instant::now() >= deadline {
+                return Err(CollectiveError::Timeout {
+                    rank: ctx.assignment.rank as usize,
+                    peer: "the other ranks".into(),
+                    after: timeout,
+                    during: "the rendezvous",
+                }
+                .into());
+            }
+            std::thread::sleep(MEET_POLL);
+        }
     }
 }

@@ -13,11 +13,8 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use outloud_core::client::Workers;
 use outloud_core::spec::GangPlan;
-use outloud_proto::v1 as pb;
 use tch::{Device, Kind, Tensor, nn};
-use tonic::Code;
 
 use crate::collective::nccl::{self, Nccl};
 use crate::collective::ring::{self, Ring};
@@ -25,70 +22,6 @@ use crate::collective::{Collective, CollectiveError, chunk_bounds};
 use crate::context::TaskContext;
 use crate::error::WorkerError;
 use crate::parallel::{self, BUCKET_BYTES, GradBuckets};
-
-/// How often a rank asks whether the others have published.
-const MEET_POLL: Duration = Duration::from_millis(50);
-
-/// A rank's way to the coordinator's rendezvous for the lease it holds.
-#[derive(Clone)]
-pub struct Rendezvous {
-    pub client: Workers,
-    pub worker_id: String,
-    pub lease: pb::LeaseRef,
-    /// The address other ranks reach this worker's ring listener at.
-    pub host: String,
-}
-
-impl Rendezvous {
-    /// Publishes `payload` and waits until every rank has: their payloads in rank
-    /// order. Ends with an error once `timeout` passes, the lease is revoked, or the
-    /// task is told to stop.
-    fn meet(
-        &self,
-        ctx: &TaskContext,
-        payload: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<Vec<Vec<u8>>, WorkerError> {
-        let deadline = Instant::now() + timeout;
-        let request = pb::RendezvousRequest {
-            worker_id: self.worker_id.clone(),
-            lease: Some(self.lease.clone()),
-            payload,
-        };
-        loop {
-            ctx.check_stop()?;
-            let mut client = self.client.clone();
-            let answer = ctx.runtime.block_on(client.rendezvous(request.clone()));
-            match answer {
-                Ok(answer) => {
-                    let payloads = answer.into_inner().payloads;
-                    if !payloads.is_empty() {
-                        return Ok(payloads);
-                    }
-                }
-                Err(status)
-                    if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) =>
-                {
-                    return Err(WorkerError::Stopped(format!(
-                        "the gang was revoked before it met: {}",
-                        status.message()
-                    )));
-                }
-                Err(status) => tracing::debug!(error = %status.message(), "rendezvous call failed"),
-            }
-            if Instant::now() >= deadline {
-                return Err(CollectiveError::Timeout {
-                    rank: ctx.assignment.rank as usize,
-                    peer: "the other ranks".into(),
-                    after: timeout,
-                    during: "the rendezvous",
-                }
-                .into());
-            }
-            std::thread::sleep(MEET_POLL);
-        }
-    }
-}
 
 /// The address this machine is reached at from the coordinator's side: the local end
 /// of a route to it (no packet is sent). Ranks publish their listeners there.
@@ -141,18 +74,14 @@ impl Gang {
                 } else {
                     Vec::new()
                 };
-                let heard = ctx
-                    .rendezvous
-                    .meet(ctx, tagged("nccl", &payload), timeout)?;
+                let heard = ctx.meet(tagged("nccl", &payload), timeout)?;
                 let id = untagged("nccl", &heard[0], rank)?;
                 Box::new(Nccl::join(rank, world, id, ctx.device, timeout)?)
             }
             _ => {
                 let listener = ring::listen(&ctx.rendezvous.host)?;
                 let mine = listener.local_addr()?.to_string();
-                let heard = ctx
-                    .rendezvous
-                    .meet(ctx, tagged("ring", mine.as_bytes()), timeout)?;
+                let heard = ctx.meet(tagged("ring", mine.as_bytes()), timeout)?;
                 let addresses = heard
                     .iter()
                     .map(|payload| ring_address(payload, rank))
