@@ -157,6 +157,10 @@ async fn a_gang_that_cannot_be_filled_waits_holding_nothing_and_says_why() {
     let workers: serde_json::Value = serde_json::from_slice(&workers.stdout).unwrap();
     let held = &workers[0]["leases"];
     assert_eq!(held.as_array().map(Vec::len), Some(0), "{workers}");
+    // It advertises what placement matches on: its device's model and memory.
+    let info = &workers[0]["info"];
+    assert!(info["device_memory_bytes"].as_u64().unwrap() > 0, "{info}");
+    assert!(!info["device_name"].as_str().unwrap().is_empty(), "{info}");
 }
 
 #[test]

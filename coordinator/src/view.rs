@@ -228,20 +228,28 @@ pub fn gangs_table(job: &Job, workers: &[Worker]) -> String {
 
 pub fn workers_table(workers: &[Worker]) -> String {
     let mut out = format!(
-        "{:<28} {:<8} {:<6} {}\n",
-        "WORKER", "DEVICE", "ALIVE", "LEASES"
+        "{:<28} {:<8} {:<32} {:>8} {:<6} {}\n",
+        "WORKER", "DEVICE", "MODEL", "MEMORY", "ALIVE", "LEASES"
     );
     for w in workers {
         let leases: Vec<String> = w.leases.iter().map(ToString::to_string).collect();
+        let model: String = w.info.device_name.chars().take(32).collect();
         out += &format!(
-            "{:<28} {:<8} {:<6} {}\n",
+            "{:<28} {:<8} {:<32} {:>8} {:<6} {}\n",
             w.id,
             w.info.device,
+            model,
+            gib(w.info.device_memory_bytes),
             w.alive,
             leases.join(" ")
         );
     }
     out
+}
+
+/// Bytes as GiB with one decimal.
+fn gib(bytes: u64) -> String {
+    format!("{:.1}G", bytes as f64 / f64::from(1u32 << 30))
 }
 
 #[cfg(test)]

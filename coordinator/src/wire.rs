@@ -22,6 +22,8 @@ pub fn worker_info_from(info: Option<pb::WorkerInfo>) -> WorkerInfo {
         device: info.device,
         memory_bytes: info.memory_bytes,
         threads: info.threads,
+        device_name: info.device_name,
+        device_memory_bytes: info.device_memory_bytes,
     }
 }
 
@@ -31,6 +33,8 @@ pub fn worker_info_to(info: &WorkerInfo) -> pb::WorkerInfo {
         device: info.device.clone(),
         memory_bytes: info.memory_bytes,
         threads: info.threads,
+        device_name: info.device_name.clone(),
+        device_memory_bytes: info.device_memory_bytes,
     }
 }
 

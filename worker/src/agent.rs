@@ -72,12 +72,45 @@ fn worker_info(config: &AgentConfig) -> pb::WorkerInfo {
         })
         .map(|kib| kib * 1024)
         .unwrap_or(0);
+    let (device_name, device_memory_bytes) = match config.device {
+        Device::Cuda(index) => cuda_model(index).unwrap_or_else(|why| (why, 0)),
+        _ => (cpu_model(), memory_bytes),
+    };
     pb::WorkerInfo {
         hostname,
         device: format!("{:?}", config.device).to_lowercase(),
         memory_bytes,
         threads: config.threads,
+        device_name,
+        device_memory_bytes,
     }
+}
+
+/// A GPU's name and memory, from the CUDA driver.
+fn cuda_model(index: usize) -> Result<(String, u64), String> {
+    use cudarc::driver::{result as driver, sys};
+    // SAFETY: only tries to open the library (cudarc panics on a call without it).
+    if !unsafe { sys::is_culib_present() } {
+        return Err("cuda (the driver library could not be loaded)".into());
+    }
+    let unknown = |e: driver::DriverError| format!("cuda (unknown: {e:?})");
+    driver::init().map_err(unknown)?;
+    let device = driver::device::get(index as i32).map_err(unknown)?;
+    let name = driver::device::get_name(device).map_err(unknown)?;
+    // SAFETY: `device` is a valid handle from the driver.
+    let memory = unsafe { driver::device::total_mem(device) }.map_err(unknown)?;
+    Ok((name, memory as u64))
+}
+
+/// The CPU's model name, as /proc/cpuinfo says it.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("model name"))?;
+            Some(line.split_once(':')?.1.trim().to_string())
+        })
+        .unwrap_or_else(|| "cpu".into())
 }
 
 /// Runs until `shutdown` turns true; a task in flight is handed back first.

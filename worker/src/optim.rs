@@ -3,6 +3,12 @@
 
 use tch::{Tensor, nn};
 
+/// Whether weight decay applies to a parameter: matrices decay; biases, norms and other
+/// vectors do not, as in GPT-2 training.
+pub fn decays(parameter: &Tensor) -> bool {
+    parameter.dim() >= 2
+}
+
 pub struct AdamW {
     /// (name, parameter, first moment, second moment), in a fixed (sorted) order.
     slots: Vec<(String, Tensor, Tensor, Tensor)>,
@@ -35,8 +41,7 @@ impl AdamW {
         }
     }
 
-    /// One update with learning rate `lr`. Matrices decay; biases, norms and the
-    /// position table's peers (vectors) do not, as in GPT-2 training.
+    /// One update with learning rate `lr`; parameters that [`decays`] also decay.
     pub fn step(&mut self, lr: f64) {
         self.steps += 1;
         let bias1 = 1.0 - self.beta1.powi(self.steps as i32);
@@ -47,7 +52,7 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
-                if p.dim() >= 2 && self.weight_decay > 0.0 {
+                if decays(p) && self.weight_decay > 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
                 // As PyTorch's single-tensor AdamW: in place, one temporary per line.

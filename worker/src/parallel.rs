@@ -16,6 +16,7 @@ use std::ops::Range;
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::collective::{Collective, CollectiveError};
+use crate::optim::decays;
 
 /// The rows of a global batch of `rows` that `rank` of `world` reads: contiguous,
 /// disjoint, covering the batch, sizes differing by at most one (the earlier ranks
@@ -26,7 +27,8 @@ pub fn rank_rows(rows: usize, rank: usize, world: usize) -> Range<usize> {
 }
 
 /// Parameters grouped into buckets of about `bucket_bytes` each, in a fixed order that
-/// every rank shares (sorted by name).
+/// every rank shares: the decayed parameters (sorted by name), then the others, a bucket
+/// never holding both, so a bucket's flat buffer can later be one optimizer group's.
 pub struct GradBuckets {
     buckets: Vec<Vec<Tensor>>,
 }
@@ -42,14 +44,16 @@ impl GradBuckets {
             .into_iter()
             .filter(|(_, t)| t.requires_grad())
             .collect();
-        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        variables.sort_by_key(|(name, p)| (!decays(p), name.clone()));
         let mut buckets: Vec<Vec<Tensor>> = vec![Vec::new()];
         let mut filled = 0;
+        let mut group = variables.first().is_some_and(|(_, p)| decays(p));
         for (_, parameter) in variables {
             let bytes = parameter.numel() * parameter.kind().elt_size_in_bytes();
-            if filled > 0 && filled + bytes > bucket_bytes {
+            let full = filled > 0 && filled + bytes > bucket_bytes;
+            if full || decays(&parameter) != group {
                 buckets.push(Vec::new());
-                filled = 0;
+                (filled, group) = (0, decays(&parameter));
             }
             filled += bytes;
             buckets
@@ -62,6 +66,14 @@ impl GradBuckets {
 
     pub fn len(&self) -> usize {
         self.buckets.len()
+    }
+
+    /// Whether each bucket's parameters decay (every parameter of a bucket agrees).
+    pub fn decay_groups(&self) -> Vec<bool> {
+        self.buckets
+            .iter()
+            .map(|b| b.first().is_some_and(decays))
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {

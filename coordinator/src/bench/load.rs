@@ -181,6 +181,7 @@ async fn worker(connection: Connection, tally: Tally, until: Instant, seed: u64)
         device: "none".into(),
         memory_bytes: 0,
         threads: 1,
+        ..Default::default()
     };
     let register = client.register(pb::RegisterRequest { info: Some(info) });
     let Some(registered) = tally.time("register", register).await else {

@@ -49,6 +49,7 @@ async fn simulated_worker(connection: Connection, until: Instant) -> anyhow::Res
         device: "none".into(),
         memory_bytes: 0,
         threads: 1,
+        ..Default::default()
     };
     let worker_id = client
         .register(pb::RegisterRequest { info: Some(info) })

@@ -260,3 +260,28 @@ fn a_worker_silent_for_more_than_a_few_polls_is_not_idle() {
     // Once it polls again it counts.
     assert!(s.lease(&b, later + 1).unwrap().is_some());
 }
+
+#[test]
+fn a_step_needing_more_device_memory_than_a_worker_has_is_never_placed_there() {
+    let mut s = scheduler();
+    let (job, small) = gang_job(&mut s, "device_memory_gb: 2");
+    // The prepare worker has 1 GiB: it is not given the training task, which says why.
+    assert!(s.lease(&small, 10).unwrap().is_none());
+    let why = train_task(&s, &job).waiting.unwrap();
+    assert!(why.contains("2.0 GiB of device memory"), "{why}");
+    let mut info = WorkerInfo::for_tests("big");
+    info.device_memory_bytes = 4 << 30;
+    let big = s.register(info, 20);
+    let granted = s.lease(&big, 20).unwrap().unwrap();
+    assert_eq!(granted.step, "l");
+    assert!(train_task(&s, &job).waiting.is_none());
+    // A gang needs every rank to fit: one big and one small worker make no gang of 2.
+    let mut s = scheduler();
+    let (job, small) = gang_job(&mut s, "world_size: 2, device_memory_gb: 2");
+    let mut info = WorkerInfo::for_tests("big");
+    info.device_memory_bytes = 4 << 30;
+    let big = s.register(info, 20);
+    assert!(s.lease(&big, 20).unwrap().is_none());
+    assert!(s.lease(&small, 20).unwrap().is_none());
+    assert_eq!(train_task(&s, &job).state, TaskState::Pending);
+}

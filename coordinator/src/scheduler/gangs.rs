@@ -16,7 +16,7 @@
 //! extra service and no fixed ports: the coordinator every worker already reaches relays
 //! them, under the lease's epoch, so a revoked gang's ranks can never meet a new one's.
 
-use outloud_core::spec::{DeviceKind, GangSize};
+use outloud_core::spec::{DeviceKind, GangSize, Placement};
 
 use super::*;
 
@@ -70,33 +70,33 @@ impl Scheduler {
         Ok(meeting.payloads.iter().cloned().collect())
     }
 
-    /// Whether `worker_id` may take task `id`: the kind of device its step needs.
-    pub(super) fn placeable(&self, worker_id: &str, id: &TaskId) -> bool {
-        let needed = self
-            .jobs
+    /// What task `id`'s step needs of a worker.
+    fn placement_of(&self, id: &TaskId) -> Placement {
+        self.jobs
             .get(&id.job)
             .and_then(|job| job.steps.get(id.step as usize))
-            .and_then(|step| step.device);
-        match (needed, self.workers.get(worker_id)) {
-            (Some(kind), Some(worker)) => DeviceKind::of(&worker.info.device) == kind,
-            _ => true,
-        }
+            .map(|step| step.placement)
+            .unwrap_or_default()
     }
 
-    /// Says on a task no worker of the kind it needs has asked for it, until one does.
+    /// Whether `worker_id` may take task `id`: the device its step needs.
+    pub(super) fn placeable(&self, worker_id: &str, id: &TaskId) -> bool {
+        let placement = self.placement_of(id);
+        self.workers
+            .get(worker_id)
+            .is_some_and(|w| placement.admits(&w.info.device, w.info.device_memory_bytes))
+    }
+
+    /// Says on a task that no worker its step admits has asked for it, until one does.
     pub(super) fn note_unplaced(&mut self, id: &TaskId) {
-        let Some(job) = self.jobs.get_mut(&id.job) else {
+        let placement = self.placement_of(id);
+        let Some(task) = self.jobs.get_mut(&id.job).and_then(|job| job.task_mut(id)) else {
             return;
         };
-        let kind = job.steps.get(id.step as usize).and_then(|step| step.device);
-        let Some(task) = job.task_mut(id) else {
-            return;
-        };
-        if let Some(kind) = kind
-            && task.waiting.is_none()
-        {
+        if task.waiting.is_none() {
             task.waiting = Some(format!(
-                "waiting for a {kind:?} worker: only workers of other kinds have asked"
+                "waiting for {}: only other workers have asked",
+                placement.wanted()
             ));
             self.changes.tasks.insert(id.clone());
         }
@@ -107,11 +107,18 @@ impl Scheduler {
         self.jobs.get(&id.job)?.steps.get(id.step as usize)?.gang
     }
 
-    /// Idle workers of `kind` besides `requester`, in id order: holding nothing and
+    /// Idle workers of `kind` that `placement` admits besides `requester`, in id order:
+    /// holding nothing and
     /// asking for work within [`IDLE_WITHIN_MS`] (an idle worker polls several times a
     /// second; one silent longer, or that has not asked since its last lease ended, is
     /// busy elsewhere, stopped or dead, and would leave the gang waiting on it).
-    fn idle_workers(&self, requester: &str, kind: DeviceKind, now: Millis) -> Vec<String> {
+    fn idle_workers(
+        &self,
+        requester: &str,
+        kind: DeviceKind,
+        placement: Placement,
+        now: Millis,
+    ) -> Vec<String> {
         let within = IDLE_WITHIN_MS.min(self.config.lease_timeout_ms);
         self.workers
             .values()
@@ -121,6 +128,7 @@ impl Scheduler {
                     .is_some_and(|at| now.saturating_sub(at) <= within)
             })
             .filter(|w| DeviceKind::of(&w.info.device) == kind)
+            .filter(|w| placement.admits(&w.info.device, w.info.device_memory_bytes))
             .map(|w| w.id.clone())
             .collect()
     }
@@ -136,7 +144,8 @@ impl Scheduler {
     ) -> Option<Assignment> {
         let requester_idle = self.workers.get(requester)?.leases.is_empty();
         let kind = DeviceKind::of(&self.workers.get(requester)?.info.device);
-        let mut others = self.idle_workers(requester, kind, now);
+        let placement = self.placement_of(id);
+        let mut others = self.idle_workers(requester, kind, placement, now);
         let task = self.jobs.get_mut(&id.job)?.task_mut(id)?;
         let since = *task.waiting_since.get_or_insert(now);
         let wanted = gang.max as usize - 1;

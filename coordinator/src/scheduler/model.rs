@@ -455,6 +455,12 @@ pub struct WorkerInfo {
     pub device: String,
     pub memory_bytes: u64,
     pub threads: u32,
+    /// The device's model (a GPU's name, the CPU's model) and its memory (GPU memory
+    /// on CUDA, host memory on CPU).
+    #[serde(default)]
+    pub device_name: String,
+    #[serde(default)]
+    pub device_memory_bytes: u64,
 }
 
 #[cfg(test)]
@@ -466,6 +472,8 @@ impl WorkerInfo {
             device: "cpu".into(),
             memory_bytes: 0,
             threads: 1,
+            device_name: "test cpu".into(),
+            device_memory_bytes: 1 << 30,
         }
     }
 }

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use outloud_core::results::TaskResults;
-use outloud_core::spec::{DeviceKind, GangSize, JobSpec, PhaseKind};
+use outloud_core::spec::{GangSize, JobSpec, PhaseKind, Placement};
 use outloud_core::storage::join_url;
 use outloud_core::task::attempt_folder;
 use outloud_core::task_spec::TaskSpec;
@@ -77,9 +77,9 @@ pub struct Step {
     /// Ranks its task trains on at once, when more than one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gang: Option<GangSize>,
-    /// The kind of device its tasks need.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<DeviceKind>,
+    /// What its tasks need of a worker's device.
+    #[serde(default, flatten)]
+    pub placement: Placement,
 }
 
 impl Step {
@@ -201,7 +201,7 @@ fn expand_run(
         steps.push(Step {
             inputs,
             gang: phase.gang(),
-            device: phase.device,
+            placement: phase.placement(),
             ..step
         });
         push_evaluation(job_id, spec, index, train, prepared, steps)?;
@@ -253,7 +253,7 @@ fn expand_round(
     );
     steps.push(Step {
         inputs: inputs.clone(),
-        device: phase.device,
+        placement: phase.placement(),
         ..step
     });
     let train = steps.len() as u32;
@@ -266,7 +266,7 @@ fn expand_round(
     steps.push(Step {
         inputs,
         gang: phase.gang(),
-        device: phase.device,
+        placement: phase.placement(),
         ..step
     });
     if round == phase.rounds {
@@ -329,7 +329,7 @@ impl Step {
             totals: None,
             seed: None,
             gang: None,
-            device: None,
+            placement: Placement::default(),
         }
     }
 

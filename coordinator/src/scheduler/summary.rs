@@ -98,7 +98,7 @@ impl Step {
             totals: self.totals.clone(),
             seed: self.seed,
             gang: self.gang,
-            device: self.device,
+            placement: self.placement,
         }
     }
 }

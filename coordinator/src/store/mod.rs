@@ -24,7 +24,7 @@ mod migrate;
 
 use std::collections::BTreeMap;
 
-use outloud_core::spec::{DeviceKind, GangSize, JobSpec};
+use outloud_core::spec::{GangSize, JobSpec, Placement};
 use outloud_core::task_spec::TaskSpec;
 
 use crate::scheduler::{
@@ -98,8 +98,8 @@ struct StepRecord {
     seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     gang: Option<GangSize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    device: Option<DeviceKind>,
+    #[serde(default, flatten)]
+    placement: Placement,
 }
 
 /// One record to write.
@@ -180,7 +180,7 @@ impl JobRecord {
                     work: step.work.clone(),
                     seed: step.seed,
                     gang: step.gang,
-                    device: step.device,
+                    placement: step.placement,
                 })
                 .collect(),
         }
@@ -200,7 +200,7 @@ impl JobRecord {
                     attempts: r.attempts,
                     seed: r.seed,
                     gang: r.gang,
-                    device: r.device,
+                    placement: r.placement,
                     ..step
                 }
             })

@@ -1,6 +1,7 @@
 //! Data-parallel gangs and placement in a spec: `world_size: N` (or `min_world_size` /
 //! `max_world_size`, with `gang_grace_ms`) trains a phase on N worker processes at once,
-//! each a rank; `device: cpu | cuda` says which workers may take the phase's tasks.
+//! each a rank; `device: cpu | cuda` and `device_memory_gb` say which workers may take
+//! the phase's tasks.
 
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +49,39 @@ pub const DEFAULT_COLLECTIVE_TIMEOUT_MS: u64 = 120_000;
 /// How often ranks compare parameter checksums, by default.
 pub const DEFAULT_CHECK_RANKS_EVERY: u64 = 100;
 
+/// What a step's tasks need of the worker they run on; every kind of step is placed by
+/// it (training gangs, synthesize shards, eval steps).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The kind of device; any when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceKind>,
+    /// The least memory the device must have (GPU memory on CUDA, host memory on CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+impl Placement {
+    /// Whether a worker advertising `device` with `memory_bytes` of it may run the step.
+    pub fn admits(&self, device: &str, memory_bytes: u64) -> bool {
+        self.device
+            .is_none_or(|kind| DeviceKind::of(device) == kind)
+            && self.memory_bytes.is_none_or(|least| memory_bytes >= least)
+    }
+
+    /// Why no worker asking could take the step, for status.
+    pub fn wanted(&self) -> String {
+        let kind = self.device.map_or("any".into(), |k| format!("{k:?}"));
+        match self.memory_bytes {
+            Some(bytes) => format!(
+                "a {kind} worker with {:.1} GiB of device memory",
+                bytes as f64 / f64::from(1u32 << 30)
+            ),
+            None => format!("a {kind} worker"),
+        }
+    }
+}
+
 /// How long a gang below its largest size waits for more workers, by default.
 pub const DEFAULT_GANG_GRACE_MS: u64 = 10_000;
 /// The most ranks one gang may have.
@@ -68,6 +102,16 @@ impl PhaseSpec {
             max,
             grace_ms: self.gang_grace_ms.unwrap_or(DEFAULT_GANG_GRACE_MS),
         })
+    }
+
+    /// What the phase's tasks need of a worker.
+    pub fn placement(&self) -> Placement {
+        Placement {
+            device: self.device,
+            memory_bytes: self
+                .device_memory_gb
+                .map(|gb| (gb * f64::from(1u32 << 30)) as u64),
+        }
     }
 
     /// What the phase's ranks need, when it trains on more than one.
@@ -112,6 +156,15 @@ impl PhaseSpec {
             if value == Some(0) {
                 problems.push((field, "must be at least 1".into()));
             }
+        }
+        if self
+            .device_memory_gb
+            .is_some_and(|gb| !(gb.is_finite() && gb > 0.0))
+        {
+            problems.push((
+                "device_memory_gb",
+                "must be a positive number of GiB".into(),
+            ));
         }
         if let (Some(min), Some(max)) = (self.min_world_size, self.max_world_size)
             && min > max
@@ -191,6 +244,7 @@ mod tests {
                 "must be at least 1",
             ),
             ("world_size: 32, batch_size: 8", "each rank needs one"),
+            ("device_memory_gb: -1", "positive number of GiB"),
         ] {
             let error = phase(extra).unwrap_err();
             assert!(error.contains(says), "{extra}: {error}");

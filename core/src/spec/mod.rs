@@ -24,7 +24,7 @@ pub use data::{DataKind, DataRef, DataSource, ReadAs};
 pub use eval::{BenchmarkSource, EvaluationSpec};
 pub use gang::{
     DEFAULT_CHECK_RANKS_EVERY, DEFAULT_COLLECTIVE_TIMEOUT_MS, DEFAULT_GANG_GRACE_MS, DeviceKind,
-    GangPlan, GangSize, MAX_WORLD_SIZE,
+    GangPlan, GangSize, MAX_WORLD_SIZE, Placement,
 };
 pub use limits::Limits;
 pub use locate::Locator;
@@ -197,6 +197,9 @@ pub struct PhaseSpec {
     /// The kind of device the phase's tasks need (`cpu` or `cuda`); any when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceKind>,
+    /// The least device memory (GiB) a worker must have to take the phase's tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory_gb: Option<f64>,
 }
 
 fn default_rounds() -> u32 {

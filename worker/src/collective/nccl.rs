@@ -17,8 +17,23 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Collective, CollectiveError};
 
+/// An error unless `libnccl.so` can be loaded (cudarc would panic at the first call).
+fn loadable(rank: usize) -> Result<(), CollectiveError> {
+    // SAFETY: only tries to open the library.
+    if unsafe { sys::is_culib_present() } {
+        return Ok(());
+    }
+    Err(CollectiveError::Protocol {
+        rank,
+        message: "cannot load libnccl.so: put a directory holding libnccl.so (a link to the \
+                  libnccl.so.2 torch loads) on LD_LIBRARY_PATH"
+            .into(),
+    })
+}
+
 /// The unique id rank 0 makes and every rank joins with, as bytes to publish.
 pub fn unique_id() -> Result<Vec<u8>, CollectiveError> {
+    loadable(0)?;
     let id = result::get_uniqueid().map_err(|e| failed(0, "creating the unique id", &e))?;
     Ok(id.internal.iter().map(|&c| c as u8).collect())
 }
@@ -77,6 +92,7 @@ impl Nccl {
                 message: format!("NCCL needs a CUDA device, not {device:?}"),
             });
         };
+        loadable(rank)?;
         let mut unique = sys::ncclUniqueId { internal: [0; 128] };
         if id.len() != unique.internal.len() {
             return Err(CollectiveError::Protocol {

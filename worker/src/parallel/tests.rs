@@ -53,10 +53,12 @@ enum Update {
     AdamW,
 }
 
-/// What one rank saw: its first step's gradient, its parameters after every step's
-/// checksum, and its final parameters.
+/// What one rank saw: its gradient at every step, its parameters' checksum after every
+/// step, and its final parameters.
 struct Seen {
-    first_gradient: Vec<f32>,
+    gradients: Vec<Vec<f32>>,
+    /// One process's gradient on the whole batch at the same parameters, every step.
+    alone: Vec<Vec<f32>>,
     checksums: Vec<u64>,
     parameters: Vec<f32>,
 }
@@ -68,9 +70,14 @@ fn train(vs: &nn::VarStore, gpt: &Gpt, collective: &mut dyn Collective, update: 
     let buckets = GradBuckets::new(vs, 4_096);
     buckets.broadcast_parameters(collective).unwrap();
     assert!(buckets.len() > 3, "small buckets, several of them");
+    // The decayed parameters' buckets first, then the others', never mixed.
+    let groups = buckets.decay_groups();
+    assert!(groups[0] && !groups[groups.len() - 1], "{groups:?}");
+    assert!(groups.windows(2).all(|w| w[0] || !w[1]), "{groups:?}");
     let mut adamw = AdamW::new(vs, 0.1);
     let mut seen = Seen {
-        first_gradient: Vec::new(),
+        gradients: Vec::new(),
+        alone: Vec::new(),
         checksums: vec![parameter_checksum(vs)],
         parameters: Vec::new(),
     };
@@ -78,6 +85,10 @@ fn train(vs: &nn::VarStore, gpt: &Gpt, collective: &mut dyn Collective, update: 
         let rows = rank_rows(ROWS, rank, world);
         let (ids, targets) = global_batch(step);
         let part = |t: &Tensor| t.narrow(0, rows.start as i64, rows.len() as i64);
+        // What one process gets on the whole batch at these very parameters.
+        adamw.zero_grad();
+        gpt.loss(&ids, &targets).backward();
+        seen.alone.push(flat(vs, true));
         adamw.zero_grad();
         // Weighted by the tokens the slice predicts, summed, divided by the total.
         let weight = (rows.len() as i64 * CONTEXT) as f64;
@@ -85,9 +96,7 @@ fn train(vs: &nn::VarStore, gpt: &Gpt, collective: &mut dyn Collective, update: 
         let total = sum_values(collective, &[weight]).unwrap()[0];
         buckets.sum_scaled(collective, 1.0 / total).unwrap();
         check_ranks_agree(vs, collective).unwrap();
-        if step == 0 {
-            seen.first_gradient = flat(vs, true);
-        }
+        seen.gradients.push(flat(vs, true));
         match update {
             Update::AdamW => adamw.step(1e-2), // `lr` in the AdamW test
             Update::Sgd => tch::no_grad(|| {
@@ -138,11 +147,14 @@ fn gradients_and_sgd_steps_equal_one_process_on_the_whole_batch() {
     for world in [2, 3] {
         let (reference, ranks) = compare(world, Update::Sgd);
         for (rank, seen) in ranks.iter().enumerate() {
-            let gradient = relative_difference(&seen.first_gradient, &reference.first_gradient);
-            assert!(
-                gradient < 1e-6,
-                "{world} ranks, rank {rank}: gradient off by {gradient:e}"
-            );
+            let steps = seen.gradients.iter().zip(&seen.alone).enumerate();
+            for (step, (mine, alone)) in steps {
+                let gradient = relative_difference(mine, alone);
+                assert!(
+                    gradient < 1e-6,
+                    "{world} ranks, rank {rank}, step {step}: gradient off by {gradient:e}"
+                );
+            }
             let after = relative_difference(&seen.parameters, &reference.parameters);
             assert!(
                 after < 1e-6,
