@@ -5,31 +5,23 @@ Prints a markdown section (the caller appends it to benchmarks/allreduce.md).
 Usage: bench_gang.py OUTLOUD_BIN_DIR."""
 import os
 import re
-import subprocess
 import sys
-import tempfile
+
+from local_run import local_run
 
 ROUNDS = 3
 SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy", "jobs", "bench-gang.yaml")
-TRAINED = re.compile(r"language: loss ([\d.]+) -> ([\d.]+) over (\d+) steps in ([\d.]+) s; (\d+) tokens")
+TRAINED = r"language: loss ([\d.]+) -> ([\d.]+) over (\d+) steps in ([\d.]+) s; (\d+) tokens"
 REDUCED = re.compile(r"language: rank 0 all-reduced ([\d.]+) MiB in ([\d.]+) s")
 
 
 def run(bin_dir, ranks):
     """(seconds, tokens, final loss, all-reduce seconds, MiB) of one fresh run."""
-    with tempfile.TemporaryDirectory() as cwd:
-        spec = os.path.join(cwd, "spec.yaml")
-        text = open(SPEC).read()
-        if ranks > 1:
-            text = text.replace("    eval: false\n", f"    eval: false\n    world_size: {ranks}\n")
-        open(spec, "w").write(text)
-        out = subprocess.run(
-            [os.path.join(bin_dir, "outloud"), "local", "--workers", str(ranks), spec],
-            cwd=cwd, capture_output=True, text=True, check=True)
-    trained = TRAINED.search(out.stdout)
-    if not trained:
-        sys.exit(f"no training line in:\n{out.stdout}\n{out.stderr}")
-    reduced = REDUCED.search(out.stdout)
+    text = open(SPEC).read()
+    if ranks > 1:
+        text = text.replace("    eval: false\n", f"    eval: false\n    world_size: {ranks}\n")
+    trained, printed = local_run(bin_dir, ranks, text, TRAINED)
+    reduced = REDUCED.search(printed)
     seconds, tokens, loss = float(trained.group(4)), int(trained.group(5)), float(trained.group(2))
     allreduce = (float(reduced.group(2)), float(reduced.group(1))) if reduced else (0.0, 0.0)
     return (seconds, tokens, loss) + allreduce

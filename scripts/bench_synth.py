@@ -5,25 +5,18 @@ Usage: bench_synth.py OUTLOUD_BIN_DIR."""
 import datetime
 import os
 import platform
-import re
-import subprocess
 import sys
-import tempfile
+
+from local_run import local_run
 
 ROUNDS = 3
 SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy", "jobs", "bench-synth.yaml")
-LINE = re.compile(r"dreaming\.synthesize: (\d+) captions kept of (\d+) pictures in ([\d.]+) s")
+LINE = r"dreaming\.synthesize: (\d+) captions kept of (\d+) pictures in ([\d.]+) s"
 
 
 def run(bin_dir, workers):
     """(pictures, seconds) of the synthesize step of one fresh run."""
-    with tempfile.TemporaryDirectory() as cwd:
-        out = subprocess.run(
-            [os.path.join(bin_dir, "outloud"), "local", "--workers", str(workers), SPEC],
-            cwd=cwd, capture_output=True, text=True, check=True)
-    found = LINE.search(out.stdout)
-    if not found:
-        sys.exit(f"no synthesize line in:\n{out.stdout}\n{out.stderr}")
+    found, _ = local_run(bin_dir, workers, open(SPEC).read(), LINE)
     return int(found.group(2)), float(found.group(3))
 
 

@@ -48,6 +48,27 @@ pub trait Collective: Send {
     fn broadcast(&mut self, buffer: &mut Tensor, root: usize) -> Result<(), CollectiveError>;
 }
 
+/// An error unless `buffer` is what every backend reduces: a flat, contiguous f32
+/// tensor on `device`.
+pub fn check_buffer(buffer: &Tensor, device: Device, rank: usize) -> Result<(), CollectiveError> {
+    let fits = buffer.device() == device
+        && buffer.kind() == tch::Kind::Float
+        && buffer.dim() == 1
+        && buffer.is_contiguous();
+    if fits {
+        return Ok(());
+    }
+    Err(CollectiveError::Protocol {
+        rank,
+        message: format!(
+            "collectives here reduce flat f32 tensors on {device:?}, not {:?} {:?} of shape {:?}",
+            buffer.device(),
+            buffer.kind(),
+            buffer.size()
+        ),
+    })
+}
+
 /// How `len` elements split into `parts` contiguous chunks whose sizes differ by at most
 /// one (the larger first): chunk `i` is `chunks[i]..chunks[i + 1]`.
 pub fn chunk_bounds(len: usize, parts: usize) -> Vec<usize> {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use cudarc::nccl::{result, sys};
 use tch::{Device, Kind, Tensor};
 
-use super::{Collective, CollectiveError};
+use super::{Collective, CollectiveError, check_buffer};
 
 /// An error unless `libnccl.so` can be loaded (cudarc would panic at the first call).
 fn loadable(rank: usize) -> Result<(), CollectiveError> {
@@ -160,7 +160,7 @@ impl Nccl {
             sys::ncclComm_t,
         ) -> Result<(), result::NcclError>,
     ) -> Result<(), CollectiveError> {
-        self.check(buffer)?;
+        check_buffer(buffer, self.device, self.rank)?;
         if self.aborted.load(Ordering::Relaxed) {
             return Err(self.timed_out(during));
         }
@@ -186,26 +186,6 @@ impl Nccl {
             after: self.timeout,
             during,
         }
-    }
-
-    fn check(&self, buffer: &Tensor) -> Result<(), CollectiveError> {
-        let fits = buffer.device() == self.device
-            && buffer.kind() == Kind::Float
-            && buffer.dim() == 1
-            && buffer.is_contiguous();
-        if fits {
-            return Ok(());
-        }
-        Err(CollectiveError::Protocol {
-            rank: self.rank,
-            message: format!(
-                "NCCL here reduces flat f32 tensors on {:?}, not {:?} {:?} of shape {:?}",
-                self.device,
-                buffer.device(),
-                buffer.kind(),
-                buffer.size()
-            ),
-        })
     }
 }
 

@@ -15,9 +15,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
-use super::{Collective, CollectiveError, chunk_bounds};
+use super::{Collective, CollectiveError, check_buffer, chunk_bounds};
 
 /// One rank's end of the ring.
 pub struct Ring {
@@ -246,18 +246,7 @@ impl Collective for Ring {
 impl Ring {
     /// The floats of a flat, contiguous f32 CPU tensor, to be reduced in place.
     fn host_floats<'t>(&self, buffer: &'t mut Tensor) -> Result<&'t mut [f32], CollectiveError> {
-        let fits = buffer.device() == Device::Cpu
-            && buffer.kind() == Kind::Float
-            && buffer.dim() == 1
-            && buffer.is_contiguous();
-        if !fits {
-            return Err(self.protocol(format!(
-                "the ring reduces flat f32 CPU tensors, not {:?} {:?} of shape {:?}",
-                buffer.device(),
-                buffer.kind(),
-                buffer.size()
-            )));
-        }
+        check_buffer(buffer, Device::Cpu, self.rank)?;
         let len = buffer.numel();
         if len == 0 {
             return Ok(&mut []);
