@@ -73,7 +73,7 @@ def main():
         args = args + ["--repeats", REPEATS[name], "--batch", BATCH[(what, name)]] + extra
         # Alternate the two, ROUNDS times, and keep each one's median round: a noisy
         # neighbour then hurts both alike.
-        ours, theirs = [], []
+        ours, theirs, foreach = [], [], []
         for _ in range(ROUNDS):
             if what == "eval":
                 o, t = eval_round(binary, args, name)
@@ -82,17 +82,20 @@ def main():
                 continue
             ours.append(run([binary] + args + [what]))
             theirs.append(run([sys.executable, torch_script, what] + args))
-        rows.append((name, median_round(ours), median_round(theirs)))
+            if what == "train":
+                # PyTorch's multi-tensor AdamW: what our flat buffers compete with.
+                foreach.append(run([sys.executable, torch_script, what] + args + ["--foreach"]))
+        rows.append((name, median_round(ours), median_round(theirs), median_round(foreach) if foreach else None))
     today = datetime.date.today().isoformat()
     lines = [f"# Model benchmark: {what}", "", f"{today} on {machine()} ({device}); each the median of {ROUNDS} alternating rounds, each round a median over steps; both in one run.", ""]
     if what == "train":
-        lines += ["| preset | params | outloud (tch) tokens/s | PyTorch eager tokens/s | ratio | outloud TFLOP/s |", "|---|---:|---:|---:|---:|---:|"]
-        for name, ours, theirs in rows:
-            o, t = ours[0], theirs[0]
-            lines.append(f"| {name} | {o['params']:,} | {o['tokens_per_s']:,.0f} | {t['tokens_per_s']:,.0f} | {o['tokens_per_s'] / t['tokens_per_s']:.2f} | {o['tflops']:.3f} |")
+        lines += ["| preset | params | outloud (tch, flat AdamW) tokens/s | PyTorch eager, per-parameter AdamW | ratio | PyTorch eager, foreach AdamW | ratio | outloud TFLOP/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, ours, theirs, foreach in rows:
+            o, t, f = ours[0], theirs[0], foreach[0]
+            lines.append(f"| {name} | {o['params']:,} | {o['tokens_per_s']:,.0f} | {t['tokens_per_s']:,.0f} | {o['tokens_per_s'] / t['tokens_per_s']:.2f} | {f['tokens_per_s']:,.0f} | {o['tokens_per_s'] / f['tokens_per_s']:.2f} | {o['tflops']:.3f} |")
     elif what == "eval":
         lines += ["| preset | params | BLiMP pairs | outloud (tch) pairs/s | PyTorch eager pairs/s | ratio |", "|---|---:|---:|---:|---:|---:|"]
-        for name, ours, theirs in rows:
+        for name, ours, theirs, _ in rows:
             o, t = ours[0], theirs[0]
             lines.append(f"| {name} | {o['params']:,} | {o['pairs']:,} | {o['pairs_per_s']:,.0f} | {t['pairs_per_s']:,.0f} | {o['pairs_per_s'] / t['pairs_per_s']:.2f} |")
         lines += ["", "Zero-shot BLiMP scoring (../shared/data/eval/blimp_filtered; the small preset on the first 100 pairs of each paradigm): "
@@ -101,7 +104,7 @@ def main():
                   "PyTorch times its tokenization and scoring of the same pairs with the same tokenizer and weights. Target: 2,000 pairs/s for tiny."]
     else:
         lines += ["| preset | KV cache captions/s | recompute captions/s | cache speed-up | PyTorch eager (KV cache) captions/s | ratio to PyTorch |", "|---|---:|---:|---:|---:|---:|"]
-        for name, ours, theirs in rows:
+        for name, ours, theirs, _ in rows:
             cache = next(r for r in ours if r["mode"] == "kv_cache")["captions_per_s"]
             recompute = next(r for r in ours if r["mode"] == "recompute")["captions_per_s"]
             torch_rate = theirs[0]["captions_per_s"]

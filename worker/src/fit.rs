@@ -39,8 +39,9 @@ pub fn set_precision(vs: &mut nn::VarStore) {
     }
 }
 
-/// Stops training the parameters whose names start with any of `prefixes` (AdamW skips
-/// parameters without a gradient, weight decay included).
+/// Stops training the parameters whose names start with any of `prefixes`. Call it
+/// before the optimizer is made: [`AdamW`] trains (and decays) what needs a gradient
+/// then.
 pub fn freeze(vs: &tch::nn::VarStore, prefixes: &[&str]) {
     for (name, var) in vs.variables() {
         if prefixes.iter().any(|p| name.starts_with(p)) {
@@ -191,7 +192,7 @@ impl Fit<'_> {
             total_steps: phase.steps,
             ..start
         };
-        let mut gang = Gang::join(self.ctx, vs)?;
+        let mut gang = Gang::join(self.ctx, optimizer)?;
         let rank_zero = gang.as_ref().is_none_or(|g| g.rank() == 0);
         let mut window = LossWindow::default();
         let mut resumed_from = resumed.then_some(start.step);
@@ -220,7 +221,7 @@ impl Fit<'_> {
                     mean.double_value(&[])
                 }
                 Some(gang) => {
-                    let value = backward_on_gang(gang, &batch, &loss)?;
+                    let value = backward_on_gang(gang, optimizer, &batch, &loss)?;
                     optimizer.clip_grad_norm(MAX_GRAD_NORM);
                     optimizer.step(lr);
                     gang.check_agreement(vs, step + 1)?;
@@ -290,6 +291,7 @@ impl Fit<'_> {
 /// tokens it predicts, then the gang's sum: answers the global batch's mean loss.
 fn backward_on_gang<B: Rows>(
     gang: &mut Gang,
+    optimizer: &mut AdamW,
     batch: &B,
     loss: &impl Fn(&B) -> Loss,
 ) -> Result<f64, WorkerError> {
@@ -300,7 +302,7 @@ fn backward_on_gang<B: Rows>(
         loss_sum += part.mean.double_value(&[]) * part.weight;
         weight += part.weight;
     }
-    gang.reduce(loss_sum, weight)
+    gang.reduce(optimizer, loss_sum, weight)
 }
 
 /// Which of the words a phase may read are spent, if any: the phase's own `words`, the

@@ -21,7 +21,8 @@ use crate::collective::ring::{self, Ring};
 use crate::collective::{Collective, CollectiveError, chunk_bounds};
 use crate::context::TaskContext;
 use crate::error::WorkerError;
-use crate::parallel::{self, BUCKET_BYTES, GradBuckets};
+use crate::optim::AdamW;
+use crate::parallel::{self, BUCKET_BYTES};
 
 /// The address this machine is reached at from the coordinator's side: the local end
 /// of a route to it (no packet is sent). Ranks publish their listeners there.
@@ -51,16 +52,15 @@ pub fn advertised_host(coordinator: &str) -> String {
 pub struct Gang {
     collective: Box<dyn Collective>,
     plan: GangPlan,
-    buckets: GradBuckets,
     /// Seconds spent in collectives and bytes reduced, since the gang met.
     pub seconds: f64,
     pub bytes: u64,
 }
 
 impl Gang {
-    /// Meets the other ranks of `ctx`'s lease and makes this rank's parameters in `vs`
-    /// rank 0's; `None` for a phase that trains alone.
-    pub fn join(ctx: &TaskContext, vs: &nn::VarStore) -> Result<Option<Self>, WorkerError> {
+    /// Meets the other ranks of `ctx`'s lease and makes this rank's trained parameters
+    /// (`optimizer`'s) rank 0's; `None` for a phase that trains alone.
+    pub fn join(ctx: &TaskContext, optimizer: &AdamW) -> Result<Option<Self>, WorkerError> {
         let Some(plan) = ctx.train()?.gang else {
             return Ok(None);
         };
@@ -98,14 +98,12 @@ impl Gang {
         let mut gang = Self {
             collective,
             plan,
-            buckets: GradBuckets::new(vs, BUCKET_BYTES),
             seconds: 0.0,
             bytes: 0,
         };
         let started = Instant::now();
         gang.check_backend()?;
-        gang.buckets
-            .broadcast_parameters(gang.collective.as_mut())?;
+        parallel::broadcast_parameters(&optimizer.flat_parameters(), gang.collective.as_mut())?;
         gang.seconds += started.elapsed().as_secs_f64();
         Ok(Some(gang))
     }
@@ -148,12 +146,18 @@ impl Gang {
     /// `loss_sum` is the sum of its micro-batches' mean losses times their weights)
     /// and divides both by the gang's total weight: every rank then holds the whole
     /// global batch's gradient. Answers the global batch's mean loss.
-    pub fn reduce(&mut self, loss_sum: f64, weight: f64) -> Result<f64, WorkerError> {
+    pub fn reduce(
+        &mut self,
+        optimizer: &mut AdamW,
+        loss_sum: f64,
+        weight: f64,
+    ) -> Result<f64, WorkerError> {
         let started = Instant::now();
         let collective = self.collective.as_mut();
         let totals = parallel::sum_values(collective, &[loss_sum, weight])?;
         let total_weight = totals[1].max(f64::MIN_POSITIVE);
-        self.bytes += self.buckets.sum_scaled(collective, 1.0 / total_weight)?;
+        let grads = optimizer.flat_grads();
+        self.bytes += parallel::sum_scaled(&grads, collective, 1.0 / total_weight, BUCKET_BYTES)?;
         self.seconds += started.elapsed().as_secs_f64();
         Ok(totals[0] / total_weight)
     }

@@ -224,11 +224,13 @@ pub(crate) fn start_vlm(
     shape: crate::model::GptConfig,
     vision: &VisionPath,
     start_from: &Start,
+    frozen: &[&str],
 ) -> Result<Started, WorkerError> {
     tch::manual_seed(ctx.train()?.seed as i64);
     let mut vs = nn::VarStore::new(ctx.device);
     let model = Vlm::new(&vs.root(), shape, vision.config());
     fit::set_precision(&mut vs);
+    fit::freeze(&vs, frozen);
     let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
     let (start, resumed) = match start_from {
         Start::Resume(loaded) => (inputs::restore(&vs, &mut optimizer, loaded)?, true),
@@ -262,10 +264,13 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         mut optimizer,
         start,
         resumed,
-    } = start_vlm(ctx, shape, &vision, &start_from)?;
-    if vision.frozen {
-        fit::freeze(&vs, &["vision."]);
-    }
+    } = start_vlm(
+        ctx,
+        shape,
+        &vision,
+        &start_from,
+        if vision.frozen { &["vision."] } else { &[] },
+    )?;
     let inputs = ctx
         .runtime
         .block_on(VisualInputs::load(ctx.storage(), &phase.data, &vision))?;

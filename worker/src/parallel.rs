@@ -4,10 +4,10 @@
 //! predicted tokens), and divide by the gang's total, so every rank takes the step the
 //! whole batch would have given one process.
 //!
-//! Parameters start equal (rank 0's, broadcast). Gradients travel in flat buckets of a
-//! few MiB: each bucket gathers its parameters' gradients into one buffer on the
-//! backend's device, is all-reduced in one collective, and is copied back, so a step
-//! makes a few large transfers rather than one per parameter. Ranks compare parameter
+//! Parameters start equal (rank 0's, broadcast). Gradients travel in the optimizer's
+//! flat buffers ([`crate::optim::AdamW`]: one per parameter group, on the model's device), reduced in
+//! place in buckets of a few MiB, so a step makes a few large transfers rather than one
+//! per parameter, and nothing is copied back. Ranks compare parameter
 //! checksums every few steps ([`check_ranks_agree`]): ranks drifting apart is an error,
 //! never a silent divergence.
 
@@ -16,7 +16,6 @@ use std::ops::Range;
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::collective::{Collective, CollectiveError};
-use crate::optim::decays;
 
 /// The rows of a global batch of `rows` that `rank` of `world` reads: contiguous,
 /// disjoint, covering the batch, sizes differing by at most one (the earlier ranks
@@ -26,143 +25,61 @@ pub fn rank_rows(rows: usize, rank: usize, world: usize) -> Range<usize> {
     bounds[rank]..bounds[rank + 1]
 }
 
-/// Parameters grouped into buckets of about `bucket_bytes` each, in a fixed order that
-/// every rank shares: the decayed parameters (sorted by name), then the others, a bucket
-/// never holding both, so a bucket's flat buffer can later be one optimizer group's.
-pub struct GradBuckets {
-    buckets: Vec<Vec<Tensor>>,
-}
-
-/// The default bucket size: large enough for full-speed transfers, small enough to
-/// keep the copy buffers small.
+/// The most bytes one collective call moves: large enough for full-speed transfers,
+/// small enough that a gang's first bytes travel while later buckets are still cut.
 pub const BUCKET_BYTES: usize = 4 << 20;
 
-impl GradBuckets {
-    pub fn new(vs: &nn::VarStore, bucket_bytes: usize) -> Self {
-        let mut variables: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        variables.sort_by_key(|(name, p)| (!decays(p), name.clone()));
-        let mut buckets: Vec<Vec<Tensor>> = vec![Vec::new()];
-        let mut filled = 0;
-        let mut group = variables.first().is_some_and(|(_, p)| decays(p));
-        for (_, parameter) in variables {
-            let bytes = parameter.numel() * parameter.kind().elt_size_in_bytes();
-            let full = filled > 0 && filled + bytes > bucket_bytes;
-            if full || decays(&parameter) != group {
-                buckets.push(Vec::new());
-                (filled, group) = (0, decays(&parameter));
+/// `buffer`'s consecutive pieces of at most `bucket_bytes` (views: reducing one
+/// reduces that part of `buffer`).
+fn buckets(buffer: &Tensor, bucket_bytes: usize) -> Vec<Tensor> {
+    let len = buffer.numel() as i64;
+    let per = (bucket_bytes / buffer.kind().elt_size_in_bytes()).max(1) as i64;
+    (0..len)
+        .step_by(per as usize)
+        .map(|at| buffer.narrow(0, at, per.min(len - at)))
+        .collect()
+}
+
+/// Sums every rank's flat f32 gradient buffers (the optimizer's, [`crate::optim::AdamW::flat_grads`])
+/// over the gang, bucket by bucket in place, and multiplies the sums by `scale`;
+/// answers the bytes reduced. With each rank's gradients the weighted sum of its
+/// micro-batches' and `scale` one over the gang's total weight, every rank ends with
+/// the gradient of the whole global batch.
+pub fn sum_scaled(
+    grads: &[Tensor],
+    collective: &mut dyn Collective,
+    scale: f64,
+    bucket_bytes: usize,
+) -> Result<u64, CollectiveError> {
+    let mut bytes = 0;
+    tch::no_grad(|| {
+        for buffer in grads {
+            for mut bucket in buckets(buffer, bucket_bytes) {
+                collective.all_reduce_sum(&mut bucket)?;
+                bytes += bucket.numel() as u64 * 4;
             }
-            filled += bytes;
-            buckets
-                .last_mut()
-                .expect("one bucket at least")
-                .push(parameter);
+            let _ = buffer.shallow_clone().g_mul_scalar_(scale);
         }
-        Self { buckets }
-    }
-
-    pub fn len(&self) -> usize {
-        self.buckets.len()
-    }
-
-    /// Whether each bucket's parameters decay (every parameter of a bucket agrees).
-    pub fn decay_groups(&self) -> Vec<bool> {
-        self.buckets
-            .iter()
-            .map(|b| b.first().is_some_and(decays))
-            .collect()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
-    }
-
-    /// Sums every rank's gradients over the gang and multiplies the sums by `scale`,
-    /// bucket by bucket; answers the bytes reduced. With each rank's gradient the
-    /// weighted sum of its micro-batches' and `scale` one over the gang's total weight,
-    /// every rank ends with the gradient of the whole global batch. Every trainable
-    /// parameter must have a gradient: one missing on some rank would leave the ranks'
-    /// parameters apart.
-    pub fn sum_scaled(
-        &self,
-        collective: &mut dyn Collective,
-        scale: f64,
-    ) -> Result<u64, CollectiveError> {
-        let rank = collective.rank();
-        let mut bytes = 0;
-        tch::no_grad(|| {
-            for bucket in &self.buckets {
-                let mut grads = Vec::with_capacity(bucket.len());
-                for p in bucket {
-                    let g = p.grad();
-                    if !g.defined() {
-                        return Err(CollectiveError::Protocol {
-                            rank,
-                            message: format!(
-                                "a parameter of shape {:?} has no gradient to reduce",
-                                p.size()
-                            ),
-                        });
-                    }
-                    grads.push(g);
-                }
-                let mut flat = flat_floats(&grads, collective.device());
-                collective.all_reduce_sum(&mut flat)?;
-                bytes += flat.numel() as u64 * 4;
-                let _ = flat.g_mul_scalar_(scale);
-                unflatten_into(&flat, &mut grads);
-            }
-            Ok(bytes)
-        })
-    }
-
-    /// Makes every rank's parameters rank 0's, a bucket at a time.
-    pub fn broadcast_parameters(
-        &self,
-        collective: &mut dyn Collective,
-    ) -> Result<(), CollectiveError> {
-        tch::no_grad(|| {
-            for bucket in &self.buckets {
-                let mut parameters: Vec<Tensor> =
-                    bucket.iter().map(Tensor::shallow_clone).collect();
-                let mut flat = flat_floats(&parameters, collective.device());
-                collective.broadcast(&mut flat, 0)?;
-                unflatten_into(&flat, &mut parameters);
-            }
-            Ok(())
-        })
-    }
+        Ok(bytes)
+    })
 }
 
-/// `tensors` as one flat f32 buffer on `device`.
-fn flat_floats(tensors: &[Tensor], device: Device) -> Tensor {
-    let flat: Vec<Tensor> = tensors
-        .iter()
-        .map(|t| t.to_kind(Kind::Float).flatten(0, -1).to_device(device))
-        .collect();
-    if flat.is_empty() {
-        return Tensor::zeros([0], (Kind::Float, device));
-    }
-    Tensor::cat(&flat, 0)
-}
-
-/// Copies consecutive pieces of `flat` back into `tensors`, each in its own kind,
-/// shape and device.
-fn unflatten_into(flat: &Tensor, tensors: &mut [Tensor]) {
-    let mut at = 0;
-    for t in tensors {
-        let n = t.numel() as i64;
-        let piece = flat
-            .narrow(0, at, n)
-            .view(t.size().as_slice())
-            .to_kind(t.kind())
-            .to_device(t.device());
-        t.copy_(&piece);
-        at += n;
-    }
+/// Makes every rank's flat parameter buffers ([`crate::optim::AdamW::flat_parameters`]) rank 0's, a
+/// bucket at a time (through f32 where the parameters are not).
+pub fn broadcast_parameters(
+    parameters: &[Tensor],
+    collective: &mut dyn Collective,
+) -> Result<(), CollectiveError> {
+    tch::no_grad(|| {
+        for buffer in parameters {
+            let floats = buffer.to_kind(Kind::Float).to_device(collective.device());
+            for mut bucket in buckets(&floats, BUCKET_BYTES) {
+                collective.broadcast(&mut bucket, 0)?;
+            }
+            buffer.shallow_clone().copy_(&floats);
+        }
+        Ok(())
+    })
 }
 
 /// Sums a few numbers over the gang (a step's loss and weight totals): f64 on the way

@@ -9,7 +9,7 @@ use super::filters::Caption;
 use crate::context::{TaskContext, TaskOutput};
 use crate::data::read_corpus;
 use crate::error::WorkerError;
-use crate::fit::{self, Fit, Loss};
+use crate::fit::{Fit, Loss};
 use crate::inputs::Start;
 use crate::mix::{Mixture, TextStream, text_batch};
 use crate::multimodal::{Started, start_vlm};
@@ -60,15 +60,15 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let mixture = Mixture::of_streams(&phase.data, &streams);
     tracing::info!(shares = ?mixture.shares(), "text mixture ready");
 
+    // The vision path is carried over as it was: no gradient, no weight decay.
+    let frozen = ["vision.", "projector."];
     let Started {
         vs,
         model,
         mut optimizer,
         start,
         resumed,
-    } = start_vlm(ctx, shape, &vision, &start_from)?;
-    // The vision path is carried over as it was: no gradient, no weight decay.
-    fit::freeze(&vs, &["vision.", "projector."]);
+    } = start_vlm(ctx, shape, &vision, &start_from, &frozen)?;
     let fit = Fit::new(ctx, &tokenizer, shape, Some(vision), ledger)?;
     let (rows, draws) = (phase.batch_size as usize, fit.draw_seed);
     fit.run(

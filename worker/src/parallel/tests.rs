@@ -28,16 +28,21 @@ fn model(seed: i64) -> (nn::VarStore, Gpt) {
     (vs, gpt)
 }
 
-/// Every parameter (or gradient), flattened in name order.
-fn flat(vs: &nn::VarStore, grads: bool) -> Vec<f32> {
+/// Flat buffers' values, one after another.
+fn floats(buffers: &[Tensor]) -> Vec<f32> {
+    buffers
+        .iter()
+        .flat_map(|b| Vec::<f32>::try_from(b).unwrap())
+        .collect()
+}
+
+/// Every parameter, flattened in name order.
+fn flat(vs: &nn::VarStore) -> Vec<f32> {
     let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     variables
         .iter()
-        .flat_map(|(_, p)| {
-            let t = if grads { p.grad() } else { p.shallow_clone() };
-            Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()
-        })
+        .flat_map(|(_, p)| Vec::<f32>::try_from(p.flatten(0, -1)).unwrap())
         .collect()
 }
 
@@ -67,14 +72,8 @@ struct Seen {
 /// of one: the whole batch on one process).
 fn train(vs: &nn::VarStore, gpt: &Gpt, collective: &mut dyn Collective, update: Update) -> Seen {
     let (rank, world) = (collective.rank(), collective.world_size());
-    let buckets = GradBuckets::new(vs, 4_096);
-    buckets.broadcast_parameters(collective).unwrap();
-    assert!(buckets.len() > 3, "small buckets, several of them");
-    // The decayed parameters' buckets first, then the others', never mixed.
-    let groups = buckets.decay_groups();
-    assert!(groups[0] && !groups[groups.len() - 1], "{groups:?}");
-    assert!(groups.windows(2).all(|w| w[0] || !w[1]), "{groups:?}");
     let mut adamw = AdamW::new(vs, 0.1);
+    broadcast_parameters(&adamw.flat_parameters(), collective).unwrap();
     let mut seen = Seen {
         gradients: Vec::new(),
         alone: Vec::new(),
@@ -88,27 +87,29 @@ fn train(vs: &nn::VarStore, gpt: &Gpt, collective: &mut dyn Collective, update: 
         // What one process gets on the whole batch at these very parameters.
         adamw.zero_grad();
         gpt.loss(&ids, &targets).backward();
-        seen.alone.push(flat(vs, true));
+        seen.alone.push(floats(&adamw.flat_grads()));
         adamw.zero_grad();
-        // Weighted by the tokens the slice predicts, summed, divided by the total.
+        // Weighted by the tokens the slice predicts, summed, divided by the total; in
+        // small buckets, several a buffer.
         let weight = (rows.len() as i64 * CONTEXT) as f64;
         (gpt.loss(&part(&ids), &part(&targets)) * weight).backward();
         let total = sum_values(collective, &[weight]).unwrap()[0];
-        buckets.sum_scaled(collective, 1.0 / total).unwrap();
+        let grads = adamw.flat_grads();
+        let bytes = sum_scaled(&grads, collective, 1.0 / total, 4_096).unwrap();
+        assert_eq!(bytes as usize, 4 * floats(&grads).len());
         check_ranks_agree(vs, collective).unwrap();
-        seen.gradients.push(flat(vs, true));
+        seen.gradients.push(floats(&grads));
         match update {
             Update::AdamW => adamw.step(1e-2), // `lr` in the AdamW test
             Update::Sgd => tch::no_grad(|| {
-                for (_, mut p) in vs.variables() {
-                    let g = p.grad();
-                    let _ = p.g_sub_(&(g * 0.1));
+                for (p, g) in adamw.flat_parameters().iter().zip(&grads) {
+                    let _ = p.shallow_clone().g_sub_(&(g * 0.1));
                 }
             }),
         }
         seen.checksums.push(parameter_checksum(vs));
     }
-    seen.parameters = flat(vs, false);
+    seen.parameters = flat(vs);
     seen
 }
 
