@@ -8,15 +8,16 @@
 //!
 //! Here: submitting, registering, leasing and reporting. [`model`]: the domain types;
 //! `outcomes`: how task outcomes move steps and jobs along, and retries; `changes`: what
-//! a call changed;
-//! `tallies`: event counts for metrics; `summary`: jobs cut to a size answers can carry;
-//! `speculation`: duplicate attempts for straggling synthesize shards; `gangs`: tasks
-//! trained by several ranks, granted and revoked together, and placement; `expiry`: leases
-//! that end without success, silent workers, departed workers forgotten.
+//! a call changed; `history`: the events a job records; `tallies`: event counts for
+//! metrics; `summary`: jobs cut to a size answers can carry; `speculation`: duplicate
+//! attempts for straggling synthesize shards; `gangs`: tasks trained by several ranks,
+//! granted and revoked together, their rendezvous, and placement; `expiry`: leases that
+//! end without success, silent workers, departed workers forgotten.
 
 mod changes;
 mod expiry;
 mod gangs;
+mod history;
 pub mod model;
 mod outcomes;
 mod speculation;

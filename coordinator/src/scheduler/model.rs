@@ -27,6 +27,7 @@ pub use outloud_core::task::{Assignment, LeaseRef, Metrics, TaskId};
 use outloud_core::task_spec::{TaskSpec, Work};
 use serde::{Deserialize, Serialize};
 
+pub use super::history::{Event, EventKind};
 use super::steps::{Input, Step, StepKind};
 
 /// Milliseconds since the Unix epoch. The scheduler never reads a clock: callers pass it.
@@ -493,81 +494,6 @@ pub struct Worker {
     /// until it asks again, so a dead rank is never picked for the next gang.
     #[serde(skip)]
     pub asked_at: Option<Millis>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub at: Millis,
-    #[serde(flatten)]
-    pub what: EventKind,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum EventKind {
-    Submitted,
-    PhaseStarted {
-        phase: String,
-    },
-    Leased {
-        task: TaskId,
-        worker: String,
-        epoch: u64,
-        resume_from: Option<String>,
-    },
-    /// A gang was granted: `workers[r]` is rank r.
-    GangLeased {
-        task: TaskId,
-        epoch: u64,
-        workers: Vec<String>,
-    },
-    /// A straggler got a duplicate attempt on an idle worker.
-    Duplicated {
-        task: TaskId,
-        worker: String,
-        epoch: u64,
-        /// The worker still on the first attempt.
-        straggler: String,
-    },
-    Resumed {
-        task: TaskId,
-        epoch: u64,
-        step: u64,
-    },
-    Checkpointed {
-        task: TaskId,
-        epoch: u64,
-        step: u64,
-        checkpoint: String,
-    },
-    LeaseLost {
-        task: TaskId,
-        worker: String,
-        epoch: u64,
-        reason: String,
-    },
-    TaskSucceeded {
-        task: TaskId,
-        epoch: u64,
-        loss: f64,
-    },
-    TaskFailed {
-        task: TaskId,
-        epoch: u64,
-        error: String,
-    },
-    PhaseSucceeded {
-        phase: String,
-    },
-    /// `outloud retry`: these steps run again.
-    Retried {
-        steps: Vec<String>,
-    },
-    JobSucceeded,
-    JobFailed {
-        error: String,
-    },
-    JobCancelled,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
