@@ -75,6 +75,7 @@ def train(model, args, device):
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
         lr=1e-3, betas=(0.9, 0.95), eps=1e-8, foreach=args.foreach,
+        **({"fused": True} if args.fused else {}),
     )
     times = []
     for i in range(args.repeats + 3):
@@ -93,8 +94,10 @@ def train(model, args, device):
     tokens = args.batch * args.context
     params = sum(p.numel() for p in model.parameters())
     flops = tokens * (6 * params + 12 * args.n_layers * args.context * args.d_model)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     print(json.dumps({"impl": "pytorch eager", "what": "train", "params": params, "threads": torch.get_num_threads(),
-                      "step_ms": step * 1e3, "tokens_per_s": tokens / step, "tflops": flops / step / 1e12}))
+                      "step_ms": step * 1e3, "tokens_per_s": tokens / step, "tflops": flops / step / 1e12,
+                      "peak_gib": peak}))
 
 
 @torch.no_grad()
@@ -129,6 +132,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--foreach", action="store_true", help="AdamW's multi-tensor path (PyTorch's CUDA default)")
+    p.add_argument("--fused", action="store_true", help="AdamW's fused CUDA kernel")
     args = p.parse_args()
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.bf16 else torch.float32

@@ -1,0 +1,58 @@
+"""`scripts/gpu-check train`: tokens/s of a bf16 training step for the tiny, small and
+base presets at growing batch sizes (until one does not fit or the list ends), Outloud
+(tch, flat AdamW with f32 masters) next to PyTorch eager with its default foreach AdamW
+and with fused=True, in one run; TFLOP/s and MFU against the card's dense bf16 peak, and
+PyTorch's peak memory. Usage: gpu_train.py MODEL_BENCH [PEAK_TFLOPS] (run with the GPU
+machine's python, which has torch). OUTLOUD_GPU_TRAIN_DEVICE=cpu tries the logic on a
+CPU with tiny sizes."""
+import json
+import os
+import subprocess
+import sys
+
+DEVICE = os.environ.get("OUTLOUD_GPU_TRAIN_DEVICE", "cuda")
+PRESETS = {
+    "tiny": (["--d-model", "64", "--n-layers", "2", "--n-heads", "4", "--context", "64", "--vocab-size", "1024"], [64, 256]),
+    "small": (["--d-model", "256", "--n-layers", "6", "--n-heads", "8", "--context", "256", "--vocab-size", "8192"], [16, 64, 128]),
+    "base": (["--d-model", "768", "--n-layers", "12", "--n-heads", "12", "--context", "512", "--vocab-size", "16384"], [8, 16, 32, 64]),
+}
+if DEVICE == "cpu":
+    PRESETS = {"tiny": (PRESETS["tiny"][0], [4, 8])}
+TORCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_torch.py")
+
+
+def measure(command):
+    """The JSON line a benchmark printed, or None when it failed (out of memory)."""
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return None
+    return next((json.loads(l) for l in out.splitlines() if l.startswith("{")), None)
+
+
+def main():
+    binary = sys.argv[1]
+    peak = float(sys.argv[2]) if len(sys.argv) > 2 else 989.0
+    extra = ["--device", DEVICE] + (["--bf16"] if DEVICE == "cuda" else [])
+    print("| preset | params | batch | Outloud tokens/s | TFLOP/s | MFU | PyTorch foreach | ratio | PyTorch fused | ratio | PyTorch peak GiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (shape, batches) in PRESETS.items():
+        for batch in batches:
+            args = shape + ["--batch", str(batch), "--repeats", "10"] + extra
+            ours = measure([binary] + args + ["train"])
+            if ours is None:
+                print(f"| {name} | | {batch} | does not fit (or failed) | | | | | | | |", flush=True)
+                break
+            foreach = measure([sys.executable, TORCH, "train"] + args + ["--foreach"])
+            fused = measure([sys.executable, TORCH, "train"] + args + ["--fused"]) if DEVICE == "cuda" else None
+            rate = ours["tokens_per_s"]
+            cell = lambda r: (f"{r['tokens_per_s']:,.0f}", f"{rate / r['tokens_per_s']:.2f}") if r else ("-", "-")
+            (f_rate, f_ratio), (u_rate, u_ratio) = cell(foreach), cell(fused)
+            memory = foreach.get("peak_gib") if foreach else None
+            print(f"| {name} | {ours['params']:,} | {batch} | {rate:,.0f} | {ours['tflops']:.1f} | "
+                  f"{100 * ours['tflops'] / peak:.1f}% | {f_rate} | {f_ratio} | {u_rate} | {u_ratio} | "
+                  f"{'-' if memory is None else f'{memory:.1f}'} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
