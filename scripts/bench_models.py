@@ -1,5 +1,7 @@
 """Runs outloud-model-bench and the PyTorch script side by side, in one run, and
-writes the ratios to benchmarks/<what>.md. Usage: bench_models.py train|decode|eval BIN."""
+writes the ratios to benchmarks/<what>.md. Usage: bench_models.py train|decode|eval BIN;
+`loader` sets our input path (tokenizing real text, drawing a batch) beside our own
+training step instead."""
 import datetime
 import json
 import os
@@ -13,7 +15,7 @@ PRESETS = {
 }
 REPEATS = {"tiny": "30", "small": "8"}
 # Training batches fit each size; captions are decoded 16 at a time whatever the size.
-BATCH = {("train", "tiny"): "16", ("train", "small"): "8", ("decode", "tiny"): "16", ("decode", "small"): "16",
+BATCH = {("train", "tiny"): "16", ("train", "small"): "8", ("loader", "tiny"): "16", ("loader", "small"): "8", ("decode", "tiny"): "16", ("decode", "small"): "16",
          ("eval", "tiny"): "128", ("eval", "small"): "128"}
 # BLiMP pairs per paradigm file scored in the eval benchmark (all for tiny).
 EVAL_LIMIT = {"tiny": None, "small": 100}
@@ -25,7 +27,7 @@ ROUNDS = 3
 
 def median_round(rounds):
     """The round whose first measurement is the median one."""
-    key = next(k for k in ("tokens_per_s", "captions_per_s", "pairs_per_s") if k in rounds[0][0])
+    key = next(k for k in ("tokens_per_s", "captions_per_s", "pairs_per_s", "batch_tokens_per_s") if k in rounds[0][0])
     return sorted(rounds, key=lambda r: r[0][key])[len(rounds) // 2]
 
 
@@ -80,6 +82,11 @@ def main():
                 ours.append(o)
                 theirs.append(t)
                 continue
+            if what == "loader":
+                text = os.path.join(SHARED, "babylm-text", "train", "simple_wiki.train")
+                ours.append(run([binary] + args + ["loader", "--text", text]))
+                theirs.append(run([binary] + args + ["train"]))
+                continue
             ours.append(run([binary] + args + [what]))
             theirs.append(run([sys.executable, torch_script, what] + args))
             if what == "train":
@@ -93,6 +100,13 @@ def main():
         for name, ours, theirs, foreach in rows:
             o, t, f = ours[0], theirs[0], foreach[0]
             lines.append(f"| {name} | {o['params']:,} | {o['tokens_per_s']:,.0f} | {t['tokens_per_s']:,.0f} | {o['tokens_per_s'] / t['tokens_per_s']:.2f} | {f['tokens_per_s']:,.0f} | {o['tokens_per_s'] / f['tokens_per_s']:.2f} | {o['tflops']:.3f} |")
+    elif what == "loader":
+        lines += ["| preset | tokenizing, tokens/s (once a source) | drawing a batch, tokens/s | training step, tokens/s | batch drawing / training |", "|---|---:|---:|---:|---:|"]
+        for name, ours, theirs, _ in rows:
+            o, t = ours[0], theirs[0]
+            lines.append(f"| {name} | {o['tokenize_tokens_per_s']:,.0f} | {o['batch_tokens_per_s']:,.0f} | {t['tokens_per_s']:,.0f} | {o['batch_tokens_per_s'] / t['tokens_per_s']:,.0f}x |")
+        lines += ["", "Real text: ../shared/data/babylm-text/train/simple_wiki.train, lines as documents, the preset's vocabulary trained on it; "
+                  "a batch is the training step's (rows x context windows drawn at the phase's mixture, as tensors on the device)."]
     elif what == "eval":
         lines += ["| preset | params | BLiMP pairs | outloud (tch) pairs/s | PyTorch eager pairs/s | ratio |", "|---|---:|---:|---:|---:|---:|"]
         for name, ours, theirs, _ in rows:

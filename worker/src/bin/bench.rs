@@ -7,6 +7,9 @@
 //!   cache and with full recomputation.
 //! - `eval`: BLiMP pairs scored per second by the eval step's own path (tokenize,
 //!   batch, summed log-likelihoods), from a checkpoint it writes for PyTorch to read.
+//! - `loader`: tokens per second of the training input path on real text: tokenizing a
+//!   source once, and drawing a step's batch from the token stream (what a training
+//!   step waits for), median over draws.
 
 use std::time::Instant;
 
@@ -18,6 +21,7 @@ use outloud_worker::checkpoint::{self, Manifest, ToSave};
 use outloud_worker::eval::benchmarks::discover;
 use outloud_worker::eval::{EvalModel, Pictures, score_benchmark};
 use outloud_worker::generate::{Sampling, generate, generate_without_cache};
+use outloud_worker::mix::{Mixture, TextStream, text_batch};
 use outloud_worker::model::{Gpt, GptConfig};
 use outloud_worker::optim::AdamW;
 use outloud_worker::tokenizer::Tokenizer;
@@ -55,6 +59,11 @@ struct Args {
 #[derive(Subcommand)]
 enum What {
     Train,
+    Loader {
+        /// Text to tokenize and draw from (lines are documents).
+        #[arg(long)]
+        text: PathBuf,
+    },
     Eval {
         /// A folder of BLiMP-style JSONL files (sentence_good, sentence_bad).
         #[arg(long)]
@@ -147,6 +156,41 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "{}",
                 json!({"impl": "outloud (tch)", "what": "train", "params": params, "threads": threads, "step_ms": step * 1e3, "tokens_per_s": tokens / step, "tflops": flops / step / 1e12})
+            );
+        }
+        What::Loader { text } => {
+            let text = std::fs::read_to_string(text)?;
+            let docs: Vec<String> = text.lines().map(str::to_string).collect();
+            let tokenizer = Tokenizer::train(&docs, args.vocab_size)?;
+            let context = args.context as i64;
+            let started = Instant::now();
+            let stream = TextStream::new(&tokenizer, "bench", &docs, context, false)?;
+            let tokenized = started.elapsed().as_secs_f64();
+            let tokens = tokenizer.encode_stream(&docs)?.len() as f64;
+            let streams = [stream];
+            let mixture = Mixture::new(&[1.0]);
+            let mut times = Vec::new();
+            for step in 0..args.repeats as u64 + 3 {
+                let started = Instant::now();
+                let batch = text_batch(
+                    &streams,
+                    &mixture,
+                    7,
+                    step,
+                    args.batch as usize,
+                    context,
+                    device,
+                );
+                sync(device);
+                std::hint::black_box(&batch.inputs);
+                if step >= 3 {
+                    times.push(started.elapsed().as_secs_f64());
+                }
+            }
+            let batch_tokens = (args.batch * context) as f64;
+            println!(
+                "{}",
+                json!({"impl": "outloud (tch)", "what": "loader", "tokenize_tokens_per_s": tokens / tokenized, "batch_tokens_per_s": batch_tokens / median(times)})
             );
         }
         What::Eval {
