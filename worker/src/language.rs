@@ -11,11 +11,11 @@ use crate::context::{TaskContext, TaskOutput};
 use crate::data::read_corpus;
 use crate::error::WorkerError;
 use crate::fit::{self, Fit, Loss, WEIGHT_DECAY};
-use crate::inputs;
 use crate::mix::{Mixture, TextStream, text_batch};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::AdamW;
 use crate::tokenizer::Tokenizer;
+use crate::{inputs, token_shards};
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let phase = ctx.train()?;
@@ -40,7 +40,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         .iter()
         .zip(&sources)
         .map(|(source, docs)| {
-            let stream = TextStream::new(&tokenizer, &source.name, docs, context, false)?;
+            let tokens = token_shards::tokens(&ctx.runtime, ctx.storage(), &tokenizer, docs)?;
+            let stream = TextStream::new(tokens, &source.name, docs, context, false)?;
             Ok(stream.counted_in(&mut ledger, source))
         })
         .collect::<Result<Vec<_>, WorkerError>>()?;

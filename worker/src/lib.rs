@@ -32,6 +32,7 @@
 //!   ring with timeouts; GPU: NCCL with a watchdog).
 //! - [`checkpoint`]: safetensors + verified manifests in object storage.
 //! - [`tokenizer`]: byte-level BPE trained by the `tokenizers` crate.
+//! - [`token_shards`]: text tokenized once, its ids kept in the job's storage.
 //! - [`data`]: where data sources live (generated ones written first); reading text.
 //! - [`loaders`]: image-caption pairs, questions, unlabeled images, features.
 //! - [`corpus`]: the embedded, seeded child-directed text generator.
@@ -66,6 +67,7 @@ pub mod probes;
 pub mod prompts;
 pub mod rng;
 pub mod task;
+pub mod token_shards;
 pub mod tokenizer;
 pub mod vision;
 pub mod visual;

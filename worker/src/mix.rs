@@ -13,7 +13,6 @@ use crate::error::WorkerError;
 use crate::fit::Consumed;
 use crate::ledger::{self, Ledger, Seen};
 use crate::rng::Rng;
-use crate::tokenizer::Tokenizer;
 
 /// The weights to draw a phase's sources at: the spec's (a source without one counts
 /// 1), or with none given at all, the sources' sizes (as if they were one).
@@ -98,15 +97,15 @@ impl TextStream {
         self.tokens.size()[0] as usize
     }
 
-    /// `docs` of source `name`, tokenized; refused when too short for one window.
+    /// `docs` of source `name` as `tokens` (their ids, [`crate::token_shards`]);
+    /// refused when too short for one window.
     pub fn new(
-        tokenizer: &Tokenizer,
+        tokens: Vec<i64>,
         name: &str,
         docs: &[String],
         context: i64,
         synthetic: bool,
     ) -> Result<Self, WorkerError> {
-        let tokens = tokenizer.encode_stream(docs)?;
         let words: usize = docs.iter().map(|d| d.split_whitespace().count()).sum();
         if (tokens.len() as i64) < 2 * (context + 1) {
             return Err(WorkerError::Data(format!(

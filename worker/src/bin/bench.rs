@@ -164,9 +164,10 @@ fn main() -> anyhow::Result<()> {
             let tokenizer = Tokenizer::train(&docs, args.vocab_size)?;
             let context = args.context as i64;
             let started = Instant::now();
-            let stream = TextStream::new(&tokenizer, "bench", &docs, context, false)?;
+            let ids = tokenizer.encode_stream(&docs)?;
             let tokenized = started.elapsed().as_secs_f64();
-            let tokens = tokenizer.encode_stream(&docs)?.len() as f64;
+            let tokens = ids.len() as f64;
+            let stream = TextStream::new(ids, "bench", &docs, context, false)?;
             let streams = [stream];
             let mixture = Mixture::new(&[1.0]);
             let mut times = Vec::new();

@@ -13,6 +13,7 @@ use crate::fit::{Fit, Loss};
 use crate::inputs::Start;
 use crate::mix::{Mixture, TextStream, text_batch};
 use crate::multimodal::{Started, start_vlm};
+use crate::token_shards;
 use crate::tokenizer::Tokenizer;
 use crate::vlm::VisionPath;
 
@@ -54,7 +55,13 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     for source in &phase.data {
         let docs = ctx.runtime.block_on(documents(ctx.storage(), source))?;
         let synthetic = !source.parts.is_empty();
-        let stream = TextStream::new(&tokenizer, &source.name, &docs, context, synthetic)?;
+        // Captions this round dreamed are read once: only real text is kept tokenized.
+        let tokens = if synthetic {
+            tokenizer.encode_stream(&docs)?
+        } else {
+            token_shards::tokens(&ctx.runtime, ctx.storage(), &tokenizer, &docs)?
+        };
+        let stream = TextStream::new(tokens, &source.name, &docs, context, synthetic)?;
         streams.push(stream.counted_in(&mut ledger, source));
     }
     let mixture = Mixture::of_streams(&phase.data, &streams);
