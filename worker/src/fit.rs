@@ -3,6 +3,9 @@
 //! final checkpoint. A phase supplies only its model, a function from step to batch and
 //! one from batch to loss.
 //!
+//! A thread of its own draws the batches a couple of steps ahead (`prefetch`): a
+//! phase's draw owns what it draws from, and the loop never waits on the input path.
+//!
 //! On a gang ([`crate::gang`]) every rank draws the same global batch (so every rank
 //! counts the same words into the same ledger), runs its own rows as micro-batches, and
 //! the gang sums the gradients before the step; only rank 0 reports and checkpoints.
@@ -13,6 +16,8 @@
 //! distinct real words or of its own captions (the [`Ledger`]), whichever comes first.
 
 use std::ops::Range;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::Scope;
 
 use outloud_core::results::TaskResults;
 use outloud_core::storage::Location;
@@ -178,13 +183,30 @@ impl Fit<'_> {
     /// Trains from `start` (a fresh or resumed count) until the phase's steps or words
     /// are spent; `draw` answers a step's global batch and what it consumed, `loss` a
     /// batch's (or some of its rows') loss.
-    pub fn run<B: Rows>(
+    pub fn run<B: Rows + Send>(
+        self,
+        vs: &nn::VarStore,
+        optimizer: &mut AdamW,
+        start: Metrics,
+        resumed: bool,
+        draw: impl FnMut(u64) -> Drawn<B> + Send,
+        loss: impl Fn(&B) -> Loss,
+    ) -> Result<TaskOutput, WorkerError> {
+        let steps = start.step..self.ctx.train()?.steps;
+        std::thread::scope(|scope| {
+            let batches = prefetch(scope, steps, draw);
+            self.train(vs, optimizer, start, resumed, &batches, loss)
+        })
+    }
+
+    /// The loop of [`Fit::run`], on the batches drawn ahead.
+    fn train<B: Rows>(
         mut self,
         vs: &nn::VarStore,
         optimizer: &mut AdamW,
         start: Metrics,
         resumed: bool,
-        mut draw: impl FnMut(u64) -> Result<(B, Consumed), WorkerError>,
+        batches: &Receiver<Drawn<B>>,
         loss: impl Fn(&B) -> Loss,
     ) -> Result<TaskOutput, WorkerError> {
         let phase = self.ctx.train()?;
@@ -210,7 +232,9 @@ impl Fit<'_> {
             self.ctx.check_stop()?;
             let lr = learning_rate(step, phase.steps, phase.warmup_steps, phase.learning_rate);
             optimizer.zero_grad();
-            let (batch, consumed) = draw(step)?;
+            let (batch, consumed) = batches
+                .recv()
+                .map_err(|_| WorkerError::Data(format!("no batch was drawn for step {step}")))??;
             let value = match &mut gang {
                 None => {
                     let mean = loss(&batch).mean;
@@ -285,6 +309,35 @@ impl Fit<'_> {
             results: TaskResults::default(),
         })
     }
+}
+
+/// A step's batch and what it consumed, or why it could not be drawn.
+pub type Drawn<B> = Result<(B, Consumed), WorkerError>;
+
+/// Batches drawn ahead of training, at most this many.
+const PREFETCH: usize = 2;
+
+/// Draws the batches of `steps` in order on a thread of their own, at most
+/// [`PREFETCH`] ahead of the training loop, which reads them from the answer. The thread
+/// stops after a failed draw, or once the loop stops reading (the receiver dropped).
+fn prefetch<'scope, B: Send + 'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    steps: Range<u64>,
+    mut draw: impl FnMut(u64) -> Drawn<B> + Send + 'scope,
+) -> Receiver<Drawn<B>> {
+    let (sender, batches) = sync_channel(PREFETCH);
+    let span = tracing::Span::current();
+    scope.spawn(move || {
+        let _inside = span.enter();
+        for step in steps {
+            let drawn = draw(step);
+            let failed = drawn.is_err();
+            if sender.send(drawn).is_err() || failed {
+                break;
+            }
+        }
+    });
+    batches
 }
 
 /// This rank's backward pass over its micro-batches of `batch`, each weighted by the
@@ -381,6 +434,44 @@ mod tests {
             synthetic_word_budget: synthetic,
             gang: None,
         }
+    }
+
+    fn nothing() -> Consumed {
+        Consumed {
+            tokens: 0,
+            words: 0,
+            synthetic_words: 0,
+            seen: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn batches_drawn_ahead_come_in_order_and_the_drawing_stops_with_the_loop() {
+        let drawn = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            let batches = prefetch(scope, 5..1_000, |step| {
+                drawn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok((step, nothing()))
+            });
+            let first: Vec<u64> = (0..3).map(|_| batches.recv().unwrap().unwrap().0).collect();
+            assert_eq!(first, [5, 6, 7]);
+            // The loop stops here (words spent, an error): the receiver goes, and the
+            // drawing thread ends instead of drawing the other 990 steps.
+        });
+        let drawn = drawn.into_inner();
+        assert!(drawn <= 3 + PREFETCH as u64 + 1, "{drawn} drawn");
+        // A failed draw is the last one.
+        std::thread::scope(|scope| {
+            let batches = prefetch(scope, 0..10, |step| match step {
+                2 => Err(WorkerError::Data("a corrupt shard".into())),
+                _ => Ok((step, nothing())),
+            });
+            let got: Vec<Result<u64, String>> = batches
+                .iter()
+                .map(|d| d.map(|(step, _)| step).map_err(|e| e.to_string()))
+                .collect();
+            assert_eq!(got, [Ok(0), Ok(1), Err("data: a corrupt shard".into())]);
+        });
     }
 
     #[test]

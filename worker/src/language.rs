@@ -62,14 +62,14 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         None => Metrics::default(),
     };
     let fit = Fit::new(ctx, &tokenizer, shape, None, ledger)?;
-    let (rows, draws) = (phase.batch_size as usize, fit.draw_seed);
+    let (rows, draws, device) = (phase.batch_size as usize, fit.draw_seed, ctx.device);
     fit.run(
         &vs,
         &mut optimizer,
         start,
         resumed.is_some(),
-        |step| {
-            let b = text_batch(&streams, &mixture, draws, step, rows, context, ctx.device);
+        move |step| {
+            let b = text_batch(&streams, &mixture, draws, step, rows, context, device);
             Ok(((b.inputs, b.targets), b.consumed))
         },
         |(inputs, targets)| Loss {

@@ -309,20 +309,20 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let fit = Fit::new(ctx, &tokenizer, shape, Some(vision), ledger)?;
     let pad = tokenizer.end_of_text() as i64;
     let seed = fit.draw_seed;
-    let draws = Draws {
-        pools: &pools,
-        counted: &counted,
-        mixture: &mixture,
-    };
-    let rows = phase.batch_size as usize;
+    let (rows, device) = (phase.batch_size as usize, ctx.device);
     let taught = |targets: &Tensor| targets.ne(IGNORE).sum(Kind::Int64).int64_value(&[]);
     let mut output = fit.run(
         &vs,
         &mut optimizer,
         start,
         resumed,
-        |step| {
-            let b = batch(&draws, seed, step, rows, pad, ctx.device);
+        move |step| {
+            let draws = Draws {
+                pools: &pools,
+                counted: &counted,
+                mixture: &mixture,
+            };
+            let b = batch(&draws, seed, step, rows, pad, device);
             let consumed = Consumed {
                 tokens: taught(&b.targets) as u64,
                 words: b.words,

@@ -77,14 +77,14 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         resumed,
     } = start_vlm(ctx, shape, &vision, &start_from, &frozen)?;
     let fit = Fit::new(ctx, &tokenizer, shape, Some(vision), ledger)?;
-    let (rows, draws) = (phase.batch_size as usize, fit.draw_seed);
+    let (rows, draws, device) = (phase.batch_size as usize, fit.draw_seed, ctx.device);
     fit.run(
         &vs,
         &mut optimizer,
         start,
         resumed,
-        |step| {
-            let b = text_batch(&streams, &mixture, draws, step, rows, context, ctx.device);
+        move |step| {
+            let b = text_batch(&streams, &mixture, draws, step, rows, context, device);
             Ok(((b.inputs, b.targets), b.consumed))
         },
         |(inputs, targets)| Loss {
