@@ -114,17 +114,16 @@ impl TaskContext {
     /// rank has: their payloads in rank order. Ends with an error once `timeout`
     /// passes, the lease is revoked, or the task is told to stop.
     pub fn meet(&self, payload: Vec<u8>, timeout: Duration) -> Result<Vec<Vec<u8>>, WorkerError> {
-        let (ctx, rendezvous) = (self, &self.rendezvous);
         let deadline = Instant::now() + timeout;
         let request = pb::RendezvousRequest {
-            worker_id: rendezvous.worker_id.clone(),
-            lease: Some(rendezvous.lease.clone()),
+            worker_id: self.rendezvous.worker_id.clone(),
+            lease: Some(self.rendezvous.lease.clone()),
             payload,
         };
         loop {
-            ctx.check_stop()?;
-            let mut client = rendezvous.client.clone();
-            let answer = ctx.runtime.block_on(client.rendezvous(request.clone()));
+            self.check_stop()?;
+            let mut client = self.rendezvous.client.clone();
+            let answer = self.runtime.block_on(client.rendezvous(request.clone()));
             match answer {
                 Ok(answer) => {
                     let payloads = answer.into_inner().payloads;
@@ -144,7 +143,7 @@ impl TaskContext {
             }
             if Instant::now() >= deadline {
                 return Err(CollectiveError::Timeout {
-                    rank: ctx.assignment.rank as usize,
+                    rank: self.assignment.rank as usize,
                     peer: "the other ranks".into(),
                     after: timeout,
                     during: "the rendezvous",

@@ -37,7 +37,8 @@ pub const WEIGHT_DECAY: f64 = 0.1;
 const MAX_GRAD_NORM: f64 = 1.0;
 
 /// bf16 weights and activations on CUDA (fast Tensor Cores), f32 on CPU. Call before
-/// the optimizer is made, so its moments take the same type.
+/// the optimizer is made: its flat buffers take the parameters' type (and it keeps f32
+/// masters of bf16 ones).
 pub fn set_precision(vs: &mut nn::VarStore) {
     if vs.device().is_cuda() {
         vs.bfloat16();

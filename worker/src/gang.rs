@@ -27,14 +27,13 @@ use crate::parallel::{self, BUCKET_BYTES};
 /// The address this machine is reached at from the coordinator's side: the local end
 /// of a route to it (no packet is sent). Ranks publish their listeners there.
 pub fn advertised_host(coordinator: &str) -> String {
-    let authority = coordinator
-        .split("://")
-        .last()
-        .unwrap_or(coordinator)
-        .trim_end_matches('/');
-    let resolved = std::net::ToSocketAddrs::to_socket_addrs(authority)
+    let resolved = url::Url::parse(coordinator)
+        .and_then(|url| {
+            url.socket_addrs(|| None)
+                .map_err(|_| url::ParseError::EmptyHost)
+        })
         .ok()
-        .and_then(|mut addresses| addresses.next());
+        .and_then(|addresses| addresses.into_iter().next());
     let local = resolved.and_then(|remote| {
         let socket = std::net::UdpSocket::bind(if remote.is_ipv4() {
             "0.0.0.0:0"

@@ -5,11 +5,11 @@
 //! whole batch would have given one process.
 //!
 //! Parameters start equal (rank 0's, broadcast). Gradients travel in the optimizer's
-//! flat buffers ([`crate::optim::AdamW`]: one per parameter group, on the model's device), reduced in
-//! place in buckets of a few MiB, so a step makes a few large transfers rather than one
-//! per parameter, and nothing is copied back. Ranks compare parameter
-//! checksums every few steps ([`check_ranks_agree`]): ranks drifting apart is an error,
-//! never a silent divergence.
+//! flat buffers ([`crate::optim::AdamW`]: one per parameter group, on the model's
+//! device), reduced in place in buckets of a few MiB, so a step makes a few large
+//! transfers rather than one per parameter, and nothing is copied back. Ranks compare
+//! parameter checksums every few steps ([`check_ranks_agree`]): ranks drifting apart is
+//! an error, never a silent divergence.
 
 use std::ops::Range;
 
@@ -40,11 +40,11 @@ fn buckets(buffer: &Tensor, bucket_bytes: usize) -> Vec<Tensor> {
         .collect()
 }
 
-/// Sums every rank's flat f32 gradient buffers (the optimizer's, [`crate::optim::AdamW::flat_grads`])
-/// over the gang, bucket by bucket in place, and multiplies the sums by `scale`;
-/// answers the bytes reduced. With each rank's gradients the weighted sum of its
-/// micro-batches' and `scale` one over the gang's total weight, every rank ends with
-/// the gradient of the whole global batch.
+/// Sums every rank's flat f32 gradient buffers (the optimizer's,
+/// [`crate::optim::AdamW::flat_grads`]) over the gang, bucket by bucket in place, and
+/// multiplies the sums by `scale`; answers the bytes reduced. With each rank's
+/// gradients the weighted sum of its micro-batches' and `scale` one over the gang's
+/// total weight, every rank ends with the gradient of the whole global batch.
 pub fn sum_scaled(
     grads: &[Tensor],
     collective: &mut dyn Collective,
@@ -64,8 +64,9 @@ pub fn sum_scaled(
     })
 }
 
-/// Makes every rank's flat parameter buffers ([`crate::optim::AdamW::flat_parameters`]) rank 0's, a
-/// bucket at a time (through f32 where the parameters are not).
+/// Makes every rank's flat parameter buffers
+/// ([`crate::optim::AdamW::flat_parameters`]) rank 0's, a bucket at a time (through f32
+/// where the parameters are not).
 pub fn broadcast_parameters(
     parameters: &[Tensor],
     collective: &mut dyn Collective,

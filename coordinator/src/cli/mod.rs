@@ -316,7 +316,6 @@ pub async fn submit(connection: &Connection, file: &Path) -> anyhow::Result<Stri
     }
 }
 
-/// Workers that have heartbeated within their lease timeout.
 /// Every item of a paged list: `fetch` answers a page's JSON and the next page's token.
 async fn all_pages<T, F, Fut>(mut fetch: F) -> anyhow::Result<Vec<T>>
 where

@@ -56,16 +56,11 @@ impl Scheduler {
                 .and_then(|job| job.task(id))
                 .is_some_and(|t| t.epoch == meeting.epoch && t.world_size() > 1)
         });
+        // What is left is this lease's meeting, if any rank has published yet.
         let meeting = self.meetings.entry(lease.task.clone()).or_insert(Meeting {
             epoch: lease.epoch,
             payloads: vec![None; world],
         });
-        if meeting.epoch != lease.epoch || meeting.payloads.len() != world {
-            *meeting = Meeting {
-                epoch: lease.epoch,
-                payloads: vec![None; world],
-            };
-        }
         meeting.payloads[rank] = Some(payload);
         Ok(meeting.payloads.iter().cloned().collect())
     }
@@ -108,10 +103,10 @@ impl Scheduler {
     }
 
     /// Idle workers of `kind` that `placement` admits besides `requester`, in id order:
-    /// holding nothing and
-    /// asking for work within [`IDLE_WITHIN_MS`] (an idle worker polls several times a
-    /// second; one silent longer, or that has not asked since its last lease ended, is
-    /// busy elsewhere, stopped or dead, and would leave the gang waiting on it).
+    /// holding nothing and asking for work within [`IDLE_WITHIN_MS`] (an idle worker
+    /// polls several times a second; one silent longer, or that has not asked since its
+    /// last lease ended, is busy elsewhere, stopped or dead, and would leave the gang
+    /// waiting on it).
     fn idle_workers(
         &self,
         requester: &str,
