@@ -27,8 +27,7 @@ struct Group {
     parameters: Vec<(String, Tensor)>,
     /// The parameters' storage, in their own kind.
     flat: Tensor,
-    /// An f32 copy of `flat` when `flat` is not f32, made from the parameters at the
-    /// first step (after weights are loaded or broadcast).
+    /// An f32 copy of `flat` when `flat` is not f32 ([`Group::master`]).
     master: Option<Tensor>,
     /// This step's gradients, gathered; the first and second moments.
     grad: Tensor,
@@ -45,29 +44,27 @@ impl Group {
                 .collect();
             Tensor::cat(&pieces, 0)
         });
-        let mut at = 0;
-        for (_, p) in &parameters {
-            let n = p.numel() as i64;
-            let view = flat.narrow(0, at, n).view(p.size().as_slice());
+        for ((_, p), view) in parameters.iter().zip(views(&parameters, &flat)) {
             p.shallow_clone().set_data(&view);
-            at += n;
         }
-        let device = flat.device();
-        let zeros = || Tensor::zeros([at], (Kind::Float, device));
+        let (len, device) = (flat.numel() as i64, flat.device());
+        let zeros = || Tensor::zeros([len], (Kind::Float, device));
         Self {
             decays,
             parameters,
             flat,
             master: None,
-            grad: zeros(),
+            // Gathered each step before it is read.
+            grad: Tensor::zeros([0], (Kind::Float, device)),
             m: zeros(),
             v: zeros(),
         }
     }
 
-    /// Gathers every parameter's gradient into `grad` (zeros where one has none).
+    /// Gathers every parameter's gradient into `grad`, one f32 buffer (zeros where a
+    /// parameter has none).
     fn gather(&mut self) {
-        tch::no_grad(|| {
+        self.grad = tch::no_grad(|| {
             let pieces: Vec<Tensor> = self
                 .parameters
                 .iter()
@@ -80,24 +77,46 @@ impl Group {
                     }
                 })
                 .collect();
-            let gathered = Tensor::cat(&pieces, 0);
-            self.grad.copy_(&gathered);
+            // A cast only where the gradients are not f32 already (bf16 on CUDA).
+            Tensor::cat(&pieces, 0).to_kind(Kind::Float)
         });
     }
 
-    /// Views of `flat` (moments, gradients) shaped as each parameter, by name.
+    /// The f32 buffer the update applies to: the parameters' own, or their master copy
+    /// (made at the first step, after weights are loaded or broadcast).
+    fn master(&mut self) -> Tensor {
+        match &self.master {
+            Some(master) => master.shallow_clone(),
+            None if self.flat.kind() == Kind::Float => self.flat.shallow_clone(),
+            None => self
+                .master
+                .insert(self.flat.to_kind(Kind::Float))
+                .shallow_clone(),
+        }
+    }
+
+    /// Views of `flat` (moments) shaped as each parameter, by name.
     fn named_views(&self, flat: &Tensor, suffix: &str) -> Vec<(String, Tensor)> {
-        let mut at = 0;
-        self.parameters
-            .iter()
-            .map(|(name, p)| {
-                let n = p.numel() as i64;
-                let view = flat.narrow(0, at, n).view(p.size().as_slice());
-                at += n;
-                (format!("{name}.{suffix}"), view)
-            })
+        let names = self.parameters.iter().map(|(name, _)| name);
+        names
+            .zip(views(&self.parameters, flat))
+            .map(|(name, view)| (format!("{name}.{suffix}"), view))
             .collect()
     }
+}
+
+/// Consecutive pieces of `flat`, each shaped as one of `parameters`, in order.
+fn views<'a>(
+    parameters: &'a [(String, Tensor)],
+    flat: &'a Tensor,
+) -> impl Iterator<Item = Tensor> + 'a {
+    let mut at = 0;
+    parameters.iter().map(move |(_, p)| {
+        let n = p.numel() as i64;
+        let view = flat.narrow(0, at, n).view(p.size().as_slice());
+        at += n;
+        view
+    })
 }
 
 pub struct AdamW {
@@ -171,16 +190,7 @@ impl AdamW {
             (self.beta1, self.beta2, self.eps, self.weight_decay);
         tch::no_grad(|| {
             for group in &mut self.groups {
-                let flat = &group.flat;
-                let master = match &group.master {
-                    Some(master) => master.shallow_clone(),
-                    None if flat.kind() == Kind::Float => flat.shallow_clone(),
-                    None => group
-                        .master
-                        .insert(flat.to_kind(Kind::Float))
-                        .shallow_clone(),
-                };
-                let mut p = master;
+                let mut p = group.master();
                 let g = &group.grad;
                 if group.decays && weight_decay > 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
@@ -214,13 +224,20 @@ impl AdamW {
     /// returns the norm before.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
         self.gather();
+        // Summed on the device, read once: one wait for the device a step.
         let total = tch::no_grad(|| {
-            let squares: f64 = self
+            let squares: Vec<Tensor> = self
                 .groups
                 .iter()
-                .map(|g| g.grad.square().sum(Kind::Double).double_value(&[]))
-                .sum();
-            squares.sqrt()
+                .map(|g| g.grad.square().sum(Kind::Double))
+                .collect();
+            match squares.is_empty() {
+                true => 0.0,
+                false => Tensor::stack(&squares, 0)
+                    .sum(Kind::Double)
+                    .double_value(&[])
+                    .sqrt(),
+            }
         });
         if total > max_norm {
             tch::no_grad(|| {
