@@ -1,6 +1,7 @@
 //! Tracing set-up shared by every Outloud binary: human-readable lines on stderr,
 //! filtered by `RUST_LOG` (default `info`), spans carrying job, phase, task, worker, rank;
-//! and the signals that ask a binary to stop.
+//! the signals that ask a binary to stop; and the machine's CPU model, which workers
+//! advertise and benchmarks print.
 
 use std::io::IsTerminal;
 
@@ -27,4 +28,11 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The CPU's model name, as /proc/cpuinfo says it.
+pub fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
 }

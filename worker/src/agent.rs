@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use outloud_core::client::{Connection, Dial, Workers};
 use outloud_core::task::{Assignment, Metrics};
-use outloud_core::wire;
+use outloud_core::{telemetry, wire};
 use outloud_proto::v1 as pb;
 use tch::Device;
 use tokio::sync::{mpsc, watch};
@@ -74,7 +74,10 @@ fn worker_info(config: &AgentConfig) -> pb::WorkerInfo {
         .unwrap_or(0);
     let (device_name, device_memory_bytes) = match config.device {
         Device::Cuda(index) => cuda_model(index).unwrap_or_else(|why| (why, 0)),
-        _ => (cpu_model(), memory_bytes),
+        _ => (
+            telemetry::cpu_model().unwrap_or_else(|| "cpu".into()),
+            memory_bytes,
+        ),
     };
     pb::WorkerInfo {
         hostname,
@@ -100,17 +103,6 @@ fn cuda_model(index: usize) -> Result<(String, u64), String> {
     // SAFETY: `device` is a valid handle from the driver.
     let memory = unsafe { driver::device::total_mem(device) }.map_err(unknown)?;
     Ok((name, memory as u64))
-}
-
-/// The CPU's model name, as /proc/cpuinfo says it.
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            let line = info.lines().find(|l| l.starts_with("model name"))?;
-            Some(line.split_once(':')?.1.trim().to_string())
-        })
-        .unwrap_or_else(|| "cpu".into())
 }
 
 /// Runs until `shutdown` turns true; a task in flight is handed back first.
