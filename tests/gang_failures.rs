@@ -33,6 +33,29 @@ async fn training_with_checkpoint(cluster: &Cluster, id: &str, world: usize) -> 
     job
 }
 
+/// `workers` workers training a 300-step phase on a gang of `min`..`max` ranks whose
+/// collectives give up after `timeout_ms`, once the largest gang trains and has written
+/// a checkpoint: the cluster, its workers, the job and the gang's epoch. Leases outlast
+/// the test: the gang is revoked by its ranks, not by silence.
+async fn gang_training(
+    workers: usize,
+    (min, max): (u32, u32),
+    timeout_ms: u64,
+) -> (Cluster, Vec<Process>, String, u64) {
+    let cluster = Cluster::start(120_000).await;
+    let processes = cluster.workers(workers);
+    let gang = format!(
+        "min_world_size: {min}\nmax_world_size: {max}\ngang_grace_ms: 500\n\
+         collective_timeout_ms: {timeout_ms}"
+    );
+    let id = cluster
+        .submit(&gang_job(&cluster.storage(), 300, &gang))
+        .await;
+    let job = training_with_checkpoint(&cluster, &id, max as usize).await;
+    let (epoch, _) = gang_of(&job).unwrap();
+    (cluster, processes, id, epoch)
+}
+
 /// Waits until the gang trains under an epoch past `epoch`; answers how long that took.
 async fn revoked_after(cluster: &Cluster, id: &str, epoch: u64) -> Duration {
     let started = Instant::now();
@@ -76,16 +99,7 @@ fn assert_resumed(job: &Job, gangs: &[usize]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_rank_revokes_the_gang_which_resumes_smaller_from_its_checkpoint() {
     let _one_at_a_time = exclusive().await;
-    // Leases outlast the test: the gang is revoked by its ranks, not by silence.
-    let cluster = Cluster::start(120_000).await;
-    let mut workers = cluster.workers(2);
-    let gang = "min_world_size: 1\nmax_world_size: 2\ngang_grace_ms: 500\n\
-                collective_timeout_ms: 5000";
-    let id = cluster
-        .submit(&gang_job(&cluster.storage(), 300, gang))
-        .await;
-    let job = training_with_checkpoint(&cluster, &id, 2).await;
-    let (epoch, _) = gang_of(&job).unwrap();
+    let (cluster, mut workers, id, epoch) = gang_training(2, (1, 2), 5_000).await;
     workers[1].sigkill();
     let took = revoked_after(&cluster, &id, epoch).await;
     assert!(took < Duration::from_secs(5 + 3), "revoked after {took:?}");
@@ -97,15 +111,7 @@ async fn a_killed_rank_revokes_the_gang_which_resumes_smaller_from_its_checkpoin
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_rank_is_given_up_within_the_timeout_and_the_others_go_on() {
     let _one_at_a_time = exclusive().await;
-    let cluster = Cluster::start(120_000).await;
-    let workers = cluster.workers(3);
-    let gang = "min_world_size: 2\nmax_world_size: 3\ngang_grace_ms: 500\n\
-                collective_timeout_ms: 3000";
-    let id = cluster
-        .submit(&gang_job(&cluster.storage(), 300, gang))
-        .await;
-    let job = training_with_checkpoint(&cluster, &id, 3).await;
-    let (epoch, _) = gang_of(&job).unwrap();
+    let (cluster, workers, id, epoch) = gang_training(3, (2, 3), 3_000).await;
     // A hang: the process lives, holds its sockets open, and never answers.
     workers[2].signal("-STOP");
     let took = revoked_after(&cluster, &id, epoch).await;
@@ -115,14 +121,10 @@ async fn a_hung_rank_is_given_up_within_the_timeout_and_the_others_go_on() {
     // The hung worker wakes: its stale rank is refused, and nothing changes.
     workers[2].signal("-CONT");
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let after = job_now(&cluster, &id).await;
+    let after = support::job(&cluster.connection, &id).await;
     assert_eq!(after.state, job.state);
     assert_eq!(
         after.step("language").unwrap().tasks[0].epoch,
         job.step("language").unwrap().tasks[0].epoch
     );
-}
-
-async fn job_now(cluster: &Cluster, id: &str) -> Job {
-    job(&cluster.connection, id).await
 }
