@@ -27,7 +27,8 @@
 //! - [`vision`]: the ViT, precomputed-feature input, and the projector.
 //! - [`vlm`]: visual tokens before text; losses on taught tokens only.
 //! - [`generate`]: batched decoding with a KV cache (greedy, temperature, top-p).
-//! - [`optim`]: AdamW with checkpointable state, the learning-rate schedule.
+//! - [`optim`]: AdamW over flat buffers with checkpointable state (its update is
+//!   PyTorch's fused kernel, through the C++ shim in `csrc/`), the learning-rate schedule.
 //! - [`collective`]: all-reduce and broadcast between the ranks of a gang (CPU: a TCP
 //!   ring with timeouts; GPU: NCCL with a watchdog).
 //! - [`checkpoint`]: safetensors + verified manifests in object storage.

@@ -5,14 +5,19 @@
 //! The trainable parameters live in two flat buffers, one for the parameters that
 //! decay and one for those that do not: each parameter's data is a view into its
 //! group's buffer (`set_data`), so the model reads and the optimizer writes the same
-//! memory. The moments are flat f32 buffers beside them, and each step gathers the
-//! gradients into one flat f32 buffer per group, so clipping and the update are a
-//! handful of whole-buffer operations per group, not about ten kernel launches per
-//! parameter. When the parameters are not f32 (bf16 on CUDA) the group keeps an f32
-//! master copy that the update applies to, then casts back: small updates are not lost
-//! to bf16 rounding. Checkpoints name every parameter's moments as before.
+//! memory. Each parameter's gradient is likewise a view into a flat gradient buffer
+//! that the backward pass accumulates into (as PyTorch DDP's `gradient_as_bucket_view`),
+//! so zeroing is one fill and the gradients need no gathering. The moments are flat
+//! f32 buffers beside them, and the update is one fused kernel per group (PyTorch's
+//! `AdamW(fused=True)`, see [`fused`]) that also applies the clipping, not about ten
+//! kernel launches per parameter. When the parameters are not f32 (bf16 on CUDA) the
+//! group keeps an f32 master copy that the update applies to, then casts back: small
+//! updates are not lost to bf16 rounding. Checkpoints name every parameter's moments
+//! as before.
 
 use tch::{Kind, Tensor, nn};
+
+mod fused;
 
 /// Whether weight decay applies to a parameter: matrices decay; biases, norms and other
 /// vectors do not, as in GPT-2 training.
@@ -29,10 +34,16 @@ struct Group {
     flat: Tensor,
     /// An f32 copy of `flat` when `flat` is not f32 ([`Group::master`]).
     master: Option<Tensor>,
-    /// This step's gradients, gathered; the first and second moments.
+    /// The gradients' storage, in the parameters' kind: every parameter's gradient
+    /// is a view into it.
+    flat_grad: Tensor,
+    /// This step's gradients in f32: `flat_grad` itself, or its f32 copy.
     grad: Tensor,
+    /// The first and second moments.
     m: Tensor,
     v: Tensor,
+    /// The number of the update being made, where the fused kernel reads it.
+    step: Tensor,
 }
 
 impl Group {
@@ -47,6 +58,8 @@ impl Group {
         for ((_, p), view) in parameters.iter().zip(views(&parameters, &flat)) {
             p.shallow_clone().set_data(&view);
         }
+        let flat_grad = flat.zeros_like();
+        attach_gradients(&parameters, &flat_grad);
         let (len, device) = (flat.numel() as i64, flat.device());
         let zeros = || Tensor::zeros([len], (Kind::Float, device));
         Self {
@@ -54,32 +67,21 @@ impl Group {
             parameters,
             flat,
             master: None,
-            // Gathered each step before it is read.
-            grad: Tensor::zeros([0], (Kind::Float, device)),
+            grad: flat_grad.shallow_clone(),
+            flat_grad,
             m: zeros(),
             v: zeros(),
+            step: Tensor::zeros([1], (Kind::Float, device)),
         }
     }
 
-    /// Gathers every parameter's gradient into `grad`, one f32 buffer (zeros where a
-    /// parameter has none).
+    /// This step's gradients as one f32 buffer: the gradients' own storage, or (bf16)
+    /// its f32 copy.
     fn gather(&mut self) {
-        self.grad = tch::no_grad(|| {
-            let pieces: Vec<Tensor> = self
-                .parameters
-                .iter()
-                .map(|(_, p)| {
-                    let g = p.grad();
-                    if g.defined() {
-                        g.flatten(0, -1)
-                    } else {
-                        p.detach().zeros_like().flatten(0, -1)
-                    }
-                })
-                .collect();
-            // A cast only where the gradients are not f32 already (bf16 on CUDA).
-            Tensor::cat(&pieces, 0).to_kind(Kind::Float)
-        });
+        self.grad = match self.flat_grad.kind() {
+            Kind::Float => self.flat_grad.shallow_clone(),
+            _ => tch::no_grad(|| self.flat_grad.to_kind(Kind::Float)),
+        };
     }
 
     /// The f32 buffer the update applies to: the parameters' own, or their master copy
@@ -102,6 +104,22 @@ impl Group {
             .zip(views(&self.parameters, flat))
             .map(|(name, view)| (format!("{name}.{suffix}"), view))
             .collect()
+    }
+}
+
+/// Makes every parameter's gradient a view into `flat_grad`, so that the backward pass
+/// accumulates into it (autograd adds into a gradient that exists, in place).
+fn attach_gradients(parameters: &[(String, Tensor)], flat_grad: &Tensor) {
+    // A backward pass of zero creates every gradient; then each takes its view's storage.
+    let zero = parameters
+        .iter()
+        .map(|(_, p)| p.sum(Kind::Float) * 0.0)
+        .reduce(|a, b| a + b);
+    if let Some(zero) = zero {
+        zero.backward();
+    }
+    for ((_, p), view) in parameters.iter().zip(views(parameters, flat_grad)) {
+        p.grad().set_data(&view);
     }
 }
 
@@ -129,6 +147,8 @@ pub struct AdamW {
     pub steps: i64,
     /// Whether this step's gradients are gathered into the groups yet.
     gathered: bool,
+    /// What the next step divides the gradients by, when clipping scales them down.
+    grad_scale: Option<Tensor>,
 }
 
 impl AdamW {
@@ -156,6 +176,7 @@ impl AdamW {
             weight_decay,
             steps: 0,
             gathered: false,
+            grad_scale: None,
         }
     }
 
@@ -184,68 +205,60 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) {
         self.gather();
         self.steps += 1;
-        let bias1 = 1.0 - self.beta1.powi(self.steps as i32);
-        let bias2 = 1.0 - self.beta2.powi(self.steps as i32);
-        let (beta1, beta2, eps, weight_decay) =
-            (self.beta1, self.beta2, self.eps, self.weight_decay);
-        tch::no_grad(|| {
-            for group in &mut self.groups {
-                let mut p = group.master();
-                let g = &group.grad;
-                if group.decays && weight_decay > 0.0 {
-                    let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
-                }
-                // As PyTorch's AdamW, on whole buffers.
-                let _ = group.m.lerp_(g, 1.0 - beta1);
-                let _ = group.v.g_mul_scalar_(beta2);
-                let _ = group.v.addcmul_(&(g * (1.0 - beta2)), g);
-                let mut denom = group.v.sqrt();
-                let _ = denom.g_div_scalar_(bias2.sqrt());
-                let _ = denom.g_add_scalar_(eps);
-                let _ = p.addcdiv_(&(&group.m * (-lr / bias1)), &denom);
+        let grad_scale = self.grad_scale.take();
+        for group in &mut self.groups {
+            let p = group.master();
+            let hyper = fused::Hyper {
+                lr,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                weight_decay: if group.decays { self.weight_decay } else { 0.0 },
+                eps: self.eps,
+            };
+            tch::no_grad(|| {
+                let _ = group.step.fill_(self.steps as f64);
+                let buffers = fused::Buffers {
+                    param: &p,
+                    grad: &group.grad,
+                    exp_avg: &group.m,
+                    exp_avg_sq: &group.v,
+                    step: &group.step,
+                    grad_scale: grad_scale.as_ref(),
+                };
+                // The buffers are made here, f32, flat and on one device: a failure
+                // is a bug (or a libtorch without the kernel), not bad input.
+                fused::adamw(buffers, hyper).unwrap_or_else(|e| panic!("{e}"));
                 if group.master.is_some() {
                     group.flat.copy_(&p);
                 }
-            }
-        });
+            });
+        }
         self.gathered = false;
     }
 
     pub fn zero_grad(&mut self) {
         for group in &mut self.groups {
-            for (_, p) in &mut group.parameters {
-                p.zero_grad();
-            }
+            let _ = group.flat_grad.zero_();
         }
         self.gathered = false;
     }
 
-    /// Scales this step's gradients so their global norm is at most `max_norm`;
-    /// returns the norm before.
+    /// Scales this step's gradients so their global norm is at most `max_norm` (the
+    /// update divides them, inside its kernel); returns the norm before.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
         self.gather();
         // Summed on the device, read once: one wait for the device a step.
         let total = tch::no_grad(|| {
-            let squares: Vec<Tensor> = self
-                .groups
-                .iter()
-                .map(|g| g.grad.square().sum(Kind::Double))
-                .collect();
-            match squares.is_empty() {
+            let norms: Vec<Tensor> = self.groups.iter().map(|g| g.grad.norm()).collect();
+            match norms.is_empty() {
                 true => 0.0,
-                false => Tensor::stack(&squares, 0)
-                    .sum(Kind::Double)
-                    .double_value(&[])
-                    .sqrt(),
+                false => Tensor::stack(&norms, 0).norm().double_value(&[]),
             }
         });
-        if total > max_norm {
-            tch::no_grad(|| {
-                for group in &mut self.groups {
-                    let _ = group.grad.g_mul_scalar_(max_norm / (total + 1e-6));
-                }
-            });
-        }
+        self.grad_scale = (total > max_norm).then(|| {
+            let device = self.groups[0].grad.device();
+            Tensor::from_slice(&[((total + 1e-6) / max_norm) as f32]).to_device(device)
+        });
         total
     }
 
