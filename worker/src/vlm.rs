@@ -10,7 +10,7 @@ use outloud_core::spec::{VisionEncoder, VisionSpec};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
-use crate::model::{Attend, Gpt, GptConfig};
+use crate::model::{Attend, Gpt, GptConfig, cross_entropy};
 use crate::vision::{Encoder, Projector, Vit, VitConfig};
 
 /// A target that does not count (image positions, prompts, padding).
@@ -140,16 +140,11 @@ impl Vlm {
         let (n, t) = (logits.size()[1] - ids.size()[1], ids.size()[1]);
         let predictions = logits.narrow(1, n - 1, t); // (B, T, vocab)
         let vocab = predictions.size()[2];
-        predictions
-            .reshape([-1, vocab])
-            .to_kind(Kind::Float)
-            .cross_entropy_loss::<Tensor>(
-                &targets.reshape([-1]),
-                None,
-                tch::Reduction::Mean,
-                IGNORE,
-                0.0,
-            )
+        cross_entropy(
+            &predictions.reshape([-1, vocab]),
+            &targets.reshape([-1]),
+            IGNORE,
+        )
     }
 }
 
