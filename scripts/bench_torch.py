@@ -78,9 +78,15 @@ def train(model, args, device):
         **({"fused": True} if args.fused else {}),
     )
     times = []
-    for i in range(args.repeats + 3):
-        ids = torch.randint(args.vocab_size, (args.batch, args.context + 1), device=device)
+    steps = args.repeats + 3
+    # One batch, repeated, as outloud-model-bench does: the loss must fall.
+    ids = torch.randint(args.vocab_size, (args.batch, args.context + 1), device=device)
+    losses = []
+    for i in range(steps):
         sync(device)
+        profiled = args.profile and i + 1 == steps and device == "cuda"
+        if profiled:
+            torch.cuda.profiler.start()
         started = time.perf_counter()
         opt.zero_grad(set_to_none=False)
         loss = model.loss(ids[:, :-1], ids[:, 1:])
@@ -90,14 +96,25 @@ def train(model, args, device):
         sync(device)
         if i >= 3:
             times.append(time.perf_counter() - started)
+        if profiled:
+            torch.cuda.profiler.stop()
+        if i == 0 or i + 1 == steps:
+            losses.append(loss.item())
     step = median(times)
     tokens = args.batch * args.context
     params = sum(p.numel() for p in model.parameters())
     flops = tokens * (6 * params + 12 * args.n_layers * args.context * args.d_model)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    print(json.dumps({"impl": "pytorch eager", "what": "train", "params": params, "threads": torch.get_num_threads(),
+    # In use as the driver sees it (the caching allocator's high-water mark and the
+    # context), measured as outloud-model-bench measures it.
+    in_use = None
+    if device == "cuda":
+        free, total = torch.cuda.mem_get_info()
+        in_use = (total - free) / 2**30
+    adamw = "fused" if args.fused else "foreach" if args.foreach else "per-parameter"
+    print(json.dumps({"impl": f"pytorch eager, {adamw} AdamW", "what": "train", "params": params, "threads": torch.get_num_threads(),
                       "step_ms": step * 1e3, "tokens_per_s": tokens / step, "tflops": flops / step / 1e12,
-                      "peak_gib": peak}))
+                      "peak_gib": peak, "device_gib": in_use, "loss_first": losses[0], "loss_last": losses[-1]}))
 
 
 @torch.no_grad()
@@ -133,6 +150,8 @@ def main():
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--foreach", action="store_true", help="AdamW's multi-tensor path (PyTorch's CUDA default)")
     p.add_argument("--fused", action="store_true", help="AdamW's fused CUDA kernel")
+    p.add_argument("--profile", action="store_true",
+                   help="bracket the last training step with the CUDA profiler's start and stop (ncu)")
     args = p.parse_args()
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.bf16 else torch.float32

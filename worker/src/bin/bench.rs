@@ -54,6 +54,10 @@ struct Args {
     /// bf16 weights and activations (CUDA).
     #[arg(long)]
     bf16: bool,
+    /// Brackets the last timed training step with the CUDA profiler's start and stop,
+    /// for `ncu --profile-from-start off` (`scripts/gpu-check profile`).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +102,17 @@ fn sync(device: Device) {
     }
 }
 
+/// Device memory in use, in GiB, as the driver sees it: the caching allocator's high
+/// water mark (it keeps what it reserved) plus the context. None on the CPU.
+fn device_memory_gib(device: Device) -> Option<f64> {
+    let Device::Cuda(_) = device else {
+        return None;
+    };
+    cudarc::driver::result::init().ok()?;
+    let (free, total) = cudarc::driver::result::mem_get_info().ok()?;
+    Some((total - free) as f64 / f64::from(1u32 << 30))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let device = if args.device == "cuda" {
@@ -129,13 +144,22 @@ fn main() -> anyhow::Result<()> {
             let mut optimizer = AdamW::new(&vs, 0.1);
             let t = args.context as i64;
             let mut times = Vec::new();
-            for i in 0..args.repeats + 3 {
-                let ids = Tensor::randint(
-                    args.vocab_size as i64,
-                    [args.batch, t + 1],
-                    (Kind::Int64, device),
-                );
+            let steps = args.repeats + 3;
+            // One batch, repeated: the loss must fall as the model learns it by heart,
+            // which checks the whole step's arithmetic beside PyTorch's.
+            let ids = Tensor::randint(
+                args.vocab_size as i64,
+                [args.batch, t + 1],
+                (Kind::Int64, device),
+            );
+            let mut losses = Vec::new();
+            for i in 0..steps {
                 sync(device);
+                let profiled = args.profile && i + 1 == steps && device.is_cuda();
+                if profiled {
+                    cudarc::driver::result::init()?;
+                    cudarc::driver::profiler_start()?;
+                }
                 let started = Instant::now();
                 optimizer.zero_grad();
                 let loss = model.loss(&ids.narrow(1, 0, t), &ids.narrow(1, 1, t));
@@ -146,6 +170,12 @@ fn main() -> anyhow::Result<()> {
                 if i >= 3 {
                     times.push(started.elapsed().as_secs_f64());
                 }
+                if profiled {
+                    cudarc::driver::profiler_stop()?;
+                }
+                if i == 0 || i + 1 == steps {
+                    losses.push(loss.double_value(&[]));
+                }
             }
             let step = median(times);
             let tokens = (args.batch * t) as f64;
@@ -155,7 +185,7 @@ fn main() -> anyhow::Result<()> {
                     + 12.0 * (args.n_layers * args.context * args.d_model) as f64);
             println!(
                 "{}",
-                json!({"impl": "outloud (tch)", "what": "train", "params": params, "threads": threads, "step_ms": step * 1e3, "tokens_per_s": tokens / step, "tflops": flops / step / 1e12})
+                json!({"impl": "outloud (tch)", "what": "train", "params": params, "threads": threads, "step_ms": step * 1e3, "tokens_per_s": tokens / step, "tflops": flops / step / 1e12, "device_gib": device_memory_gib(device), "loss_first": losses.first(), "loss_last": losses.last()})
             );
         }
         What::Loader { text } => {
