@@ -263,37 +263,90 @@ impl AdamW {
     }
 
     /// The moments as named tensors, for the checkpoint (`<parameter>.exp_avg` and
-    /// `<parameter>.exp_avg_sq`, as PyTorch names them).
+    /// `<parameter>.exp_avg_sq`, as PyTorch names them), and the f32 master weights
+    /// where the parameters are bf16 (`<parameter>.master`): a resumed run continues
+    /// from the exact state, not from weights rounded to bf16.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for group in &self.groups {
             out.extend(group.named_views(&group.m, "exp_avg"));
             out.extend(group.named_views(&group.v, "exp_avg_sq"));
+            if let Some(master) = &group.master {
+                out.extend(group.named_views(master, "master"));
+            }
         }
         out
     }
 
-    /// Restores moments saved by [`AdamW::state`].
+    /// Restores moments (and master weights, where saved) written by [`AdamW::state`].
+    /// Call it after the weights are loaded: saved masters replace what the weights say.
     pub fn load_state(&mut self, saved: &[(String, Tensor)], steps: i64) -> Result<(), String> {
         let saved: std::collections::HashMap<&str, &Tensor> =
             saved.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let copy = |key: &str, target: &mut Tensor| -> Result<bool, String> {
+            let Some(source) = saved.get(key) else {
+                return Ok(false);
+            };
+            if source.size() != target.size() {
+                return Err(format!(
+                    "optimizer state {key} has shape {:?}",
+                    source.size()
+                ));
+            }
+            target.copy_(source);
+            Ok(true)
+        };
         tch::no_grad(|| {
-            for (key, mut target) in self.state() {
-                let source = saved
-                    .get(key.as_str())
-                    .ok_or_else(|| format!("optimizer state lacks {key}"))?;
-                if source.size() != target.size() {
-                    return Err(format!(
-                        "optimizer state {key} has shape {:?}",
-                        source.size()
-                    ));
+            for group in &mut self.groups {
+                for suffix in ["exp_avg", "exp_avg_sq"] {
+                    let flat = if suffix == "exp_avg" {
+                        &group.m
+                    } else {
+                        &group.v
+                    };
+                    for (key, mut target) in group.named_views(flat, suffix) {
+                        if !copy(&key, &mut target)? {
+                            return Err(format!("optimizer state lacks {key}"));
+                        }
+                    }
                 }
-                target.copy_(source);
+                group.load_master(&copy)?;
             }
             Ok(())
         })?;
         self.steps = steps;
         Ok(())
+    }
+}
+
+/// How [`AdamW::load_state`] copies one saved tensor: whether it was there.
+type CopySaved<'a> = dyn Fn(&str, &mut Tensor) -> Result<bool, String> + 'a;
+
+impl Group {
+    /// Restores the f32 master weights if the checkpoint has them (all or none): into
+    /// the parameters themselves when they are f32, else into a master copy.
+    fn load_master(&mut self, copy: &CopySaved) -> Result<(), String> {
+        let target = match self.flat.kind() {
+            Kind::Float => self.flat.shallow_clone(),
+            _ => self.flat.to_kind(Kind::Float),
+        };
+        let mut found = 0;
+        for (key, mut view) in self.named_views(&target, "master") {
+            found += usize::from(copy(&key, &mut view)?);
+        }
+        match found {
+            0 => Ok(()),
+            n if n < self.parameters.len() => Err(format!(
+                "optimizer state has {n} of {} master weights",
+                self.parameters.len()
+            )),
+            _ if self.flat.kind() == Kind::Float => Ok(()),
+            _ => {
+                self.flat.copy_(&target);
+                self.master = Some(target);
+                Ok(())
+            }
+        }
     }
 }
 
