@@ -214,6 +214,14 @@ impl Location {
         Ok(bytes.to_vec())
     }
 
+    /// Deletes the object here; nothing to delete is no error.
+    pub async fn delete(&self) -> Result<(), StorageError> {
+        match self.store.delete(&self.prefix).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
     /// Whether an object stands exactly here.
     pub async fn is_object(&self) -> Result<bool, StorageError> {
         match self.store.head(&self.prefix).await {

@@ -65,6 +65,14 @@ pub struct LeaseRef {
     pub epoch: u64,
 }
 
+/// A checkpoint a worker has committed (its manifest written), and the optimizer step
+/// it holds: written in the background, it is reported some steps after it was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRef {
+    pub url: String,
+    pub step: u64,
+}
+
 /// What a worker last said about its task: optimizer steps for training, items for
 /// evaluation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -89,6 +89,9 @@ pub struct TrainSpec {
     pub learning_rate: f64,
     pub warmup_steps: u64,
     pub checkpoint_every: u64,
+    /// Intermediate checkpoints kept, the newest (None: all).
+    #[serde(default)]
+    pub keep_checkpoints: Option<u32>,
     pub seed: u64,
     /// Distinct real words the model's lineage may read (the job's `word_budget`);
     /// the phase stops when they are spent.
@@ -236,6 +239,7 @@ impl TaskSpec {
             learning_rate: phase.learning_rate,
             warmup_steps: phase.warmup_steps,
             checkpoint_every: phase.checkpoint_every,
+            keep_checkpoints: phase.keep_checkpoints,
             seed: phase.seed,
             word_budget: Some(spec.word_budget),
             synthetic_word_budget: spec.synthetic_word_budget,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outloud_core::client::{Connection, Dial, Workers};
-use outloud_core::task::{Assignment, Metrics};
+use outloud_core::task::{Assignment, CheckpointRef, Metrics};
 use outloud_core::{telemetry, wire};
 use outloud_proto::v1 as pb;
 use tch::Device;
@@ -319,7 +319,8 @@ impl Agent {
             worker_id: self.worker_id.clone(),
             lease: Some(lease.clone()),
             metrics: Some(wire::metrics_to(&report.metrics)),
-            checkpoint: unsent.checkpoint.clone(),
+            checkpoint: unsent.checkpoint.as_ref().map(|c| c.url.clone()),
+            checkpoint_step: unsent.checkpoint.as_ref().map(|c| c.step),
             resumed_from_step: unsent.resumed_from_step,
         };
         match self.client.report_progress(request).await {
@@ -408,7 +409,7 @@ impl Agent {
 
 #[derive(Default)]
 struct Unsent {
-    checkpoint: Option<String>,
+    checkpoint: Option<CheckpointRef>,
     resumed_from_step: Option<u64>,
 }
 

@@ -19,6 +19,10 @@ use crate::ledger::Ledger;
 use crate::model::GptConfig;
 use crate::vlm::VisionPath;
 
+pub mod retention;
+mod writer;
+pub use writer::Writer;
+
 /// The manifest's version: bump it when a field changes meaning, so a reader of the
 /// previous version refuses the checkpoint instead of misreading it.
 pub const FORMAT: &str = "outloud-checkpoint/1";
@@ -48,6 +52,35 @@ pub struct Manifest {
     pub synthetic_words: u64,
     /// File name -> SHA-256 (hex) of its bytes.
     pub files: BTreeMap<String, String>,
+    /// What made this checkpoint and what it read.
+    #[serde(default)]
+    pub provenance: Provenance,
+}
+
+/// Where a checkpoint comes from: the program that wrote it, the step's settings, and
+/// the data it trained on (empty in checkpoints from before provenance).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The worker that wrote it: `outloud-worker <version>`.
+    pub binary: String,
+    /// SHA-256 (hex) of the step's spec as the coordinator resolved it and sent it (its
+    /// data, model, hyper-parameters, seed), in canonical JSON.
+    pub spec_sha256: String,
+    /// Each text source read, by name -> SHA-256 (hex) of its bytes as read.
+    pub data: BTreeMap<String, String>,
+}
+
+impl Provenance {
+    /// This binary, `spec`, and the checksums of what the phase read.
+    pub fn of(spec: &outloud_core::task_spec::TaskSpec, data: BTreeMap<String, String>) -> Self {
+        // Serializing our own spec type cannot fail.
+        let spec = serde_json::to_vec(spec).expect("a task spec serializes");
+        Self {
+            binary: concat!("outloud-worker ", env!("CARGO_PKG_VERSION")).into(),
+            spec_sha256: sha256(&spec),
+            data,
+        }
+    }
 }
 
 /// What a checkpoint holds, verified.
@@ -60,7 +93,7 @@ pub struct Loaded {
     pub ledger: Ledger,
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -165,11 +198,11 @@ pub async fn load(location: &Location) -> Result<Loaded, WorkerError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tch::{Device, Kind};
 
-    fn manifest() -> Manifest {
+    pub(crate) fn manifest() -> Manifest {
         Manifest {
             format: String::new(),
             job: "j".into(),
@@ -189,6 +222,7 @@ mod tests {
             words: 80,
             synthetic_words: 0,
             files: BTreeMap::new(),
+            provenance: Provenance::default(),
         }
     }
 

@@ -11,7 +11,7 @@ use tonic::Code;
 
 use outloud_core::results::TaskResults;
 use outloud_core::storage::Location;
-use outloud_core::task::{Assignment, Metrics};
+use outloud_core::task::{Assignment, CheckpointRef, Metrics};
 use outloud_core::task_spec::TrainSpec;
 use tch::Device;
 use tokio::sync::mpsc;
@@ -23,7 +23,8 @@ use crate::error::WorkerError;
 #[derive(Debug, Clone)]
 pub struct Progress {
     pub metrics: Metrics,
-    pub checkpoint: Option<String>,
+    /// A checkpoint committed since the last report.
+    pub checkpoint: Option<CheckpointRef>,
     pub resumed_from_step: Option<u64>,
 }
 
@@ -62,7 +63,7 @@ impl TaskContext {
     pub fn report(
         &self,
         metrics: Metrics,
-        checkpoint: Option<String>,
+        checkpoint: Option<CheckpointRef>,
         resumed_from_step: Option<u64>,
     ) {
         // The receiver lives as long as the task; a closed channel means we are stopping.
@@ -86,6 +87,15 @@ impl TaskContext {
     /// The job's storage root URL.
     pub fn storage(&self) -> &str {
         &self.assignment.spec.storage
+    }
+
+    /// The task's folder, holding every attempt's: `<storage>/jobs/<job>/<step>/[shard-<k>/]`.
+    pub fn task_folder(&self) -> Result<Location, WorkerError> {
+        let root = &self.assignment.output_root;
+        let folder = root
+            .rsplit_once('/')
+            .map_or(root.as_str(), |(folder, _)| folder);
+        Ok(Location::open(folder)?)
     }
 
     /// Where this lease writes everything it makes: its attempt's own folder,

@@ -4,9 +4,12 @@
 //! job's prepare step ([`prepare`]: once, deterministically), then read back like any
 //! other files.
 
+use std::collections::BTreeMap;
+
 use outloud_core::spec::DataKind;
 use outloud_core::storage::{Location, StorageError};
 use outloud_core::task_spec::DataInput;
+use sha2::{Digest, Sha256};
 
 use crate::corpus;
 use crate::error::WorkerError;
@@ -16,6 +19,9 @@ use crate::world::{World, WorldSize};
 pub struct Corpus {
     pub documents: Vec<String>,
     pub words: u64,
+    /// Each source's name -> SHA-256 (hex) of its bytes in the order read, for the
+    /// checkpoints' provenance.
+    pub checksums: BTreeMap<String, String>,
 }
 
 /// Where a generated source lives in the job's storage.
@@ -157,16 +163,20 @@ pub async fn source_root(storage: &str, source: &DataInput) -> Result<Location, 
 /// Reads every source the phase names, in the spec's order.
 pub async fn read_corpus(storage: &str, sources: &[DataInput]) -> Result<Corpus, WorkerError> {
     let mut documents = Vec::new();
+    let mut checksums = BTreeMap::new();
     for source in sources {
         let root = source_root(storage, source).await?;
         let locations = match source.kind {
             DataKind::PictureBook => root.join("text/world.txt").objects().await?,
             _ => root.objects().await?,
         };
+        let mut hash = Sha256::new();
         for location in locations {
             let bytes = location.get().await?;
+            hash.update(&bytes);
             documents.push(String::from_utf8_lossy(&bytes).into_owned());
         }
+        checksums.insert(source.name.clone(), hex::encode(hash.finalize()));
     }
     let words = documents
         .iter()
@@ -178,5 +188,9 @@ pub async fn read_corpus(storage: &str, sources: &[DataInput]) -> Result<Corpus,
             "data sources {names:?} hold no text"
         )));
     }
-    Ok(Corpus { documents, words })
+    Ok(Corpus {
+        documents,
+        words,
+        checksums,
+    })
 }

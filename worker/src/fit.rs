@@ -5,6 +5,9 @@
 //!
 //! A thread of its own draws the batches a couple of steps ahead (`prefetch`): a
 //! phase's draw owns what it draws from, and the loop never waits on the input path.
+//! Another writes the checkpoints ([`checkpoint::Writer`]): the loop only copies the
+//! state to host memory; a checkpoint is reported once committed, and the task ends
+//! only after its final one is.
 //!
 //! On a gang ([`crate::gang`]) every rank draws the same global batch (so every rank
 //! counts the same words into the same ledger), runs its own rows as micro-batches, and
@@ -24,7 +27,7 @@ use outloud_core::storage::Location;
 use outloud_core::task::Metrics;
 use tch::{Tensor, nn};
 
-use crate::checkpoint::{self, Manifest, ToSave};
+use crate::checkpoint::{self, Manifest, Provenance, ToSave};
 use crate::context::{TaskContext, TaskOutput};
 use crate::error::WorkerError;
 use crate::gang::Gang;
@@ -118,6 +121,9 @@ pub struct Fit<'a> {
     pub ledger: Ledger,
     /// The seed each step's batch is drawn with ([`crate::rng::draw_seed`]).
     pub draw_seed: u64,
+    /// Each source the phase read -> SHA-256 of its bytes, for the checkpoints'
+    /// provenance (set by the phase; empty where it reads none it can name).
+    pub data: std::collections::BTreeMap<String, String>,
 }
 
 impl<'a> Fit<'a> {
@@ -138,6 +144,7 @@ impl<'a> Fit<'a> {
             vision,
             ledger,
             draw_seed: crate::rng::draw_seed(ctx.train()?.seed, &ctx.assignment.step),
+            data: Default::default(),
         })
     }
 }
@@ -157,6 +164,7 @@ impl Fit<'_> {
             words: metrics.words,
             synthetic_words: metrics.synthetic_words,
             files: Default::default(),
+            provenance: Provenance::of(&self.ctx.assignment.spec, self.data.clone()),
         }
     }
 
@@ -168,10 +176,8 @@ impl Fit<'_> {
         metrics: &Metrics,
         ledger: &Ledger,
     ) -> Result<(), WorkerError> {
-        let mut weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        weights.sort_by(|a, b| a.0.cmp(&b.0));
         let pieces = ToSave {
-            weights,
+            weights: sorted_weights(vs),
             optimizer: Some(optimizer.state()),
             tokenizer: &self.tokenizer_json,
             ledger: Some(ledger),
@@ -179,6 +185,32 @@ impl Fit<'_> {
         self.ctx
             .runtime
             .block_on(checkpoint::save(location, pieces, self.manifest(metrics)))
+    }
+
+    /// Hands the checkpoint of `metrics.step` to `writer`, or skips it (and says so) while
+    /// the previous one is still being written.
+    fn checkpoint_in_background(
+        &self,
+        writer: &mut checkpoint::Writer,
+        vs: &nn::VarStore,
+        optimizer: &AdamW,
+        metrics: &Metrics,
+        ledger: &Ledger,
+    ) {
+        if let Some(writing) = writer.busy() {
+            tracing::warn!(
+                step = metrics.step,
+                writing,
+                "checkpoint skipped: the one of step {writing} is still being written"
+            );
+            return;
+        }
+        let location = self
+            .root
+            .join(&format!("checkpoints/step-{:06}", metrics.step));
+        let weights = sorted_weights(vs);
+        let manifest = self.manifest(metrics);
+        writer.submit(location, weights, optimizer.state(), ledger, manifest);
     }
 
     /// Trains from `start` (a fresh or resumed count) until the phase's steps or words
@@ -217,6 +249,13 @@ impl Fit<'_> {
         };
         let mut gang = Gang::join(self.ctx, optimizer)?;
         let rank_zero = gang.as_ref().is_none_or(|g| g.rank() == 0);
+        let retention = match phase.keep_checkpoints {
+            Some(keep) => Some((self.ctx.task_folder()?, keep as usize)),
+            None => None,
+        };
+        let runtime = self.ctx.runtime.clone();
+        let tokenizer = self.tokenizer_json.clone();
+        let mut writer = checkpoint::Writer::start(runtime, tokenizer, retention);
         let mut window = LossWindow::default();
         let mut resumed_from = resumed.then_some(start.step);
         let mut ledger = std::mem::take(&mut self.ledger);
@@ -277,22 +316,21 @@ impl Fit<'_> {
             }
             let checkpoint_due =
                 metrics.step.is_multiple_of(phase.checkpoint_every) && metrics.step < phase.steps;
-            if rank_zero && (checkpoint_due || step == start.step || window.due()) {
+            if rank_zero && checkpoint_due {
+                self.checkpoint_in_background(&mut writer, vs, optimizer, &metrics, &ledger);
+            }
+            let committed = writer.poll()?;
+            if rank_zero && (committed.is_some() || step == start.step || window.due()) {
                 metrics.loss = window.take();
-                let checkpoint = if checkpoint_due {
-                    let location = self
-                        .root
-                        .join(&format!("checkpoints/step-{:06}", metrics.step));
-                    self.save(&location, vs, optimizer, &metrics, &ledger)?;
-                    Some(location.url().to_string())
-                } else {
-                    None
-                };
-                self.ctx.report(metrics, checkpoint, resumed_from.take());
+                self.ctx.report(metrics, committed, resumed_from.take());
             }
         }
         if window.count > 0 {
             metrics.loss = window.take();
+        }
+        if let Some(committed) = writer.wait()? {
+            self.ctx
+                .report(metrics, Some(committed), resumed_from.take());
         }
         if !rank_zero {
             // Rank 0 writes the model and commits the task for the gang.
@@ -310,6 +348,13 @@ impl Fit<'_> {
             results: TaskResults::default(),
         })
     }
+}
+
+/// The model's weights by name, in name order.
+fn sorted_weights(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    weights
 }
 
 /// A step's batch and what it consumed, or why it could not be drawn.
@@ -430,6 +475,7 @@ mod tests {
             learning_rate: 1e-3,
             warmup_steps: 0,
             checkpoint_every: 10,
+            keep_checkpoints: None,
             seed: 0,
             word_budget: budget,
             synthetic_word_budget: synthetic,

@@ -9,7 +9,7 @@ use outloud_core::storage::Location;
 use outloud_core::task::Metrics;
 use tch::{Tensor, nn};
 
-use crate::checkpoint::{self, Loaded};
+use crate::checkpoint::{self, Loaded, retention};
 use crate::context::TaskContext;
 use crate::error::WorkerError;
 use crate::optim::AdamW;
@@ -24,9 +24,7 @@ pub async fn resume_point(ctx: &TaskContext) -> Option<Loaded> {
         return Some(loaded);
     }
     // Only now list the task's folders: the newest verifies nearly always.
-    if let Some(task_folder) = ctx.assignment.output_root.rsplit_once('/').map(|(t, _)| t)
-        && let Ok(folder) = Location::open(task_folder)
-    {
+    if let Ok(folder) = ctx.task_folder() {
         for url in older_checkpoints(&folder, newest).await {
             if let Some(loaded) = verified(&url).await {
                 return Some(loaded);
@@ -49,33 +47,20 @@ async fn verified(url: &str) -> Option<Loaded> {
     }
 }
 
-/// The step a checkpoint folder's name records (`.../checkpoints/step-000150`).
-fn checkpoint_step(url: &str) -> Option<u64> {
-    url.rsplit_once("/step-")?.1.parse().ok()
-}
-
 /// Checkpoint folders of every attempt under `task_folder` from before `newest`'s
 /// step, newest first (the latest attempt first among equal steps).
 async fn older_checkpoints(task_folder: &Location, newest: &str) -> Vec<String> {
-    let (Ok(objects), Some(limit)) = (task_folder.list().await, checkpoint_step(newest)) else {
+    let (Ok(found), Some(limit)) = (
+        retention::committed(task_folder).await,
+        retention::checkpoint_step(newest),
+    ) else {
         return Vec::new();
     };
-    let attempt = |url: &str| -> u64 {
-        url.rsplit_once("/attempt-")
-            .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let mut found: Vec<(u64, u64, String)> = objects
-        .iter()
-        .filter_map(|o| {
-            o.url()
-                .strip_suffix(&format!("/{}", checkpoint::MANIFEST_FILE))
-        })
-        .filter_map(|dir| Some((checkpoint_step(dir)?, attempt(dir), dir.to_string())))
-        .filter(|(step, _, _)| *step < limit)
-        .collect();
-    found.sort_unstable_by(|a, b| b.cmp(a));
-    found.into_iter().map(|(_, _, dir)| dir).collect()
+    found
+        .into_iter()
+        .filter(|c| c.step < limit)
+        .map(|c| c.url)
+        .collect()
 }
 
 /// The checkpoint the step names as its input, verified, and written by the job and

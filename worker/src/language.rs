@@ -21,9 +21,12 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let phase = ctx.train()?;
     let shape = GptConfig::from(phase.model);
     let mut sources = Vec::new();
+    let mut checksums = std::collections::BTreeMap::new();
     for source in &phase.data {
         let corpus = read_corpus(ctx.storage(), std::slice::from_ref(source));
-        sources.push(ctx.runtime.block_on(corpus)?.documents);
+        let corpus = ctx.runtime.block_on(corpus)?;
+        checksums.extend(corpus.checksums);
+        sources.push(corpus.documents);
     }
     let resumed = ctx.runtime.block_on(inputs::resume_point(ctx));
     let tokenizer = match &resumed {
@@ -61,7 +64,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         Some(loaded) => inputs::restore(&vs, &mut optimizer, loaded)?,
         None => Metrics::default(),
     };
-    let fit = Fit::new(ctx, &tokenizer, shape, None, ledger)?;
+    let mut fit = Fit::new(ctx, &tokenizer, shape, None, ledger)?;
+    fit.data = checksums;
     let (rows, draws, device) = (phase.batch_size as usize, fit.draw_seed, ctx.device);
     fit.run(
         &vs,

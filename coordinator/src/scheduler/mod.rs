@@ -425,7 +425,7 @@ impl Scheduler {
         worker_id: &str,
         lease: &LeaseRef,
         metrics: Metrics,
-        checkpoint: Option<String>,
+        checkpoint: Option<CheckpointRef>,
         resumed_from_step: Option<u64>,
         now: Millis,
     ) -> Result<(), SchedulerError> {
@@ -440,13 +440,13 @@ impl Scheduler {
             return Ok(());
         }
         if let Some(checkpoint) = &checkpoint {
-            self.check_fenced(lease, checkpoint)?;
+            self.check_fenced(lease, &checkpoint.url)?;
         }
         let task = self.held_task(worker_id, lease, now)?;
         task.metrics = metrics;
         task.first_loss.get_or_insert(metrics.loss);
         if let Some(checkpoint) = &checkpoint {
-            task.checkpoint = Some(checkpoint.clone());
+            task.checkpoint = Some(checkpoint.url.clone());
         }
         let task_id = lease.task.clone();
         if let Some(step) = resumed_from_step {
@@ -457,12 +457,12 @@ impl Scheduler {
             };
             self.record(&task_id.job, now, what);
         }
-        if let Some(checkpoint) = checkpoint {
+        if let Some(CheckpointRef { url, step }) = checkpoint {
             let what = EventKind::Checkpointed {
                 task: task_id.clone(),
                 epoch: lease.epoch,
-                step: metrics.step,
-                checkpoint,
+                step,
+                checkpoint: url,
             };
             self.record(&task_id.job, now, what);
         }

@@ -23,7 +23,7 @@ use std::fmt;
 
 use outloud_core::results::TaskResults;
 use outloud_core::spec::JobSpec;
-pub use outloud_core::task::{Assignment, LeaseRef, Metrics, TaskId};
+pub use outloud_core::task::{Assignment, CheckpointRef, LeaseRef, Metrics, TaskId};
 use outloud_core::task_spec::{TaskSpec, Work};
 use serde::{Deserialize, Serialize};
 

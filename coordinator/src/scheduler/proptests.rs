@@ -190,7 +190,8 @@ proptest! {
                 }
                 Call::Progress(w, l) => {
                     if let (Some(w), Some((_, lease, root))) = (pick(&workers, w), pick(&leases, l)) {
-                        let checkpoint = format!("{root}/checkpoints/step-1");
+                        let url = format!("{root}/checkpoints/step-1");
+                        let checkpoint = CheckpointRef { url, step: 1 };
                         let _ = s.report_progress(&w, &lease, Metrics::default(), Some(checkpoint), None, now);
                     }
                 }

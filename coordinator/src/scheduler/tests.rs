@@ -79,7 +79,10 @@ fn a_silent_worker_loses_its_lease_and_its_late_reports_are_refused() {
     let (w1, w2) = (worker(&mut s, "a"), worker(&mut s, "b"));
     let job = s.submit(spec(&[("one", 1)]), 0).unwrap();
     let first = s.lease(&w1, 0).unwrap().unwrap();
-    let checkpoint = Some(format!("{}/checkpoints/step-10", first.output_root));
+    let checkpoint = Some(CheckpointRef {
+        url: format!("{}/checkpoints/step-10", first.output_root),
+        step: 10,
+    });
     let metrics = Metrics {
         step: 10,
         ..Metrics::default()
@@ -93,7 +96,7 @@ fn a_silent_worker_loses_its_lease_and_its_late_reports_are_refused() {
     assert_eq!(lost, vec![first.lease.clone()]);
     let second = s.lease(&w2, 1_600).unwrap().unwrap();
     assert_eq!(second.lease.epoch, first.lease.epoch + 1);
-    assert_eq!(second.resume_checkpoint, checkpoint);
+    assert_eq!(second.resume_checkpoint, checkpoint.map(|c| c.url));
     assert_ne!(
         second.output_root, first.output_root,
         "each lease writes apart"
@@ -127,6 +130,10 @@ fn a_silent_worker_loses_its_lease_and_its_late_reports_are_refused() {
             matches!(outside, Err(SchedulerError::OutsideAttempt { .. })),
             "{elsewhere}: {outside:?}"
         );
+        let elsewhere = CheckpointRef {
+            url: elsewhere.clone(),
+            step: 10,
+        };
         let progress = s.report_progress(&w2, &second.lease, metrics, Some(elsewhere), None, 1_750);
         assert!(matches!(
             progress,

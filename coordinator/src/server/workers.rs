@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use outloud_core::task::CheckpointRef;
 use outloud_proto::v1 as pb;
 use outloud_proto::v1::workers_server::Workers;
 use tonic::{Request, Response, Status};
@@ -104,13 +105,17 @@ impl Workers for WorkerService {
         let lease = wire::lease_from(r.lease)?;
         let metrics = outloud_core::wire::metrics_from(r.metrics);
         r.checkpoint.as_deref().map(bounded_url).transpose()?;
+        let checkpoint = r.checkpoint.map(|url| CheckpointRef {
+            url,
+            step: r.checkpoint_step.unwrap_or(metrics.step),
+        });
         self.0
             .mutate(|s, now| {
                 s.report_progress(
                     &r.worker_id,
                     &lease,
                     metrics,
-                    r.checkpoint,
+                    checkpoint,
                     r.resumed_from_step,
                     now,
                 )

@@ -530,7 +530,7 @@ impl Committer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::{Metrics, SchedulerConfig, WorkerInfo};
+    use crate::scheduler::{CheckpointRef, Metrics, SchedulerConfig, WorkerInfo};
 
     #[tokio::test]
     async fn what_was_committed_comes_back_after_reopening() {
@@ -555,7 +555,10 @@ mod tests {
             loss: 2.5,
             ..Metrics::default()
         };
-        let checkpoint = format!("{}/checkpoints/step-000005", a.output_root);
+        let checkpoint = CheckpointRef {
+            url: format!("{}/checkpoints/step-000005", a.output_root),
+            step: 5,
+        };
         s.report_progress(&w, &a.lease, metrics, Some(checkpoint), None, 3)
             .unwrap();
         let changes = s.take_changes();

@@ -153,6 +153,10 @@ pub struct PhaseSpec {
     pub warmup_steps: u64,
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: u64,
+    /// Intermediate checkpoints kept per task, the newest; older ones are deleted as
+    /// new ones commit. The final checkpoint is always kept. Absent: all are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_checkpoints: Option<u32>,
     /// Independent tasks the phase is split into.
     #[serde(default = "default_shards")]
     pub shards: u32,
@@ -471,6 +475,10 @@ impl PhaseSpec {
         }
         if self.checkpoint_every == 0 {
             problems.push(("checkpoint_every", "must be at least 1".into()));
+        }
+        if self.keep_checkpoints == Some(0) {
+            let reason = "must be at least 1 (the newest is what a lost task resumes from)";
+            problems.push(("keep_checkpoints", reason.into()));
         }
         if self.shards == 0 {
             problems.push(("shards", "must be at least 1".into()));

@@ -62,6 +62,26 @@ fn semantic_problems_name_their_field_and_line() {
 }
 
 #[test]
+fn retention_keeps_at_least_one_checkpoint() {
+    let keep = |n: &str| {
+        GOOD.replace(
+            "steps: 10",
+            &format!("steps: 10\n    keep_checkpoints: {n}"),
+        )
+    };
+    assert_eq!(
+        parse(&keep("3"), "job.yaml").unwrap().phases[0].keep_checkpoints,
+        Some(3)
+    );
+    let e = &errors(&keep("0"))[0];
+    assert_eq!(
+        (e.field.as_str(), e.line),
+        ("phases[0].keep_checkpoints", 12),
+        "{e}"
+    );
+}
+
+#[test]
 fn model_shapes_are_checked() {
     let yaml = GOOD.replace("phases:", "model: {preset: tiny, n_heads: 3}\nphases:");
     assert_eq!(errors(&yaml)[0].field, "model.n_heads");

@@ -255,6 +255,7 @@ fn main() -> anyhow::Result<()> {
                 words: 0,
                 synthetic_words: 0,
                 files: Default::default(),
+                provenance: Default::default(),
             };
             let weights = vs.variables().into_iter().collect();
             let saved = folder(&checkpoint)?;

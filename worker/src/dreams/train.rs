@@ -4,6 +4,7 @@
 //! still sees.
 
 use outloud_core::task_spec::DataInput;
+use sha2::{Digest, Sha256};
 
 use super::filters::Caption;
 use crate::context::{TaskContext, TaskOutput};
@@ -17,16 +18,22 @@ use crate::token_shards;
 use crate::tokenizer::Tokenizer;
 use crate::vlm::VisionPath;
 
-/// The documents of one source: a synthesize step's committed captions, or real text.
-async fn documents(storage: &str, source: &DataInput) -> Result<Vec<String>, WorkerError> {
+/// The documents of one source (a synthesize step's committed captions, or real text),
+/// and the SHA-256 of the bytes read.
+async fn documents(
+    storage: &str,
+    source: &DataInput,
+) -> Result<(Vec<String>, String), WorkerError> {
     if source.parts.is_empty() {
-        return Ok(read_corpus(storage, std::slice::from_ref(source))
-            .await?
-            .documents);
+        let mut corpus = read_corpus(storage, std::slice::from_ref(source)).await?;
+        let checksum = corpus.checksums.remove(&source.name).unwrap_or_default();
+        return Ok((corpus.documents, checksum));
     }
     let mut captions = Vec::new();
+    let mut hash = Sha256::new();
     for part in &source.parts {
         let bytes = outloud_core::storage::Location::open(part)?.get().await?;
+        hash.update(&bytes);
         for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
@@ -37,7 +44,7 @@ async fn documents(storage: &str, source: &DataInput) -> Result<Vec<String>, Wor
         }
     }
     // One caption per line: each is its own text, ended by end-of-text.
-    Ok(vec![captions.join("\n")])
+    Ok((vec![captions.join("\n")], hex::encode(hash.finalize())))
 }
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
@@ -52,8 +59,10 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let context = shape.context as i64;
     let mut ledger = loaded.ledger.clone();
     let mut streams = Vec::new();
+    let mut checksums = std::collections::BTreeMap::new();
     for source in &phase.data {
-        let docs = ctx.runtime.block_on(documents(ctx.storage(), source))?;
+        let (docs, checksum) = ctx.runtime.block_on(documents(ctx.storage(), source))?;
+        checksums.insert(source.name.clone(), checksum);
         let synthetic = !source.parts.is_empty();
         // Captions this round dreamed are read once: only real text is kept tokenized.
         let tokens = if synthetic {
@@ -76,7 +85,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         start,
         resumed,
     } = start_vlm(ctx, shape, &vision, &start_from, &frozen)?;
-    let fit = Fit::new(ctx, &tokenizer, shape, Some(vision), ledger)?;
+    let mut fit = Fit::new(ctx, &tokenizer, shape, Some(vision), ledger)?;
+    fit.data = checksums;
     let (rows, draws, device) = (phase.batch_size as usize, fit.draw_seed, ctx.device);
     fit.run(
         &vs,
