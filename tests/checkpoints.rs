@@ -11,6 +11,7 @@ mod support;
 use std::time::{Duration, SystemTime};
 
 use outloud_coordinator::scheduler::{EventKind, Job};
+use outloud_core::storage::{Location, MULTIPART_FROM};
 use sha2::Digest;
 use support::*;
 
@@ -152,4 +153,87 @@ async fn retention_keeps_the_newest_checkpoints_and_the_final_one() {
         .clone()
         .unwrap();
     assert!(reported.ends_with("step-000055"), "{reported}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_object_goes_up_in_parts_and_reads_back_whole() {
+    let logs = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start(logs.path());
+    s3.create_bucket("outloud");
+    let location = Location::open_with("s3://outloud/big/model.safetensors", s3.env()).unwrap();
+    // Past the multipart threshold, not a whole number of parts, no repeating pattern.
+    let bytes: Vec<u8> = (0..MULTIPART_FROM + 5_000_001)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    location.put(bytes.clone()).await.unwrap();
+    assert!(location.get().await.unwrap() == bytes);
+    // The server saw a multipart upload begin (its request log).
+    let log = std::fs::read_to_string(logs.path().join("moto.log")).unwrap();
+    assert!(log.contains("?uploads"), "no multipart upload in:\n{log}");
+}
+
+/// Every committed checkpoint under `root` whose folder name has `marker` verifies: each
+/// file its manifest lists is there with the SHA-256 the manifest says. Answers how
+/// many there were.
+async fn verify_all(root: &Location, marker: &str) -> usize {
+    let objects = root.list().await.unwrap();
+    let manifests: Vec<&Location> = objects
+        .iter()
+        .filter(|o| o.url().contains(marker) && o.url().ends_with("/manifest.json"))
+        .collect();
+    for manifest in &manifests {
+        let folder = manifest.url().strip_suffix("/manifest.json").unwrap();
+        let listed: serde_json::Value =
+            serde_json::from_slice(&manifest.get().await.unwrap()).unwrap();
+        for (file, digest) in listed["files"].as_object().unwrap() {
+            let relative = format!("{folder}/{file}")[root.url().len() + 1..].to_string();
+            let bytes = root.join(&relative).get().await;
+            let bytes = bytes.unwrap_or_else(|e| panic!("{relative}: {e}"));
+            assert_eq!(
+                hex::encode(sha2::Sha256::digest(&bytes)),
+                digest.as_str().unwrap()
+            );
+        }
+    }
+    manifests.len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storage_server_paused_mid_phase_stalls_no_step_and_loses_nothing() {
+    let _one_at_a_time = exclusive().await;
+    let cluster = Cluster::start(5_000).await;
+    let s3 = S3Server::start(&cluster.logs());
+    s3.create_bucket("outloud");
+    let url = &cluster.coordinator.url;
+    let _worker = start_worker_with_env(url, &cluster.logs(), "w", None, &s3.env());
+    let yaml = language_job(std::path::Path::new("/unused"), DATA, 300, 10)
+        .replace("storage: /unused", "storage: s3://outloud/runs");
+    let id = cluster.submit(&yaml).await;
+    let checkpointed = |job: &Job| job.step("language").unwrap().tasks[0].checkpoint.is_some();
+    let before = cluster
+        .wait(&id, Duration::from_secs(120), checkpointed)
+        .await;
+
+    // The server stops answering for 4 s, mid-upload or between uploads.
+    s3.process.signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = cluster.wait(&id, Duration::from_secs(5), |_| true).await;
+    s3.process.signal("-CONT");
+    // Training went on meanwhile: checkpoints are written off the training thread.
+    assert!(
+        trained_step(&during) >= trained_step(&before) + 10,
+        "steps {} -> {} while the server was paused",
+        trained_step(&before),
+        trained_step(&during)
+    );
+
+    let job = cluster.wait(&id, Duration::from_secs(180), finished).await;
+    assert_succeeded(&job);
+    // Checkpoints that fell due while one hung were skipped, and the log says so.
+    let log = std::fs::read_to_string(cluster.logs().join("w.log")).unwrap();
+    assert!(log.contains("checkpoint skipped"), "{log}");
+    let root = Location::open_with("s3://outloud/runs", s3.env()).unwrap();
+    let committed = verify_all(&root, "/checkpoints/step-").await;
+    assert!(committed >= 3, "{committed} intermediate checkpoints");
+    assert_eq!(verify_all(&root, "/final").await, 1);
 }

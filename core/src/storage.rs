@@ -9,8 +9,15 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use url::Url;
+
+/// Objects this large or larger are written as multipart uploads.
+pub const MULTIPART_FROM: usize = 64 << 20;
+/// The size of each part of a multipart upload (S3's minimum is 5 MiB).
+const PART_BYTES: usize = 16 << 20;
+/// Parts uploaded at once.
+const PARTS_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -196,11 +203,31 @@ impl Location {
         }
     }
 
+    /// Writes `bytes` as the object here: in one request, or from [`MULTIPART_FROM`]
+    /// bytes as a multipart upload of [`PART_BYTES`] parts, a few in flight at once
+    /// (S3 takes at most 5 GB in one request, and parts retry on their own).
     pub async fn put(&self, bytes: Vec<u8>) -> Result<(), StorageError> {
-        self.store
-            .put(&self.prefix, PutPayload::from(bytes))
+        if bytes.len() < MULTIPART_FROM {
+            self.store
+                .put(&self.prefix, PutPayload::from(bytes))
+                .await
+                .map_err(|e| self.error(e))?;
+            return Ok(());
+        }
+        let upload = self
+            .store
+            .put_multipart(&self.prefix)
             .await
             .map_err(|e| self.error(e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        for part in bytes.chunks(PART_BYTES) {
+            writer
+                .wait_for_capacity(PARTS_IN_FLIGHT)
+                .await
+                .map_err(|e| self.error(e))?;
+            writer.write(part);
+        }
+        writer.finish().await.map_err(|e| self.error(e))?;
         Ok(())
     }
 

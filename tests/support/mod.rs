@@ -350,7 +350,8 @@ pub fn gang_job(storage: &Path, steps: u64, gang: &str) -> String {
 
 /// A real S3-compatible server (moto, installed by scripts/setup) on a loopback port.
 pub struct S3Server {
-    _process: Process,
+    /// The server's process (pause it with `signal("-STOP")`).
+    pub process: Process,
     pub endpoint: String,
 }
 
@@ -369,7 +370,7 @@ impl S3Server {
             "moto",
         );
         Self {
-            _process: Process {
+            process: Process {
                 child,
                 name: "moto".into(),
             },

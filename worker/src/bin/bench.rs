@@ -10,6 +10,9 @@
 //! - `loader`: tokens per second of the training input path on real text: tokenizing a
 //!   source once, and drawing a step's batch from the token stream (what a training
 //!   step waits for), median over draws.
+//! - `checkpoint`: MB/s of saving and loading the model with its optimizer state to a
+//!   storage URL, next to a plain write of the same bytes; and the training stall of a
+//!   background checkpoint (the copy to host memory) as a share of one step.
 
 use std::time::Instant;
 
@@ -82,6 +85,15 @@ enum What {
         #[arg(long)]
         limit: Option<u64>,
     },
+    Checkpoint {
+        /// Where checkpoints are written: a folder URL (`file:///...`) or
+        /// `s3://bucket/prefix` (store settings from `AWS_*`).
+        #[arg(long)]
+        to: String,
+        /// A folder on the same disk for a plain write of the same bytes.
+        #[arg(long)]
+        plain: Option<PathBuf>,
+    },
     Decode {
         /// Visual tokens before the prompt.
         #[arg(long, default_value_t = 16)]
@@ -113,6 +125,145 @@ fn device_memory_gib(device: Device) -> Option<f64> {
     Some((total - free) as f64 / f64::from(1u32 << 30))
 }
 
+/// A manifest for the benchmarks' checkpoints.
+fn bench_manifest(model: GptConfig) -> Manifest {
+    Manifest {
+        format: String::new(),
+        job: "bench".into(),
+        phase: "bench".into(),
+        step: 0,
+        total_steps: 0,
+        model,
+        vision: None,
+        loss: 0.0,
+        tokens: 0,
+        words: 0,
+        synthetic_words: 0,
+        files: Default::default(),
+        provenance: Default::default(),
+    }
+}
+
+/// `checkpoint`: save and load MB/s to `to`, a plain write of the same bytes to
+/// `plain`, and the stall of a background checkpoint against a training step.
+fn checkpoint_bench(
+    args: &Args,
+    model: &Gpt,
+    mut optimizer: AdamW,
+    vs: &nn::VarStore,
+    to: &str,
+    plain: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let device = model.device();
+    let t = args.context as i64;
+    let ids = Tensor::randint(
+        args.vocab_size as i64,
+        [args.batch, t + 1],
+        (Kind::Int64, device),
+    );
+    // Training steps, timed (after one), so the moments are real and the stall has a
+    // step to be measured against.
+    let mut steps = Vec::new();
+    for i in 0..args.repeats.clamp(2, 4) {
+        let started = Instant::now();
+        optimizer.zero_grad();
+        model
+            .loss(&ids.narrow(1, 0, t), &ids.narrow(1, 1, t))
+            .backward();
+        optimizer.clip_grad_norm(1.0);
+        optimizer.step(1e-3);
+        sync(device);
+        if i > 0 {
+            steps.push(started.elapsed().as_secs_f64());
+        }
+    }
+    let mut weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    let state = optimizer.state();
+    let bytes: usize = weights
+        .iter()
+        .chain(&state)
+        .map(|(_, w)| w.numel() * w.kind().elt_size_in_bytes())
+        .sum();
+    let shallow = |named: &[(String, Tensor)]| -> Vec<(String, Tensor)> {
+        named
+            .iter()
+            .map(|(n, w)| (n.clone(), w.shallow_clone()))
+            .collect()
+    };
+    let root = Location::open(to)?;
+    let tokenizer = b"{}".to_vec();
+    let (mut saves, mut loads) = (Vec::new(), Vec::new());
+    for i in 0..args.repeats.max(1) {
+        let location = root.join(&format!("bench-{i}"));
+        let pieces = ToSave {
+            weights: shallow(&weights),
+            optimizer: Some(shallow(&state)),
+            tokenizer: &tokenizer,
+            ledger: None,
+        };
+        let started = Instant::now();
+        runtime.block_on(checkpoint::save(
+            &location,
+            pieces,
+            bench_manifest(model.config),
+        ))?;
+        saves.push(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        runtime.block_on(checkpoint::load(&location))?;
+        loads.push(started.elapsed().as_secs_f64());
+    }
+    let mut plain_writes = Vec::new();
+    if let Some(folder) = plain {
+        let payload = vec![7u8; bytes];
+        for i in 0..args.repeats.max(1) {
+            let path = folder.join(format!("plain-{i}.bin"));
+            let started = Instant::now();
+            std::fs::write(&path, &payload)?;
+            plain_writes.push(started.elapsed().as_secs_f64());
+            std::fs::remove_file(path)?;
+        }
+    }
+    // The stall: what the loop does for a background checkpoint (copy to host), each
+    // after the previous one is written, as in training; the first also allocates.
+    let mut writer = checkpoint::Writer::start(runtime.handle().clone(), tokenizer, None);
+    let mut stalls = Vec::new();
+    for i in 0..args.repeats.max(2) {
+        let location = root.join(&format!("background-{i}"));
+        let started = Instant::now();
+        writer.submit(
+            location,
+            shallow(&weights),
+            shallow(&state),
+            &Default::default(),
+            bench_manifest(model.config),
+        );
+        stalls.push(started.elapsed().as_secs_f64());
+        writer.wait()?;
+    }
+    let first_stall = stalls.remove(0);
+    let mb = bytes as f64 / 1e6;
+    let step = median(steps);
+    let stall = median(stalls);
+    println!(
+        "{}",
+        json!({"impl": "outloud (tch)", "what": "checkpoint", "params": model_params(vs), "mb": mb,
+               "save_mb_s": mb / median(saves), "load_mb_s": mb / median(loads),
+               "plain_write_mb_s": (!plain_writes.is_empty()).then(|| mb / median(plain_writes)),
+               "step_ms": step * 1e3, "stall_ms": stall * 1e3, "first_stall_ms": first_stall * 1e3,
+               "stall_share": stall / step})
+    );
+    Ok(())
+}
+
+fn model_params(vs: &nn::VarStore) -> i64 {
+    vs.trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum()
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let device = if args.device == "cuda" {
@@ -133,11 +284,7 @@ fn main() -> anyhow::Result<()> {
     if args.bf16 {
         vs.bfloat16();
     }
-    let params: i64 = vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let params = model_params(&vs);
     let threads = tch::get_num_threads();
     match args.what {
         What::Train => {
@@ -242,21 +389,7 @@ fn main() -> anyhow::Result<()> {
                     .map_err(|_| anyhow::anyhow!("bad path {}", path.display()))?;
                 Ok(Location::open(url.as_str())?)
             };
-            let manifest = Manifest {
-                format: String::new(),
-                job: "bench".into(),
-                phase: "bench".into(),
-                step: 0,
-                total_steps: 0,
-                model: config,
-                vision: None,
-                loss: 0.0,
-                tokens: 0,
-                words: 0,
-                synthetic_words: 0,
-                files: Default::default(),
-                provenance: Default::default(),
-            };
+            let manifest = bench_manifest(config);
             let weights = vs.variables().into_iter().collect();
             let saved = folder(&checkpoint)?;
             let pieces = ToSave {
@@ -291,6 +424,10 @@ fn main() -> anyhow::Result<()> {
                 "{}",
                 json!({"impl": "outloud (tch)", "what": "eval", "params": params, "threads": threads, "batch": args.batch, "pairs": pairs, "pairs_per_s": pairs as f64 / seconds})
             );
+        }
+        What::Checkpoint { ref to, ref plain } => {
+            let optimizer = AdamW::new(&vs, 0.1);
+            checkpoint_bench(&args, &model, optimizer, &vs, to, plain.clone())?;
         }
         What::Decode { prefix, new_tokens } => {
             let visual = Tensor::randn(
