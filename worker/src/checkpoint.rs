@@ -5,7 +5,12 @@
 //! The manifest is written last and lists every file's SHA-256, so a checkpoint is
 //! either complete and verified or refused: a half-written or corrupted one is detected
 //! on load, never silently used. Its types are the model's own ([`GptConfig`],
-//! [`VisionPath`]), never the job spec's; [`FORMAT`] versions them.
+//! [`VisionPath`]), never the job spec's; [`FORMAT`] versions them. It also records
+//! where the checkpoint comes from ([`Provenance`]).
+//!
+//! Modules: `safetensors_io` (tensors to and from safetensors bytes in memory),
+//! [`writer`] (checkpoints written by a thread of their own while training goes on),
+//! [`retention`] (a task's checkpoints across attempts; keeping the newest K).
 
 use std::collections::BTreeMap;
 
@@ -20,7 +25,8 @@ use crate::model::GptConfig;
 use crate::vlm::VisionPath;
 
 pub mod retention;
-mod writer;
+mod safetensors_io;
+pub mod writer;
 pub use writer::Writer;
 
 /// The manifest's version: bump it when a field changes meaning, so a reader of the
@@ -98,16 +104,12 @@ pub(crate) fn sha256(bytes: &[u8]) -> String {
 }
 
 fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, WorkerError> {
-    let file = tempfile::NamedTempFile::new()?;
-    Tensor::write_safetensors(tensors, file.path())?;
-    Ok(std::fs::read(file.path())?)
+    safetensors_io::to_bytes(tensors)
 }
 
-/// Named tensors from safetensors bytes (tch reads files only, hence the temporary).
+/// Named tensors from safetensors bytes, on the CPU.
 pub fn tensors_from(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WorkerError> {
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), bytes)?;
-    Ok(Tensor::read_safetensors(file.path())?)
+    safetensors_io::from_bytes(bytes)
 }
 
 /// The pieces of a checkpoint to write.

@@ -31,7 +31,8 @@
 //!   PyTorch's fused kernel, through the C++ shim in `csrc/`), the learning-rate schedule.
 //! - [`collective`]: all-reduce and broadcast between the ranks of a gang (CPU: a TCP
 //!   ring with timeouts; GPU: NCCL with a watchdog).
-//! - [`checkpoint`]: safetensors + verified manifests in object storage.
+//! - [`checkpoint`]: safetensors + verified manifests in object storage, written in the
+//!   background (`Writer`), kept as the phase's retention says (`retention`).
 //! - [`tokenizer`]: byte-level BPE trained by the `tokenizers` crate.
 //! - [`token_shards`]: text tokenized once, its ids kept in the job's storage.
 //! - [`data`]: where data sources live (generated ones written first); reading text.

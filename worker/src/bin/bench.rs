@@ -217,13 +217,17 @@ fn checkpoint_bench(
     let mut plain_writes = Vec::new();
     if let Some(folder) = plain {
         let payload = vec![7u8; bytes];
-        for i in 0..args.repeats.max(1) {
-            let path = folder.join(format!("plain-{i}.bin"));
+        // Kept until all are written, as the checkpoints are: a file deleted at once
+        // may never reach the disk at all.
+        let paths: Vec<PathBuf> = (0..args.repeats.max(1))
+            .map(|i| folder.join(format!("plain-{i}.bin")))
+            .collect();
+        for path in &paths {
             let started = Instant::now();
-            std::fs::write(&path, &payload)?;
+            std::fs::write(path, &payload)?;
             plain_writes.push(started.elapsed().as_secs_f64());
-            std::fs::remove_file(path)?;
         }
+        paths.iter().try_for_each(std::fs::remove_file)?;
     }
     // The stall: what the loop does for a background checkpoint (copy to host), each
     // after the previous one is written, as in training; the first also allocates.
