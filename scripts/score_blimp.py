@@ -11,6 +11,11 @@ summed log-likelihood of its tokens.
 
 Prints one JSON object: the scores ([good, bad] per pair, file by file), and with
 --time the pairs scored per second (median of rounds).
+
+With --hf, CHECKPOINT is a folder `outloud export` wrote, loaded by Hugging Face
+`transformers` (AutoModelForCausalLM, AutoTokenizer) as any user would; --logits-of
+ORIGINAL then also reports the largest difference between its logits and those of the
+original checkpoint (loaded as above) on a fixed input.
 """
 import argparse
 import json
@@ -46,18 +51,52 @@ def load(folder):
     return model.eval(), tokenizer, config["context"]
 
 
-def requests(tokenizer, sentences, context):
-    eot = tokenizer.token_to_id("<|endoftext|>")
-    encoded = tokenizer.encode_batch([" " + s for s in sentences], add_special_tokens=False)
+class HfModel:
+    """An exported folder through `transformers`, with the interface `score` uses."""
+
+    def __init__(self, folder):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        self.model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.context = self.model.config.n_positions
+
+    def logits(self, ids):
+        return self.model(ids).logits
+
+    def encode(self, texts):
+        return [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+    def end_of_text(self):
+        return self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+
+class OurCheckpoint:
+    """A checkpoint folder through `tokenizers`, `safetensors` and bench_torch's GPT."""
+
+    def __init__(self, folder):
+        self.model, self.tokenizer, self.context = load(folder)
+
+    def logits(self, ids):
+        return self.model.forward_embeddings(self.model.wte(ids), 0)
+
+    def encode(self, texts):
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def end_of_text(self):
+        return self.tokenizer.token_to_id("<|endoftext|>")
+
+
+def requests(scorer, sentences):
+    eot = scorer.end_of_text()
     out = []
-    for e in encoded:
-        tokens = ([eot] + e.ids)[-(context + 1):]
-        out.append((tokens, min(len(e.ids), len(tokens) - 1)))
+    for ids in scorer.encode([" " + s for s in sentences]):
+        tokens = ([eot] + ids)[-(scorer.context + 1):]
+        out.append((tokens, min(len(ids), len(tokens) - 1)))
     return out
 
 
 @torch.no_grad()
-def score(model, reqs, batch):
+def score(scorer, reqs, batch):
     """Summed continuation log-likelihoods; `batch` sequences per forward, right-padded."""
     order = sorted(range(len(reqs)), key=lambda i: -len(reqs[i][0]))
     scores = [0.0] * len(reqs)
@@ -68,7 +107,7 @@ def score(model, reqs, batch):
         for row, i in enumerate(chunk):
             tokens = reqs[i][0]
             ids[row, :len(tokens) - 1] = torch.tensor(tokens[:-1])
-        log_probs = F.log_softmax(model.forward_embeddings(model.wte(ids), 0).float(), dim=-1)
+        log_probs = F.log_softmax(scorer.logits(ids).float(), dim=-1)
         for row, i in enumerate(chunk):
             tokens, cont = reqs[i]
             n = len(tokens) - 1
@@ -86,9 +125,11 @@ def main():
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--time", action="store_true")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--hf", action="store_true", help="CHECKPOINT is an exported folder, read by transformers")
+    p.add_argument("--logits-of", help="with --hf: the original checkpoint, to compare logits with")
     args = p.parse_args()
     torch.manual_seed(0)
-    model, tokenizer, context = load(args.checkpoint)
+    scorer = HfModel(args.checkpoint) if args.hf else OurCheckpoint(args.checkpoint)
     pairs = []
     for path in args.files:
         with open(path) as f:
@@ -96,15 +137,20 @@ def main():
         pairs.append(rows[:args.pairs] if args.pairs else rows)
     sentences = [s for rows in pairs for r in rows for s in (r["sentence_good"], r["sentence_bad"])]
     result = {"threads": torch.get_num_threads(), "pairs": len(sentences) // 2}
+    if args.logits_of:
+        original = OurCheckpoint(args.logits_of)
+        ids = torch.tensor([[(7 * i + 3) % original.model.wte.num_embeddings for i in range(min(32, scorer.context))]])
+        with torch.no_grad():
+            result["logits_max_abs_diff"] = float((scorer.logits(ids) - original.logits(ids)).abs().max())
     if args.time:
         times = []
         for _ in range(args.rounds):
             started = time.perf_counter()
-            score(model, requests(tokenizer, sentences, context), args.batch)
+            score(scorer, requests(scorer, sentences), args.batch)
             times.append(time.perf_counter() - started)
         result["pairs_per_s"] = result["pairs"] / median(times)
     else:
-        flat = score(model, requests(tokenizer, sentences, context), args.batch)
+        flat = score(scorer, requests(scorer, sentences), args.batch)
         it = iter(flat)
         result["scores"] = [[[next(it), next(it)] for _ in rows] for rows in pairs]
     print(json.dumps(result))

@@ -52,6 +52,76 @@ fn python() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from("python3"))
 }
 
+/// `outloud export` writes the phase's model as a folder that Hugging Face
+/// `transformers` loads as it is (AutoModelForCausalLM, AutoTokenizer): its logits match
+/// the checkpoint's within 1e-4, and it scores the 50 pairs of `file` as Outloud did
+/// (`ours`) within 1e-4; its model card carries the job's scores.
+fn exported_model_scores_the_same(
+    cluster: &Cluster,
+    job: &str,
+    checkpoint: &Path,
+    file: &Path,
+    ours: &[Value],
+) {
+    let folder = cluster.dir.path().join("exported");
+    let url = &cluster.coordinator.url;
+    let to = folder.display().to_string();
+    let args = [
+        "export",
+        job,
+        "--phase",
+        "language",
+        "--to",
+        &to,
+        "--coordinator",
+        url,
+    ];
+    let exported = cli(&args, None);
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(folder.join(file).exists(), "{file} missing");
+    }
+    let card = std::fs::read_to_string(folder.join("README.md")).unwrap();
+    assert!(
+        card.contains("## Scores") && card.contains("blimp"),
+        "{card}"
+    );
+    let output = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/score_blimp.py"))
+        .args([folder.as_os_str(), file.as_os_str()])
+        .args(["--pairs", "50", "--hf", "--logits-of"])
+        .arg(checkpoint)
+        .output()
+        .expect("running scripts/score_blimp.py --hf");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let theirs: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let logits = theirs["logits_max_abs_diff"].as_f64().unwrap();
+    assert!(logits < 1e-4, "transformers' logits differ by {logits}");
+    let theirs = theirs["scores"][0].as_array().unwrap();
+    assert_eq!(theirs.len(), 50);
+    let mut worst: f64 = 0.0;
+    for (a, b) in ours.iter().zip(theirs) {
+        for k in 0..2 {
+            worst = worst.max((a[k].as_f64().unwrap() - b[k].as_f64().unwrap()).abs());
+        }
+    }
+    eprintln!("exported: logits within {logits:e}, 50 pairs within {worst:e}");
+    assert!(worst < 1e-4, "the exported model scores differ by {worst}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_babylm_item_is_scored_after_the_phase_and_agrees_with_pytorch() {
     let _one_at_a_time = exclusive().await;
@@ -187,6 +257,7 @@ phases:
     }
     eprintln!("largest difference from PyTorch over 50 pairs: {worst:e}");
     assert!(worst < 1e-4, "Outloud and PyTorch differ by {worst}");
+    exported_model_scores_the_same(&cluster, &id, &checkpoint, &file, ours);
 
     // The same checkpoint scored outside the job gives the same results.
     let out = cluster.dir.path().join("offline.json");

@@ -103,7 +103,8 @@ pub(crate) fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn safetensors_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, WorkerError> {
+/// `tensors` as the bytes of a safetensors file.
+pub fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, WorkerError> {
     safetensors_io::to_bytes(tensors)
 }
 
@@ -126,9 +127,9 @@ pub async fn save(
     pieces: ToSave<'_>,
     mut manifest: Manifest,
 ) -> Result<(), WorkerError> {
-    let mut files = vec![(MODEL_FILE, safetensors_bytes(&pieces.weights)?)];
+    let mut files = vec![(MODEL_FILE, tensors_to_bytes(&pieces.weights)?)];
     if let Some(state) = &pieces.optimizer {
-        files.push((OPTIMIZER_FILE, safetensors_bytes(state)?));
+        files.push((OPTIMIZER_FILE, tensors_to_bytes(state)?));
     }
     files.push((TOKENIZER_FILE, pieces.tokenizer.to_vec()));
     if let Some(ledger) = pieces.ledger {

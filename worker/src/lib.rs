@@ -31,6 +31,7 @@
 //!   PyTorch's fused kernel, through the C++ shim in `csrc/`), the learning-rate schedule.
 //! - [`collective`]: all-reduce and broadcast between the ranks of a gang (CPU: a TCP
 //!   ring with timeouts; GPU: NCCL with a watchdog).
+//! - [`export`]: a checkpoint as a Hugging Face GPT-2 folder (`transformers` loads it).
 //! - [`checkpoint`]: safetensors + verified manifests in object storage, written in the
 //!   background (`Writer`), kept as the phase's retention says (`retention`).
 //! - [`tokenizer`]: byte-level BPE trained by the `tokenizers` crate.
@@ -51,6 +52,7 @@ pub mod data;
 pub mod dreams;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod fit;
 pub mod gang;
 pub mod generate;

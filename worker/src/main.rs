@@ -77,6 +77,15 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write a checkpoint (verified first) as a folder Hugging Face `transformers` loads:
+    /// `AutoModelForCausalLM.from_pretrained(DIR)`, `AutoTokenizer.from_pretrained(DIR)`.
+    Export {
+        /// A checkpoint folder (path or storage URL).
+        checkpoint: String,
+        /// The folder to write (made if missing).
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 fn device(name: &str) -> anyhow::Result<tch::Device> {
@@ -95,7 +104,10 @@ fn main() -> anyhow::Result<()> {
     tch::set_num_threads(args.threads as i32);
     if let Some(command) = args.command {
         telemetry::init("warn");
-        return evaluate(command, device(&args.device)?);
+        return match command {
+            Command::Export { checkpoint, to } => export(&checkpoint, &to),
+            evaluate_command => evaluate(evaluate_command, device(&args.device)?),
+        };
     }
     telemetry::init("info");
     if let Some(wanted) = &args.gpus {
@@ -158,6 +170,22 @@ fn per_gpu_workers(wanted: &str, args: &Args) -> anyhow::Result<()> {
     runtime.block_on(outloud_worker::per_gpu::supervise(gpus, flags))
 }
 
+/// A path or storage URL, relative to the working directory.
+fn open_place(place: &str) -> anyhow::Result<Location> {
+    let here = std::env::current_dir()?.display().to_string();
+    let url = absolute_url(place, &here).map_err(anyhow::Error::msg)?;
+    Ok(Location::open(url.as_str())?)
+}
+
+fn export(checkpoint: &str, to: &std::path::Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let loaded = runtime.block_on(checkpoint::load(&open_place(checkpoint)?))?;
+    outloud_worker::inputs::require_finite(&loaded, checkpoint)?;
+    outloud_worker::export::export(&loaded, to)?;
+    println!("exported {checkpoint} to {}", to.display());
+    Ok(())
+}
+
 fn evaluate(command: Command, device: tch::Device) -> anyhow::Result<()> {
     let Command::Evaluate {
         checkpoint,
@@ -166,15 +194,11 @@ fn evaluate(command: Command, device: tch::Device) -> anyhow::Result<()> {
         limit,
         batch_size,
         out,
-    } = command;
-    let here = std::env::current_dir()?.display().to_string();
-    let open = |place: &str| -> anyhow::Result<Location> {
-        Ok(Location::open(
-            absolute_url(place, &here)
-                .map_err(anyhow::Error::msg)?
-                .as_str(),
-        )?)
+    } = command
+    else {
+        unreachable!("evaluate is called with the evaluate command");
     };
+    let open = open_place;
     let started = std::time::Instant::now();
     let runtime = tokio::runtime::Runtime::new()?;
     let loaded = runtime.block_on(checkpoint::load(&open(&checkpoint)?))?;

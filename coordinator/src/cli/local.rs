@@ -27,7 +27,7 @@ pub struct LocalCluster {
 }
 
 /// The worker binary: `$OUTLOUD_WORKER_BIN`, else the one beside this executable.
-fn worker_binary() -> anyhow::Result<PathBuf> {
+pub(super) fn worker_binary() -> anyhow::Result<PathBuf> {
     if let Ok(path) = std::env::var("OUTLOUD_WORKER_BIN") {
         return Ok(path.into());
     }

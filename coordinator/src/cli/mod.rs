@@ -2,6 +2,7 @@
 //! coordinator over gRPC, except `validate` (local checks) and `local` (a whole cluster
 //! on this machine).
 
+mod export;
 mod local;
 mod serve;
 mod watch;
@@ -105,6 +106,17 @@ pub enum Command {
         /// Per-benchmark differences between two phases (e.g. two branches): A - B.
         #[arg(long, num_args = 2, value_names = ["A", "B"])]
         compare: Option<Vec<String>>,
+    },
+    /// Write a phase's final model as a folder Hugging Face `transformers` loads
+    /// (GPT-2 layout, tokenizer, a model card with the job's scores).
+    Export {
+        job: String,
+        /// The phase (step) whose final checkpoint to export.
+        #[arg(long)]
+        phase: String,
+        /// The folder to write (made if missing).
+        #[arg(long)]
+        to: PathBuf,
     },
     /// Run a job on a cluster started on this machine: a coordinator and N workers.
     Local {
@@ -253,6 +265,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .await?
                 .into_inner();
             println!("{job}: running again: {}", answer.steps.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { job, phase, to } => {
+            let job = get_job(&connect().await?, &job).await?;
+            export::export(&job, &phase, &to)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Local {

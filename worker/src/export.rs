@@ -1,0 +1,264 @@
+//! A checkpoint as a folder the Hugging Face ecosystem loads as it is: our language
+//! model is GPT-2's architecture (pre-norm, learned positions, tied embeddings, tanh
+//! GELU, LayerNorm eps 1e-5, biases everywhere), so it becomes a `GPT2LMHeadModel`
+//! (`config.json`, `model.safetensors`) with a fast tokenizer (our `tokenizer.json`
+//! and its `tokenizer_config.json`). That is how the BabyLM evaluation pipeline loads
+//! models. A model card (`README.md`) says what it was trained on. Vision-language
+//! checkpoints also leave their vision encoder and projector in `vision.safetensors`
+//! with `vision_config.json`.
+//!
+//! GPT-2 keeps its linear layers as `Conv1D`, weights stored (in, out): the transpose
+//! of ours.
+
+use std::path::Path;
+
+use serde_json::json;
+use tch::Kind;
+
+use crate::checkpoint::{self, Loaded};
+use crate::error::WorkerError;
+use crate::tokenizer::END_OF_TEXT;
+
+/// Our parameter name -> GPT-2's, and whether the weight is transposed (a `Conv1D`).
+fn gpt2_name(ours: &str) -> Option<(String, bool)> {
+    let renamed = |name: String, conv: bool| Some((format!("transformer.{name}"), conv));
+    if let Some(rest) = ours.strip_prefix("blocks.") {
+        let (layer, part) = rest.split_once('.')?;
+        let (module, conv) = match part.rsplit_once('.')? {
+            ("ln1", _) => ("ln_1", false),
+            ("ln2", _) => ("ln_2", false),
+            ("attn.qkv", _) => ("attn.c_attn", true),
+            ("attn.proj", _) => ("attn.c_proj", true),
+            ("mlp.fc", _) => ("mlp.c_fc", true),
+            ("mlp.proj", _) => ("mlp.c_proj", true),
+            _ => return None,
+        };
+        let field = part.rsplit_once('.')?.1;
+        return renamed(
+            format!("h.{layer}.{module}.{field}"),
+            conv && field == "weight",
+        );
+    }
+    match ours {
+        "wte.weight" | "wpe.weight" | "ln_f.weight" | "ln_f.bias" => renamed(ours.into(), false),
+        _ => None,
+    }
+}
+
+/// Writes `loaded` into `folder` (made if missing) as a Hugging Face GPT-2 folder.
+pub fn export(loaded: &Loaded, folder: &Path) -> Result<(), WorkerError> {
+    std::fs::create_dir_all(folder)?;
+    let mut language = Vec::new();
+    let mut vision = Vec::new();
+    for (name, tensor) in &loaded.weights {
+        let tensor = tensor.to_kind(Kind::Float);
+        if name.starts_with("vision.") || name.starts_with("projector.") {
+            vision.push((name.clone(), tensor));
+            continue;
+        }
+        let (renamed, conv) = gpt2_name(name)
+            .ok_or_else(|| WorkerError::Data(format!("export: no GPT-2 name for `{name}`")))?;
+        let tensor = if conv {
+            tensor.tr().contiguous()
+        } else {
+            tensor
+        };
+        language.push((renamed, tensor));
+    }
+    let write = |file: &str, bytes: Vec<u8>| std::fs::write(folder.join(file), bytes);
+    write(
+        "model.safetensors",
+        checkpoint::tensors_to_bytes(&language)?,
+    )?;
+    write("config.json", pretty(&config(loaded)))?;
+    write("tokenizer.json", loaded.tokenizer.clone())?;
+    let context = loaded.manifest.model.context;
+    write("tokenizer_config.json", pretty(&tokenizer_config(context)))?;
+    let special =
+        json!({"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT});
+    write("special_tokens_map.json", pretty(&special))?;
+    if let Some(path) = &loaded.manifest.vision {
+        write("vision.safetensors", checkpoint::tensors_to_bytes(&vision)?)?;
+        write("vision_config.json", pretty(&json!(path)))?;
+    }
+    write("README.md", model_card(loaded).into_bytes())?;
+    Ok(())
+}
+
+fn pretty(value: &serde_json::Value) -> Vec<u8> {
+    // A JSON value always serializes.
+    serde_json::to_vec_pretty(value).expect("JSON serializes")
+}
+
+/// GPT-2's `config.json` for our shape.
+fn config(loaded: &Loaded) -> serde_json::Value {
+    let m = &loaded.manifest.model;
+    let end_of_text = crate::tokenizer::Tokenizer::from_json(&loaded.tokenizer)
+        .ok()
+        .map(|t| t.end_of_text());
+    json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": m.vocab_size,
+        "n_positions": m.context,
+        "n_ctx": m.context,
+        "n_embd": m.d_model,
+        "n_layer": m.n_layers,
+        "n_head": m.n_heads,
+        "n_inner": 4 * m.d_model,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "scale_attn_weights": true,
+        "tie_word_embeddings": true,
+        "bos_token_id": end_of_text,
+        "eos_token_id": end_of_text,
+        "torch_dtype": "float32",
+    })
+}
+
+fn tokenizer_config(context: u32) -> serde_json::Value {
+    json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": END_OF_TEXT,
+        "eos_token": END_OF_TEXT,
+        "unk_token": END_OF_TEXT,
+        "model_max_length": context,
+        "add_prefix_space": false,
+        "clean_up_tokenization_spaces": false,
+    })
+}
+
+/// What the model is and what it read, from the manifest (the CLI adds the scores).
+fn model_card(loaded: &Loaded) -> String {
+    let m = &loaded.manifest;
+    let data: String = m
+        .provenance
+        .data
+        .iter()
+        .map(|(name, sha)| format!("- `{name}`: SHA-256 `{sha}`\n"))
+        .collect();
+    format!(
+        "---\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n\n\
+         # {job} / {phase}\n\n\
+         A GPT-2-architecture model trained with [Outloud](https://github.com/) (\"Dreaming \
+         Out Loud\", BabyLM multimodal track): job `{job}`, phase `{phase}`, after {step} \
+         optimizer steps.\n\n\
+         - width {d}, {layers} layers, {heads} heads, context {context}, vocabulary {vocab}\n\
+         - tokens trained on in this phase: {tokens}; words: {words} (of which read in the \
+         model's own captions: {synthetic})\n\
+         - written by `{binary}`; step spec SHA-256 `{spec}`\n\n\
+         ## Data read by this phase\n\n{data}\n\
+         ## Use\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\
+         model = AutoModelForCausalLM.from_pretrained(\"PATH\")\n\
+         tokenizer = AutoTokenizer.from_pretrained(\"PATH\")\n```\n",
+        job = m.job,
+        phase = m.phase,
+        step = m.step,
+        d = m.model.d_model,
+        layers = m.model.n_layers,
+        heads = m.model.n_heads,
+        context = m.model.context,
+        vocab = m.model.vocab_size,
+        tokens = m.tokens,
+        words = m.words,
+        synthetic = m.synthetic_words,
+        binary = m.provenance.binary,
+        spec = m.provenance.spec_sha256,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_parameter_has_its_gpt2_name() {
+        let cases = [
+            ("wte.weight", "transformer.wte.weight", false),
+            ("blocks.3.ln1.bias", "transformer.h.3.ln_1.bias", false),
+            (
+                "blocks.0.attn.qkv.weight",
+                "transformer.h.0.attn.c_attn.weight",
+                true,
+            ),
+            (
+                "blocks.0.attn.qkv.bias",
+                "transformer.h.0.attn.c_attn.bias",
+                false,
+            ),
+            (
+                "blocks.11.mlp.proj.weight",
+                "transformer.h.11.mlp.c_proj.weight",
+                true,
+            ),
+            ("ln_f.weight", "transformer.ln_f.weight", false),
+        ];
+        for (ours, theirs, conv) in cases {
+            assert_eq!(gpt2_name(ours), Some((theirs.to_string(), conv)), "{ours}");
+        }
+        assert_eq!(gpt2_name("blocks.0.attn.rotary.weight"), None);
+    }
+
+    #[test]
+    fn a_vision_checkpoint_leaves_its_vision_path_beside_the_language_model() {
+        use crate::model::{Gpt, test_config};
+        use crate::vlm::{EncoderKind, VisionPath};
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let _model = Gpt::new(&vs.root(), test_config(8));
+        let mut weights: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+        let small = || tch::Tensor::ones([2, 3], (Kind::Float, tch::Device::Cpu));
+        weights.push(("vision.patch.weight".into(), small()));
+        weights.push(("projector.fc1.weight".into(), small()));
+        let vision = VisionPath {
+            encoder: EncoderKind::Vit,
+            image_size: 32,
+            patch_size: 8,
+            d_model: 16,
+            n_layers: 1,
+            n_heads: 2,
+            features_width: None,
+            frozen: false,
+        };
+        let docs = vec!["a small world of words".to_string(); 4];
+        let tokenizer = crate::tokenizer::Tokenizer::train(&docs, 300).unwrap();
+        let loaded = Loaded {
+            manifest: crate::checkpoint::Manifest {
+                model: test_config(8),
+                vision: Some(vision),
+                ..crate::checkpoint::tests::manifest()
+            },
+            weights,
+            optimizer: None,
+            tokenizer: tokenizer.to_json().unwrap(),
+            ledger: Default::default(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        export(&loaded, dir.path()).unwrap();
+        let names = |file: &str| -> Vec<String> {
+            let bytes = std::fs::read(dir.path().join(file)).unwrap();
+            let mut names: Vec<String> = checkpoint::tensors_from(&bytes)
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            names("vision.safetensors"),
+            ["projector.fc1.weight", "vision.patch.weight"]
+        );
+        assert!(
+            names("model.safetensors")
+                .iter()
+                .all(|n| n.starts_with("transformer."))
+        );
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("vision_config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["patch_size"], 8);
+    }
+}
