@@ -143,9 +143,8 @@ fn model_card(loaded: &Loaded) -> String {
     format!(
         "---\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n\n\
          # {job} / {phase}\n\n\
-         A GPT-2-architecture model trained with [Outloud](https://github.com/) (\"Dreaming \
-         Out Loud\", BabyLM multimodal track): job `{job}`, phase `{phase}`, after {step} \
-         optimizer steps.\n\n\
+         A GPT-2-architecture model trained with Outloud (\"Dreaming Out Loud\", BabyLM \
+         multimodal track): job `{job}`, phase `{phase}`, after {step} optimizer steps.\n\n\
          - width {d}, {layers} layers, {heads} heads, context {context}, vocabulary {vocab}\n\
          - tokens trained on in this phase: {tokens}; words: {words} (of which read in the \
          model's own captions: {synthetic})\n\
