@@ -46,6 +46,15 @@ fn flat_scores(benchmark: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// The largest difference between two lists of [good, bad] pair scores.
+fn largest_pair_difference(ours: &[Value], theirs: &[Value]) -> f64 {
+    let score = |pair: &Value, k: usize| pair[k].as_f64().unwrap();
+    ours.iter()
+        .zip(theirs)
+        .flat_map(|(a, b)| (0..2).map(move |k| (score(a, k) - score(b, k)).abs()))
+        .fold(0.0, f64::max)
+}
+
 fn python() -> PathBuf {
     std::env::var("OUTLOUD_VENV")
         .map(|v| PathBuf::from(v).join("bin/python"))
@@ -112,12 +121,7 @@ fn exported_model_scores_the_same(
     assert!(logits < 1e-4, "transformers' logits differ by {logits}");
     let theirs = theirs["scores"][0].as_array().unwrap();
     assert_eq!(theirs.len(), 50);
-    let mut worst: f64 = 0.0;
-    for (a, b) in ours.iter().zip(theirs) {
-        for k in 0..2 {
-            worst = worst.max((a[k].as_f64().unwrap() - b[k].as_f64().unwrap()).abs());
-        }
-    }
+    let worst = largest_pair_difference(ours, theirs);
     eprintln!("exported: logits within {logits:e}, 50 pairs within {worst:e}");
     assert!(worst < 1e-4, "the exported model scores differ by {worst}");
 }
@@ -249,12 +253,7 @@ phases:
         .as_array()
         .unwrap();
     assert_eq!(theirs.len(), 50);
-    let mut worst: f64 = 0.0;
-    for (a, b) in ours.iter().zip(theirs) {
-        for k in 0..2 {
-            worst = worst.max((a[k].as_f64().unwrap() - b[k].as_f64().unwrap()).abs());
-        }
-    }
+    let worst = largest_pair_difference(ours, theirs);
     eprintln!("largest difference from PyTorch over 50 pairs: {worst:e}");
     assert!(worst < 1e-4, "Outloud and PyTorch differ by {worst}");
     exported_model_scores_the_same(&cluster, &id, &checkpoint, &file, ours);

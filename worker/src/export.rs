@@ -204,23 +204,13 @@ mod tests {
     #[test]
     fn a_vision_checkpoint_leaves_its_vision_path_beside_the_language_model() {
         use crate::model::{Gpt, test_config};
-        use crate::vlm::{EncoderKind, VisionPath};
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
         let _model = Gpt::new(&vs.root(), test_config(8));
         let mut weights: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
         let small = || tch::Tensor::ones([2, 3], (Kind::Float, tch::Device::Cpu));
         weights.push(("vision.patch.weight".into(), small()));
         weights.push(("projector.fc1.weight".into(), small()));
-        let vision = VisionPath {
-            encoder: EncoderKind::Vit,
-            image_size: 32,
-            patch_size: 8,
-            d_model: 16,
-            n_layers: 1,
-            n_heads: 2,
-            features_width: None,
-            frozen: false,
-        };
+        let vision = crate::vlm::test_vision_path();
         let docs = vec!["a small world of words".to_string(); 4];
         let tokenizer = crate::tokenizer::Tokenizer::train(&docs, 300).unwrap();
         let loaded = Loaded {

@@ -352,7 +352,6 @@ mod tests {
     use super::*;
     use crate::checkpoint::{self, Loaded};
     use crate::model::Gpt;
-    use outloud_core::spec::{VisionEncoder, VisionSpec};
 
     #[test]
     fn the_hand_over_loads_exactly_the_saved_language_model() {
@@ -373,17 +372,7 @@ mod tests {
             ledger: Default::default(),
         };
         let after = nn::VarStore::new(Device::Cpu);
-        let vision = VisionSpec {
-            encoder: VisionEncoder::Vit,
-            image_size: 16,
-            patch_size: 8,
-            d_model: 16,
-            n_layers: 1,
-            n_heads: 2,
-            features_width: None,
-            frozen: false,
-        };
-        let _ = Vlm::new(&after.root(), lm, VisionPath::from(vision).config());
+        let _ = Vlm::new(&after.root(), lm, crate::vlm::test_vision_path().config());
         inputs::hand_over(&after, &previous).unwrap();
         let loaded = after.variables();
         for (name, tensor) in before.variables() {

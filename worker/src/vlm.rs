@@ -63,6 +63,21 @@ impl From<VisionSpec> for VisionPath {
     }
 }
 
+/// A small ViT path for unit tests: 16-pixel pictures, 8-pixel patches, width 16.
+#[cfg(test)]
+pub(crate) fn test_vision_path() -> VisionPath {
+    VisionPath::from(VisionSpec {
+        encoder: outloud_core::spec::VisionEncoder::Vit,
+        image_size: 16,
+        patch_size: 8,
+        d_model: 16,
+        n_layers: 1,
+        n_heads: 2,
+        features_width: None,
+        frozen: false,
+    })
+}
+
 impl VisionPath {
     /// The encoder configuration the model is built with.
     pub fn config(&self) -> VisionConfig {
