@@ -4,7 +4,10 @@
 //! Only committed checkpoints (those with a manifest) count. A checkpoint is deleted
 //! manifest first, so one interrupted halfway is already gone, never half-valid. Only
 //! intermediate checkpoints are ever deleted: final ones, which later steps read as
-//! their inputs, live elsewhere (`attempt-N/final`) and are never touched.
+//! their inputs, live elsewhere (`attempt-N/final`) and are never touched. Pruning also
+//! collects the checkpoints that earlier attempts began and never committed: their
+//! lease is gone, so nobody will finish them (the current attempt's are left alone: one
+//! may be being written).
 
 use outloud_core::storage::{Location, StorageError};
 
@@ -23,7 +26,8 @@ pub fn checkpoint_step(url: &str) -> Option<u64> {
     url.rsplit_once("/checkpoints/step-")?.1.parse().ok()
 }
 
-fn attempt_of(url: &str) -> u64 {
+/// The attempt a URL under a task's folder belongs to (`.../attempt-3/...`), 0 if none.
+pub fn attempt_of(url: &str) -> u64 {
     url.rsplit_once("/attempt-")
         .and_then(|(_, rest)| rest.split('/').next()?.parse().ok())
         .unwrap_or(0)
@@ -32,7 +36,11 @@ fn attempt_of(url: &str) -> u64 {
 /// Every committed intermediate checkpoint under `task_folder`, newest first (the
 /// latest attempt first among equal steps).
 pub async fn committed(task_folder: &Location) -> Result<Vec<Committed>, StorageError> {
-    let objects = task_folder.list().await?;
+    Ok(committed_in(&task_folder.list().await?))
+}
+
+/// The committed intermediate checkpoints among `objects`, newest first.
+fn committed_in(objects: &[Location]) -> Vec<Committed> {
     let mut found: Vec<Committed> = objects
         .iter()
         .filter_map(|o| o.url().strip_suffix(&format!("/{MANIFEST_FILE}")))
@@ -45,20 +53,47 @@ pub async fn committed(task_folder: &Location) -> Result<Vec<Committed>, Storage
         })
         .collect();
     found.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(found)
+    found
+}
+
+/// The checkpoint folder an object's URL lies in (`.../checkpoints/step-000150`).
+fn checkpoint_folder(url: &str) -> Option<&str> {
+    const MARK: &str = "/checkpoints/step-";
+    let at = url.find(MARK)? + MARK.len();
+    let digits = url[at..].split('/').next()?;
+    Some(&url[..at + digits.len()])
 }
 
 /// Deletes all but the newest `keep` committed intermediate checkpoints under
-/// `task_folder`; answers the URLs deleted.
-pub async fn prune(task_folder: &Location, keep: usize) -> Result<Vec<String>, StorageError> {
+/// `task_folder`, and what attempts before `current_attempt` began and never committed;
+/// answers the checkpoint folders deleted.
+pub async fn prune(
+    task_folder: &Location,
+    keep: usize,
+    current_attempt: u64,
+) -> Result<Vec<String>, StorageError> {
+    let objects = task_folder.list().await?;
+    let committed = committed_in(&objects);
     let mut deleted = Vec::new();
-    for old in committed(task_folder).await?.into_iter().skip(keep) {
+    for old in committed.iter().skip(keep) {
         let folder = Location::open(&old.url)?;
         folder.join(MANIFEST_FILE).delete().await?;
         for object in folder.list().await? {
             object.delete().await?;
         }
-        deleted.push(old.url);
+        deleted.push(old.url.clone());
+    }
+    let is_committed = |folder: &str| committed.iter().any(|c| c.url == folder);
+    for object in &objects {
+        let Some(folder) = checkpoint_folder(object.url()) else {
+            continue;
+        };
+        if attempt_of(folder) < current_attempt && !is_committed(folder) {
+            object.delete().await?;
+            if !deleted.iter().any(|d| d == folder) {
+                deleted.push(folder.to_string());
+            }
+        }
     }
     Ok(deleted)
 }
@@ -81,8 +116,10 @@ mod tests {
             put(&format!("{folder}/model.safetensors")).await;
             put(&format!("{folder}/{MANIFEST_FILE}")).await;
         }
-        // Written without its manifest (a crash mid-write): not a checkpoint.
+        // Written without their manifest (a crash mid-write): not checkpoints. The
+        // current attempt's may be being written; the earlier attempt's is an orphan.
         put("attempt-2/checkpoints/step-000050/model.safetensors").await;
+        put("attempt-1/checkpoints/step-000030/model.safetensors").await;
         put(&format!("attempt-1/final/{MANIFEST_FILE}")).await;
 
         let steps = |found: Vec<Committed>| -> Vec<(u64, u64)> {
@@ -91,8 +128,12 @@ mod tests {
         let all = committed(&task).await.unwrap();
         assert_eq!(steps(all), [(2, 40), (2, 30), (2, 20), (1, 20), (1, 10)]);
 
-        let deleted = prune(&task, 2).await.unwrap();
-        assert_eq!(deleted.len(), 3);
+        let deleted = prune(&task, 2, 2).await.unwrap();
+        assert_eq!(deleted.len(), 4, "{deleted:?}");
+        let orphan = dir
+            .path()
+            .join("attempt-1/checkpoints/step-000030/model.safetensors");
+        assert!(!orphan.exists());
         assert_eq!(steps(committed(&task).await.unwrap()), [(2, 40), (2, 30)]);
         let gone = dir.path().join("attempt-1/checkpoints/step-000010");
         assert!(!gone.join("model.safetensors").exists() && !gone.join(MANIFEST_FILE).exists());

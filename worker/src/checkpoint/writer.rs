@@ -68,8 +68,9 @@ impl Writer {
             let _entered = span.enter();
             for snapshot in inbox {
                 let result = write(&runtime, &snapshot, &tokenizer);
-                if let (Ok(_), Some((task_folder, keep))) = (&result, &retention) {
-                    prune(&runtime, task_folder, *keep);
+                if let (Ok(written), Some((task_folder, keep))) = (&result, &retention) {
+                    let attempt = super::retention::attempt_of(&written.url);
+                    prune(&runtime, task_folder, *keep, attempt);
                 }
                 let Snapshot {
                     weights, optimizer, ..
@@ -199,8 +200,8 @@ fn copy_to_host(buffers: &mut Named, live: Named) {
 
 /// Deletes the task's checkpoints past the newest `keep`; a failure only leaves more
 /// behind, so it is reported, not raised.
-fn prune(runtime: &tokio::runtime::Handle, task_folder: &Location, keep: usize) {
-    match runtime.block_on(super::retention::prune(task_folder, keep)) {
+fn prune(runtime: &tokio::runtime::Handle, task_folder: &Location, keep: usize, attempt: u64) {
+    match runtime.block_on(super::retention::prune(task_folder, keep, attempt)) {
         Ok(deleted) if !deleted.is_empty() => {
             tracing::info!(?deleted, keep, "older checkpoints deleted")
         }
