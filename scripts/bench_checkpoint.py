@@ -16,10 +16,10 @@ import sys
 import tempfile
 import time
 
-from bench_models import PRESETS
+from bench_models import SHAPES as FLAGS
 
-BASE = ["--d-model", "768", "--n-layers", "12", "--n-heads", "12", "--context", "512", "--vocab-size", "16384"]
-SHAPES = {"small": (PRESETS["small"], "8"), "base": (BASE, "1")}
+# Each preset's flags and the batch its step stall is measured against.
+SHAPES = {"small": (FLAGS["small"], "8"), "base": (FLAGS["base"], "1")}
 
 
 def measure(binary, shape, batch, to, plain=None, env=None):

@@ -9,10 +9,15 @@ import platform
 import subprocess
 import sys
 
-PRESETS = {
+# Model shapes, as outloud-model-bench flags; every benchmark script takes them from here.
+SHAPES = {
     "tiny": ["--d-model", "64", "--n-layers", "2", "--n-heads", "4", "--context", "64", "--vocab-size", "1024"],
     "small": ["--d-model", "256", "--n-layers", "6", "--n-heads", "8", "--context", "256", "--vocab-size", "8192"],
+    # ~100M parameters: for GPUs and the checkpoint benchmark.
+    "base": ["--d-model", "768", "--n-layers", "12", "--n-heads", "12", "--context", "512", "--vocab-size", "16384"],
 }
+# The presets the CPU model benchmarks run.
+PRESETS = {name: SHAPES[name] for name in ("tiny", "small")}
 REPEATS = {"tiny": "30", "small": "8"}
 # Training batches fit each size; captions are decoded 16 at a time whatever the size.
 BATCH = {("train", "tiny"): "16", ("train", "small"): "8", ("loader", "tiny"): "16", ("loader", "small"): "8", ("decode", "tiny"): "16", ("decode", "small"): "16",

@@ -12,12 +12,11 @@ import subprocess
 import sys
 import time
 
+from bench_models import SHAPES
+
 DEVICE = os.environ.get("OUTLOUD_GPU_TRAIN_DEVICE", "cuda")
-PRESETS = {
-    "tiny": (["--d-model", "64", "--n-layers", "2", "--n-heads", "4", "--context", "64", "--vocab-size", "1024"], [64, 4096]),
-    "small": (["--d-model", "256", "--n-layers", "6", "--n-heads", "8", "--context", "256", "--vocab-size", "8192"], [32, 512]),
-    "base": (["--d-model", "768", "--n-layers", "12", "--n-heads", "12", "--context", "512", "--vocab-size", "16384"], [16, 64, 128, 256]),
-}
+BATCHES = {"tiny": [64, 4096], "small": [32, 512], "base": [16, 64, 128, 256]}
+PRESETS = {name: (SHAPES[name], batches) for name, batches in BATCHES.items()}
 if DEVICE == "cpu":
     PRESETS = {"tiny": (PRESETS["tiny"][0], [4, 8])}
 # The section stays under 5 minutes: no new measurement starts after this many seconds.

@@ -208,7 +208,7 @@ impl Location {
     /// flight at once (S3 takes at most 5 GB in one request, and parts retry on their
     /// own). A local file is always written whole: it has no request size limit.
     pub async fn put(&self, bytes: Vec<u8>) -> Result<(), StorageError> {
-        if bytes.len() < MULTIPART_FROM || self.url.starts_with("file:") {
+        if bytes.len() < MULTIPART_FROM || self.is_local() {
             self.store
                 .put(&self.prefix, PutPayload::from(bytes))
                 .await
@@ -255,6 +255,11 @@ impl Location {
         Ok(bytes.to_vec())
     }
 
+    /// Whether this is a local file or folder (`file://`).
+    fn is_local(&self) -> bool {
+        self.url.starts_with("file:")
+    }
+
     /// Deletes the object here; nothing to delete is no error.
     pub async fn delete(&self) -> Result<(), StorageError> {
         match self.store.delete(&self.prefix).await {
@@ -269,7 +274,7 @@ impl Location {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             // A local directory answers head() with an error of its own.
-            Err(_) if self.url.starts_with("file:") => Ok(false),
+            Err(_) if self.is_local() => Ok(false),
             Err(e) => Err(self.error(e)),
         }
     }

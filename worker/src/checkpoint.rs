@@ -26,6 +26,7 @@ use crate::vlm::VisionPath;
 
 pub mod retention;
 mod safetensors_io;
+pub use safetensors_io::{from_bytes as tensors_from, to_bytes as tensors_to_bytes};
 pub mod writer;
 pub use writer::Writer;
 
@@ -77,14 +78,14 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    /// This binary, `spec`, and the checksums of what the phase read.
-    pub fn of(spec: &outloud_core::task_spec::TaskSpec, data: BTreeMap<String, String>) -> Self {
+    /// This binary and `spec`; the phase adds the checksums of what it reads (`data`).
+    pub fn of(spec: &outloud_core::task_spec::TaskSpec) -> Self {
         // Serializing our own spec type cannot fail.
         let spec = serde_json::to_vec(spec).expect("a task spec serializes");
         Self {
             binary: concat!("outloud-worker ", env!("CARGO_PKG_VERSION")).into(),
             spec_sha256: sha256(&spec),
-            data,
+            data: BTreeMap::new(),
         }
     }
 }
@@ -99,24 +100,14 @@ pub struct Loaded {
     pub ledger: Ledger,
 }
 
-pub(crate) fn sha256(bytes: &[u8]) -> String {
+fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-/// `tensors` as the bytes of a safetensors file.
-pub fn tensors_to_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, WorkerError> {
-    safetensors_io::to_bytes(tensors)
-}
-
-/// Named tensors from safetensors bytes, on the CPU.
-pub fn tensors_from(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WorkerError> {
-    safetensors_io::from_bytes(bytes)
 }
 
 /// The pieces of a checkpoint to write.
 pub struct ToSave<'a> {
-    pub weights: Vec<(String, Tensor)>,
-    pub optimizer: Option<Vec<(String, Tensor)>>,
+    pub weights: &'a [(String, Tensor)],
+    pub optimizer: Option<&'a [(String, Tensor)]>,
     pub tokenizer: &'a [u8],
     pub ledger: Option<&'a Ledger>,
 }
@@ -127,8 +118,8 @@ pub async fn save(
     pieces: ToSave<'_>,
     mut manifest: Manifest,
 ) -> Result<(), WorkerError> {
-    let mut files = vec![(MODEL_FILE, tensors_to_bytes(&pieces.weights)?)];
-    if let Some(state) = &pieces.optimizer {
+    let mut files = vec![(MODEL_FILE, tensors_to_bytes(pieces.weights)?)];
+    if let Some(state) = pieces.optimizer {
         files.push((OPTIMIZER_FILE, tensors_to_bytes(state)?));
     }
     files.push((TOKENIZER_FILE, pieces.tokenizer.to_vec()));
@@ -236,7 +227,7 @@ pub(crate) mod tests {
         let location = Location::open(url.as_str()).unwrap().join("ckpt");
         let w = Tensor::randn([4, 4], (Kind::Float, Device::Cpu));
         let pieces = ToSave {
-            weights: vec![("w".into(), w.shallow_clone())],
+            weights: &[("w".into(), w.shallow_clone())],
             optimizer: None,
             tokenizer: b"{}",
             ledger: None,

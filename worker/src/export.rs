@@ -24,19 +24,19 @@ fn gpt2_name(ours: &str) -> Option<(String, bool)> {
     let renamed = |name: String, conv: bool| Some((format!("transformer.{name}"), conv));
     if let Some(rest) = ours.strip_prefix("blocks.") {
         let (layer, part) = rest.split_once('.')?;
-        let (module, conv) = match part.rsplit_once('.')? {
-            ("ln1", _) => ("ln_1", false),
-            ("ln2", _) => ("ln_2", false),
-            ("attn.qkv", _) => ("attn.c_attn", true),
-            ("attn.proj", _) => ("attn.c_proj", true),
-            ("mlp.fc", _) => ("mlp.c_fc", true),
-            ("mlp.proj", _) => ("mlp.c_proj", true),
+        let (module, field) = part.rsplit_once('.')?;
+        let (theirs, linear) = match module {
+            "ln1" => ("ln_1", false),
+            "ln2" => ("ln_2", false),
+            "attn.qkv" => ("attn.c_attn", true),
+            "attn.proj" => ("attn.c_proj", true),
+            "mlp.fc" => ("mlp.c_fc", true),
+            "mlp.proj" => ("mlp.c_proj", true),
             _ => return None,
         };
-        let field = part.rsplit_once('.')?.1;
         return renamed(
-            format!("h.{layer}.{module}.{field}"),
-            conv && field == "weight",
+            format!("h.{layer}.{theirs}.{field}"),
+            linear && field == "weight",
         );
     }
     match ours {
@@ -52,7 +52,7 @@ pub fn export(loaded: &Loaded, folder: &Path) -> Result<(), WorkerError> {
     let mut vision = Vec::new();
     for (name, tensor) in &loaded.weights {
         let tensor = tensor.to_kind(Kind::Float);
-        if name.starts_with("vision.") || name.starts_with("projector.") {
+        if crate::vlm::in_vision_path(name) {
             vision.push((name.clone(), tensor));
             continue;
         }

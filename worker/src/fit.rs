@@ -27,7 +27,7 @@ use outloud_core::storage::Location;
 use outloud_core::task::Metrics;
 use tch::{Tensor, nn};
 
-use crate::checkpoint::{self, Manifest, Provenance, ToSave};
+use crate::checkpoint::{self, Manifest, Provenance};
 use crate::context::{TaskContext, TaskOutput};
 use crate::error::WorkerError;
 use crate::gang::Gang;
@@ -121,9 +121,9 @@ pub struct Fit<'a> {
     pub ledger: Ledger,
     /// The seed each step's batch is drawn with ([`crate::rng::draw_seed`]).
     pub draw_seed: u64,
-    /// Each source the phase read -> SHA-256 of its bytes, for the checkpoints'
-    /// provenance (set by the phase; empty where it reads none it can name).
-    pub data: std::collections::BTreeMap<String, String>,
+    /// What every checkpoint of the run records of its origin; the phase sets
+    /// `provenance.data` to the checksums of what it reads.
+    pub provenance: Provenance,
 }
 
 impl<'a> Fit<'a> {
@@ -144,7 +144,7 @@ impl<'a> Fit<'a> {
             vision,
             ledger,
             draw_seed: crate::rng::draw_seed(ctx.train()?.seed, &ctx.assignment.step),
-            data: Default::default(),
+            provenance: Provenance::of(&ctx.assignment.spec),
         })
     }
 }
@@ -164,27 +164,8 @@ impl Fit<'_> {
             words: metrics.words,
             synthetic_words: metrics.synthetic_words,
             files: Default::default(),
-            provenance: Provenance::of(&self.ctx.assignment.spec, self.data.clone()),
+            provenance: self.provenance.clone(),
         }
-    }
-
-    fn save(
-        &self,
-        location: &Location,
-        vs: &nn::VarStore,
-        optimizer: &AdamW,
-        metrics: &Metrics,
-        ledger: &Ledger,
-    ) -> Result<(), WorkerError> {
-        let pieces = ToSave {
-            weights: sorted_weights(vs),
-            optimizer: Some(optimizer.state()),
-            tokenizer: &self.tokenizer_json,
-            ledger: Some(ledger),
-        };
-        self.ctx
-            .runtime
-            .block_on(checkpoint::save(location, pieces, self.manifest(metrics)))
     }
 
     /// Hands the checkpoint of `metrics.step` to `writer`, or skips it (and says so) while
@@ -208,9 +189,22 @@ impl Fit<'_> {
         let location = self
             .root
             .join(&format!("checkpoints/step-{:06}", metrics.step));
-        let weights = sorted_weights(vs);
+        self.submit(writer, location, vs, optimizer, metrics, ledger);
+    }
+
+    /// Hands the checkpoint of `metrics.step` at `location` to `writer`, which is idle.
+    fn submit(
+        &self,
+        writer: &mut checkpoint::Writer,
+        location: Location,
+        vs: &nn::VarStore,
+        optimizer: &AdamW,
+        metrics: &Metrics,
+        ledger: &Ledger,
+    ) {
         let manifest = self.manifest(metrics);
-        writer.submit(location, weights, optimizer.state(), ledger, manifest);
+        let (weights, state) = (sorted_weights(vs), optimizer.state());
+        writer.submit(location, &weights, &state, ledger, manifest);
     }
 
     /// Trains from `start` (a fresh or resumed count) until the phase's steps or words
@@ -340,10 +334,12 @@ impl Fit<'_> {
                 results: TaskResults::default(),
             });
         }
+        // The final checkpoint takes the same path, and the task waits for it.
         let location = self.root.join("final");
-        self.save(&location, vs, optimizer, &metrics, &ledger)?;
+        self.submit(&mut writer, location, vs, optimizer, &metrics, &ledger);
+        let written = writer.wait()?.expect("the final checkpoint was submitted");
         Ok(TaskOutput {
-            output: location.url().to_string(),
+            output: written.url,
             metrics,
             results: TaskResults::default(),
         })

@@ -203,9 +203,7 @@ impl Start {
 /// else the language model's only (the vision path starts fresh).
 pub fn hand_over(vs: &nn::VarStore, previous: &Loaded) -> Result<(), WorkerError> {
     let with_vision = previous.manifest.vision.is_some();
-    let wanted = |name: &str| {
-        with_vision || !(name.starts_with("vision.") || name.starts_with("projector."))
-    };
+    let wanted = |name: &str| with_vision || !crate::vlm::in_vision_path(name);
     let loaded = load_weights(vs, &previous.weights, wanted)?;
     tracing::info!(loaded, from_phase = %previous.manifest.phase, "weights handed over");
     Ok(())

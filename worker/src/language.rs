@@ -65,7 +65,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         None => Metrics::default(),
     };
     let mut fit = Fit::new(ctx, &tokenizer, shape, None, ledger)?;
-    fit.data = checksums;
+    fit.provenance.data = checksums;
     let (rows, draws, device) = (phase.batch_size as usize, fit.draw_seed, ctx.device);
     fit.run(
         &vs,

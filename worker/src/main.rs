@@ -59,24 +59,7 @@ struct Args {
 enum Command {
     /// Score a checkpoint on benchmark folders (BabyLM `evaluation_data` layout), as an
     /// eval step does, and print accuracy per benchmark.
-    Evaluate {
-        /// A checkpoint folder (path or storage URL), e.g. `.../jobs/<job>/<phase>/final`.
-        checkpoint: String,
-        /// Benchmark folders or files (paths or storage URLs).
-        #[arg(required = true)]
-        benchmarks: Vec<String>,
-        /// Pictures for image-conditioned benchmarks, when not beside their files.
-        #[arg(long)]
-        images: Option<String>,
-        /// Items per file at most.
-        #[arg(long)]
-        limit: Option<u64>,
-        #[arg(long, default_value_t = 128)]
-        batch_size: usize,
-        /// Write the full results (per-item scores) here as JSON.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Evaluate(Evaluate),
     /// Write a checkpoint (verified first) as a folder Hugging Face `transformers` loads:
     /// `AutoModelForCausalLM.from_pretrained(DIR)`, `AutoTokenizer.from_pretrained(DIR)`.
     Export {
@@ -86,6 +69,26 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct Evaluate {
+    /// A checkpoint folder (path or storage URL), e.g. `.../jobs/<job>/<phase>/final`.
+    checkpoint: String,
+    /// Benchmark folders or files (paths or storage URLs).
+    #[arg(required = true)]
+    benchmarks: Vec<String>,
+    /// Pictures for image-conditioned benchmarks, when not beside their files.
+    #[arg(long)]
+    images: Option<String>,
+    /// Items per file at most.
+    #[arg(long)]
+    limit: Option<u64>,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Write the full results (per-item scores) here as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn device(name: &str) -> anyhow::Result<tch::Device> {
@@ -106,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         telemetry::init("warn");
         return match command {
             Command::Export { checkpoint, to } => export(&checkpoint, &to),
-            evaluate_command => evaluate(evaluate_command, device(&args.device)?),
+            Command::Evaluate(command) => evaluate(command, device(&args.device)?),
         };
     }
     telemetry::init("info");
@@ -186,18 +189,15 @@ fn export(checkpoint: &str, to: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn evaluate(command: Command, device: tch::Device) -> anyhow::Result<()> {
-    let Command::Evaluate {
+fn evaluate(command: Evaluate, device: tch::Device) -> anyhow::Result<()> {
+    let Evaluate {
         checkpoint,
         benchmarks,
         images,
         limit,
         batch_size,
         out,
-    } = command
-    else {
-        unreachable!("evaluate is called with the evaluate command");
-    };
+    } = command;
     let open = open_place;
     let started = std::time::Instant::now();
     let runtime = tokio::runtime::Runtime::new()?;

@@ -298,12 +298,7 @@ impl AdamW {
         };
         tch::no_grad(|| {
             for group in &mut self.groups {
-                for suffix in ["exp_avg", "exp_avg_sq"] {
-                    let flat = if suffix == "exp_avg" {
-                        &group.m
-                    } else {
-                        &group.v
-                    };
+                for (flat, suffix) in [(&group.m, "exp_avg"), (&group.v, "exp_avg_sq")] {
                     for (key, mut target) in group.named_views(flat, suffix) {
                         if !copy(&key, &mut target)? {
                             return Err(format!("optimizer state lacks {key}"));

@@ -78,6 +78,12 @@ pub(crate) fn test_vision_path() -> VisionPath {
     })
 }
 
+/// Whether a parameter belongs to the vision path (encoder or projector), not the
+/// language model.
+pub fn in_vision_path(name: &str) -> bool {
+    name.starts_with("vision.") || name.starts_with("projector.")
+}
+
 impl VisionPath {
     /// The encoder configuration the model is built with.
     pub fn config(&self) -> VisionConfig {

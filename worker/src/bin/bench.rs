@@ -186,20 +186,14 @@ fn checkpoint_bench(
         .chain(&state)
         .map(|(_, w)| w.numel() * w.kind().elt_size_in_bytes())
         .sum();
-    let shallow = |named: &[(String, Tensor)]| -> Vec<(String, Tensor)> {
-        named
-            .iter()
-            .map(|(n, w)| (n.clone(), w.shallow_clone()))
-            .collect()
-    };
     let root = Location::open(to)?;
     let tokenizer = b"{}".to_vec();
     let (mut saves, mut loads) = (Vec::new(), Vec::new());
     for i in 0..args.repeats.max(1) {
         let location = root.join(&format!("bench-{i}"));
         let pieces = ToSave {
-            weights: shallow(&weights),
-            optimizer: Some(shallow(&state)),
+            weights: &weights,
+            optimizer: Some(&state),
             tokenizer: &tokenizer,
             ledger: None,
         };
@@ -238,8 +232,8 @@ fn checkpoint_bench(
         let started = Instant::now();
         writer.submit(
             location,
-            shallow(&weights),
-            shallow(&state),
+            &weights,
+            &state,
             &Default::default(),
             bench_manifest(model.config),
         );
@@ -394,10 +388,10 @@ fn main() -> anyhow::Result<()> {
                 Ok(Location::open(url.as_str())?)
             };
             let manifest = bench_manifest(config);
-            let weights = vs.variables().into_iter().collect();
+            let weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
             let saved = folder(&checkpoint)?;
             let pieces = ToSave {
-                weights,
+                weights: &weights,
                 optimizer: None,
                 tokenizer: &tokenizer.to_json()?,
                 ledger: None,

@@ -74,25 +74,22 @@ pub async fn prune(
 ) -> Result<Vec<String>, StorageError> {
     let objects = task_folder.list().await?;
     let committed = committed_in(&objects);
-    let mut deleted = Vec::new();
-    for old in committed.iter().skip(keep) {
-        let folder = Location::open(&old.url)?;
-        folder.join(MANIFEST_FILE).delete().await?;
-        for object in folder.list().await? {
-            object.delete().await?;
-        }
-        deleted.push(old.url.clone());
-    }
-    let is_committed = |folder: &str| committed.iter().any(|c| c.url == folder);
-    for object in &objects {
-        let Some(folder) = checkpoint_folder(object.url()) else {
-            continue;
-        };
-        if attempt_of(folder) < current_attempt && !is_committed(folder) {
-            object.delete().await?;
-            if !deleted.iter().any(|d| d == folder) {
-                deleted.push(folder.to_string());
-            }
+    let goes = |folder: &str| match committed.iter().position(|c| c.url == folder) {
+        Some(newest_first) => newest_first >= keep,
+        None => attempt_of(folder) < current_attempt,
+    };
+    let mut doomed: Vec<&Location> = objects
+        .iter()
+        .filter(|o| checkpoint_folder(o.url()).is_some_and(goes))
+        .collect();
+    // Manifests first: a checkpoint whose deletion is cut short is already gone.
+    doomed.sort_by_key(|o| !o.url().ends_with(MANIFEST_FILE));
+    let mut deleted: Vec<String> = Vec::new();
+    for object in doomed {
+        object.delete().await?;
+        let folder = checkpoint_folder(object.url()).unwrap_or_default();
+        if !deleted.iter().any(|d| d == folder) {
+            deleted.push(folder.to_string());
         }
     }
     Ok(deleted)

@@ -9,36 +9,28 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::WorkerError;
 
+/// Each tensor kind a checkpoint may hold and its safetensors dtype.
+const KINDS: [(Kind, Dtype); 10] = [
+    (Kind::Float, Dtype::F32),
+    (Kind::BFloat16, Dtype::BF16),
+    (Kind::Half, Dtype::F16),
+    (Kind::Double, Dtype::F64),
+    (Kind::Int64, Dtype::I64),
+    (Kind::Int, Dtype::I32),
+    (Kind::Int16, Dtype::I16),
+    (Kind::Int8, Dtype::I8),
+    (Kind::Uint8, Dtype::U8),
+    (Kind::Bool, Dtype::BOOL),
+];
+
 fn dtype_of(kind: Kind) -> Result<Dtype, WorkerError> {
-    Ok(match kind {
-        Kind::Float => Dtype::F32,
-        Kind::BFloat16 => Dtype::BF16,
-        Kind::Half => Dtype::F16,
-        Kind::Double => Dtype::F64,
-        Kind::Int64 => Dtype::I64,
-        Kind::Int => Dtype::I32,
-        Kind::Int16 => Dtype::I16,
-        Kind::Int8 => Dtype::I8,
-        Kind::Uint8 => Dtype::U8,
-        Kind::Bool => Dtype::BOOL,
-        other => return Err(unsupported(format!("{other:?}"))),
-    })
+    let found = KINDS.iter().find(|(k, _)| *k == kind).map(|(_, d)| *d);
+    found.ok_or_else(|| unsupported(format!("{kind:?}")))
 }
 
 fn kind_of(dtype: Dtype) -> Result<Kind, WorkerError> {
-    Ok(match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F16 => Kind::Half,
-        Dtype::F64 => Kind::Double,
-        Dtype::I64 => Kind::Int64,
-        Dtype::I32 => Kind::Int,
-        Dtype::I16 => Kind::Int16,
-        Dtype::I8 => Kind::Int8,
-        Dtype::U8 => Kind::Uint8,
-        Dtype::BOOL => Kind::Bool,
-        other => return Err(unsupported(format!("{other:?}"))),
-    })
+    let found = KINDS.iter().find(|(_, d)| *d == dtype).map(|(k, _)| *k);
+    found.ok_or_else(|| unsupported(format!("{dtype:?}")))
 }
 
 fn unsupported(what: String) -> WorkerError {

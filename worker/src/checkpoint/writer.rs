@@ -104,8 +104,8 @@ impl Writer {
     pub fn submit(
         &mut self,
         location: Location,
-        weights: Named,
-        optimizer: Named,
+        weights: &[(String, Tensor)],
+        optimizer: &[(String, Tensor)],
         ledger: &Ledger,
         manifest: Manifest,
     ) {
@@ -172,11 +172,11 @@ fn thread_gone() -> WorkerError {
 
 /// Copies `live` into `buffers`, (re)made on the host when they do not match: pinned
 /// on CUDA, so the copy runs at the link's full speed.
-fn copy_to_host(buffers: &mut Named, live: Named) {
+fn copy_to_host(buffers: &mut Named, live: &[(String, Tensor)]) {
     let fits = buffers.len() == live.len()
         && buffers
             .iter()
-            .zip(&live)
+            .zip(live)
             .all(|((a, x), (b, y))| a == b && x.size() == y.size() && x.kind() == y.kind());
     tch::no_grad(|| {
         if !fits {
@@ -192,7 +192,7 @@ fn copy_to_host(buffers: &mut Named, live: Named) {
                 })
                 .collect();
         }
-        for ((_, host), (_, t)) in buffers.iter_mut().zip(&live) {
+        for ((_, host), (_, t)) in buffers.iter_mut().zip(live) {
             host.copy_(t);
         }
     });
@@ -215,15 +215,9 @@ fn write(
     snapshot: &Snapshot,
     tokenizer: &[u8],
 ) -> Result<CheckpointRef, WorkerError> {
-    let shallow = |named: &Named| -> Named {
-        named
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shallow_clone()))
-            .collect()
-    };
     let pieces = ToSave {
-        weights: shallow(&snapshot.weights),
-        optimizer: Some(shallow(&snapshot.optimizer)),
+        weights: &snapshot.weights,
+        optimizer: Some(&snapshot.optimizer),
         tokenizer,
         ledger: Some(&snapshot.ledger),
     };
@@ -263,7 +257,7 @@ mod tests {
         let ledger = Ledger::default();
         let at = |step| Manifest { step, ..manifest() };
 
-        writer.submit(root.join("a"), named(&live), named(&live), &ledger, at(1));
+        writer.submit(root.join("a"), &named(&live), &named(&live), &ledger, at(1));
         assert_eq!(writer.busy(), Some(1));
         // The snapshot is a copy: the live weights move on while it is written.
         let before = live.copy();
@@ -279,7 +273,7 @@ mod tests {
 
         // The next checkpoint reuses the same host buffers: memory stays bounded.
         let buffer = writer.buffers.0[0].1.data_ptr();
-        writer.submit(root.join("b"), named(&live), named(&live), &ledger, at(2));
+        writer.submit(root.join("b"), &named(&live), &named(&live), &ledger, at(2));
         let done = tokio::task::block_in_place(|| writer.wait())
             .unwrap()
             .unwrap();

@@ -86,7 +86,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         resumed,
     } = start_vlm(ctx, shape, &vision, &start_from, &frozen)?;
     let mut fit = Fit::new(ctx, &tokenizer, shape, Some(vision), ledger)?;
-    fit.data = checksums;
+    fit.provenance.data = checksums;
     let (rows, draws, device) = (phase.batch_size as usize, fit.draw_seed, ctx.device);
     fit.run(
         &vs,

@@ -360,7 +360,7 @@ async fn nan_weights_score_every_item_wrong_and_are_refused() {
     }))
     .unwrap();
     let pieces = crate::checkpoint::ToSave {
-        weights,
+        weights: &weights,
         optimizer: None,
         tokenizer: &tokenizer.to_json().unwrap(),
         ledger: None,
