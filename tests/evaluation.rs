@@ -55,6 +55,21 @@ fn largest_pair_difference(ours: &[Value], theirs: &[Value]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// What `scripts/score_blimp.py ARGS` prints (the independent PyTorch scorer).
+fn score_blimp(args: &[&std::ffi::OsStr]) -> Value {
+    let output = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/score_blimp.py"))
+        .args(args)
+        .output()
+        .expect("running scripts/score_blimp.py");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 fn python() -> PathBuf {
     std::env::var("OUTLOUD_VENV")
         .map(|v| PathBuf::from(v).join("bin/python"))
@@ -104,19 +119,15 @@ fn exported_model_scores_the_same(
         card.contains("## Scores") && card.contains("blimp"),
         "{card}"
     );
-    let output = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/score_blimp.py"))
-        .args([folder.as_os_str(), file.as_os_str()])
-        .args(["--pairs", "50", "--hf", "--logits-of"])
-        .arg(checkpoint)
-        .output()
-        .expect("running scripts/score_blimp.py --hf");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let theirs: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let theirs = score_blimp(&[
+        folder.as_os_str(),
+        file.as_os_str(),
+        "--pairs".as_ref(),
+        "50".as_ref(),
+        "--hf".as_ref(),
+        "--logits-of".as_ref(),
+        checkpoint.as_os_str(),
+    ]);
     let logits = theirs["logits_max_abs_diff"].as_f64().unwrap();
     assert!(logits < 1e-4, "transformers' logits differ by {logits}");
     let theirs = theirs["scores"][0].as_array().unwrap();
@@ -230,18 +241,12 @@ phases:
     let checkpoint = committed_path(&job, "language");
     let paradigm = "anaphor_gender_agreement";
     let file = eval.join(format!("blimp_filtered/{paradigm}.jsonl"));
-    let output = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/score_blimp.py"))
-        .args([checkpoint.as_os_str(), file.as_os_str()])
-        .args(["--pairs", "50"])
-        .output()
-        .expect("running scripts/score_blimp.py");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let theirs: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let theirs = score_blimp(&[
+        checkpoint.as_os_str(),
+        file.as_os_str(),
+        "--pairs".as_ref(),
+        "50".as_ref(),
+    ]);
     let theirs = theirs["scores"][0].as_array().unwrap();
     let ours = results["benchmarks"]
         .as_array()
