@@ -237,3 +237,145 @@ async fn a_storage_server_paused_mid_phase_stalls_no_step_and_loses_nothing() {
     assert!(committed >= 3, "{committed} intermediate checkpoints");
     assert_eq!(verify_all(&root, "/final").await, 1);
 }
+
+/// The f32 tensors of a safetensors file, by name.
+fn f32_tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let data = &bytes[8 + header_len..];
+    let mut tensors = std::collections::BTreeMap::new();
+    for (name, info) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        assert_eq!(info["dtype"], "F32", "{name}");
+        let at = |i: usize| info["data_offsets"][i].as_u64().unwrap() as usize;
+        let values = data[at(0)..at(1)]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        tensors.insert(name.clone(), values);
+    }
+    tensors
+}
+
+/// The largest difference between two sets of the same tensors.
+fn largest_difference(
+    a: &std::collections::BTreeMap<String, Vec<f32>>,
+    b: &std::collections::BTreeMap<String, Vec<f32>>,
+) -> f32 {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .flat_map(|(name, x)| x.iter().zip(&b[name]).map(|(x, y)| (x - y).abs()))
+        .fold(0.0, f32::max)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_phase_starts_from_another_jobs_checkpoint_or_its_export_verified() {
+    let _one_at_a_time = exclusive().await;
+    let cluster = Cluster::start(5_000).await;
+    let _worker = cluster.worker("only");
+    let first = language_job(&cluster.storage(), DATA, 40, 100);
+    let first = cluster.submit(&first).await;
+    let first = cluster
+        .wait(&first, Duration::from_secs(120), finished)
+        .await;
+    assert_succeeded(&first);
+    let trained = committed_path(&first, "language");
+    let exported = cluster.dir.path().join("exported");
+    let to = exported.display().to_string();
+    let url = &cluster.coordinator.url;
+    let args = ["export", &first.id, "--phase", "language", "--to", &to];
+    let export = cli(&[&args[..], &["--coordinator", url]].concat(), None);
+    assert!(export.status.success(), "{export:?}");
+
+    // Two phases of another job, one from each: a step so small that the weights it
+    // ends with are those it started from, within a rounding.
+    let phase = |name: &str, from: &std::path::Path| {
+        format!(
+            "  - {{name: {name}, kind: language, data: [corpus], steps: 1, learning_rate: 1e-9, init_from: {}}}\n",
+            from.display()
+        )
+    };
+    let yaml = language_job(&cluster.storage(), DATA, 1, 100);
+    let yaml = yaml[..yaml.find("  - name: language").unwrap()].to_string()
+        + &phase("from-checkpoint", &trained)
+        + &phase("from-export", &exported);
+    let second = cluster.submit(&yaml).await;
+    let second = cluster
+        .wait(&second, Duration::from_secs(120), finished)
+        .await;
+    assert_succeeded(&second);
+    let started = f32_tensors(&trained.join("model.safetensors"));
+    for step in ["from-checkpoint", "from-export"] {
+        let ended = committed_path(&second, step);
+        let moved = largest_difference(&started, &f32_tensors(&ended.join("model.safetensors")));
+        assert!(
+            moved < 1e-6,
+            "{step}: weights {moved} from where they started"
+        );
+        // The tokenizer and the word ledger carry over; the manifest says from where.
+        let same = |file: &str| std::fs::read(ended.join(file)).unwrap();
+        assert!(same("tokenizer.json") == std::fs::read(trained.join("tokenizer.json")).unwrap());
+        let unique = |job: &Job, step: &str| job.step(step).unwrap().metrics().unique_words;
+        assert!(
+            unique(&second, step) >= unique(&first, "language"),
+            "{step}"
+        );
+        let manifest: serde_json::Value = serde_json::from_slice(&same("manifest.json")).unwrap();
+        let imported = manifest["provenance"]["imported_from"].as_str().unwrap();
+        let source = if step == "from-export" {
+            &exported
+        } else {
+            &trained
+        };
+        assert!(
+            imported.ends_with(&format!("{}/", source.display())),
+            "{imported}"
+        );
+    }
+
+    // Refused at submission: a folder that is no checkpoint, a model of another shape.
+    let jobs = cluster.connection.jobs();
+    let refusal = |yaml: String| {
+        let mut jobs = jobs.clone();
+        async move {
+            let request = outloud_proto::v1::SubmitJobRequest {
+                spec_yaml: yaml,
+                source_name: "import.yaml".into(),
+                working_dir: "/".into(),
+            };
+            let answer = jobs.submit_job(request).await;
+            answer
+                .expect_err("the spec was admitted")
+                .message()
+                .to_string()
+        }
+    };
+    let not_one = refusal(yaml.replace(&to, &cluster.logs().display().to_string())).await;
+    assert!(
+        not_one.contains("import.yaml:8:")
+            && not_one.contains("phases[1].init_from")
+            && not_one.contains("no manifest.json"),
+        "{not_one}"
+    );
+    let other_shape = refusal(yaml.replace("preset: tiny", "preset: small")).await;
+    assert!(
+        other_shape.contains("the checkpoint's model is d_model"),
+        "{other_shape}"
+    );
+
+    // A changed byte in the export: the phase fails naming the file, loading nothing.
+    let model = exported.join("model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&model, bytes).unwrap();
+    let third = cluster.submit(&yaml).await;
+    let third = cluster
+        .wait(&third, Duration::from_secs(120), finished)
+        .await;
+    let error = third.error.clone().unwrap_or_default();
+    assert!(error.contains("model.safetensors is corrupt"), "{error}");
+}

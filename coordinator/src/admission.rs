@@ -5,8 +5,8 @@
 //! the roots is refused before anything touches it, and a path inside is probed for one
 //! entry. Workers read and check the data itself in the job's prepare step.
 
-use outloud_core::spec::{self, JobSpec, Limits, Locator, SpecErrors};
-use outloud_core::storage::{self, Location, is_within};
+use outloud_core::spec::{self, JobSpec, Limits, Locator, ModelShape, SpecErrors};
+use outloud_core::storage::{self, Location, StorageError, is_within};
 
 /// What a coordinator admits.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +73,14 @@ pub async fn admit(
             problems.push(at(&field, message));
         }
     }
+    for (i, phase) in spec.phases.iter().enumerate() {
+        let Some(url) = &phase.init_from else {
+            continue;
+        };
+        if let Err(message) = check_import(url, &spec, policy).await {
+            problems.push(at(&format!("phases[{i}].init_from"), message));
+        }
+    }
     if !problems.is_empty() {
         return Err(SpecErrors(problems));
     }
@@ -110,4 +118,44 @@ async fn check_read(url: &str, policy: &Policy) -> Result<(), String> {
         Ok(false) => Err(format!("nothing at `{url}`")),
         Err(e) => Err(format!("`{url}` cannot be read: {e}")),
     }
+}
+
+/// A checkpoint a phase imports (`init_from`): inside the data roots, with a manifest
+/// whose model is this spec's. The worker verifies every file against that manifest.
+async fn check_import(url: &str, spec: &JobSpec, policy: &Policy) -> Result<(), String> {
+    confined(url, &policy.data_roots, "data")?;
+    let manifest_url = storage::join_url(url, "manifest.json");
+    let location = Location::open(&manifest_url).map_err(|e| e.to_string())?;
+    let bytes = match location.get().await {
+        Ok(bytes) => bytes,
+        Err(StorageError::Missing { .. }) => {
+            return Err(format!(
+                "no checkpoint at `{url}`: it has no manifest.json (a checkpoint folder, or a \
+                 folder `outloud export` wrote)"
+            ));
+        }
+        Err(e) => return Err(format!("`{manifest_url}` cannot be read: {e}")),
+    };
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        model: ModelShape,
+    }
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("`{manifest_url}` is not a checkpoint manifest: {e}"))?;
+    let ours = spec.model.shape()?;
+    if manifest.model != ours {
+        return Err(format!(
+            "the checkpoint's model is {}, this spec's is {}",
+            describe(&manifest.model),
+            describe(&ours)
+        ));
+    }
+    Ok(())
+}
+
+fn describe(shape: &ModelShape) -> String {
+    format!(
+        "d_model {} x {} layers, {} heads, context {}, vocabulary {}",
+        shape.d_model, shape.n_layers, shape.n_heads, shape.context, shape.vocab_size
+    )
 }

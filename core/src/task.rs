@@ -119,11 +119,22 @@ pub struct Assignment {
     /// The checkpoint the task starts from (training) or scores (evaluation).
     pub input_checkpoint: Option<String>,
     /// The step of this job that wrote `input_checkpoint`: a checkpoint whose manifest
-    /// names another job or step is refused.
+    /// names another job or step is refused. None with an input checkpoint: the phase
+    /// imports it from outside the job (`init_from`), vouched for by its manifest alone.
     pub input_step: Option<String>,
     /// This worker's rank in the task's gang, and the gang's size (1: no gang).
     pub rank: u32,
     pub world_size: u32,
+}
+
+impl Assignment {
+    /// The checkpoint the phase imports from outside the job (`init_from`), if it does.
+    pub fn imported_checkpoint(&self) -> Option<&str> {
+        match self.input_step {
+            None => self.input_checkpoint.as_deref(),
+            Some(_) => None,
+        }
+    }
 }
 
 /// Where one attempt at a task writes: `jobs/<job>/<step>/[shard-<k>/]attempt-<epoch>`

@@ -33,6 +33,10 @@ pub use writer::Writer;
 /// The manifest's version: bump it when a field changes meaning, so a reader of the
 /// previous version refuses the checkpoint instead of misreading it.
 pub const FORMAT: &str = "outloud-checkpoint/1";
+/// The manifest's version in a folder `outloud export` wrote: the same fields, the
+/// language model in GPT-2's layout ([`crate::export`]), the vision path in its own file.
+pub const EXPORT_FORMAT: &str = "outloud-export/1";
+pub const VISION_FILE: &str = "vision.safetensors";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -75,17 +79,22 @@ pub struct Provenance {
     pub spec_sha256: String,
     /// Each text source read, by name -> SHA-256 (hex) of its bytes as read.
     pub data: BTreeMap<String, String>,
+    /// The checkpoint from outside the job the phase started from (`init_from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported_from: Option<String>,
 }
 
 impl Provenance {
-    /// This binary and `spec`; the phase adds the checksums of what it reads (`data`).
-    pub fn of(spec: &outloud_core::task_spec::TaskSpec) -> Self {
+    /// This binary and the assignment's spec and import; the phase adds the checksums
+    /// of what it reads (`data`).
+    pub fn of(assignment: &outloud_core::task::Assignment) -> Self {
         // Serializing our own spec type cannot fail.
-        let spec = serde_json::to_vec(spec).expect("a task spec serializes");
+        let spec = serde_json::to_vec(&assignment.spec).expect("a task spec serializes");
         Self {
             binary: concat!("outloud-worker ", env!("CARGO_PKG_VERSION")).into(),
             spec_sha256: sha256(&spec),
             data: BTreeMap::new(),
+            imported_from: assignment.imported_checkpoint().map(str::to_string),
         }
     }
 }
@@ -100,7 +109,7 @@ pub struct Loaded {
     pub ledger: Ledger,
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -153,12 +162,15 @@ pub async fn load(location: &Location) -> Result<Loaded, WorkerError> {
     };
     let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| refuse(format!("bad manifest: {e}")))?;
-    if manifest.format != FORMAT {
-        return Err(refuse(format!(
-            "format `{}`, expected `{FORMAT}`",
-            manifest.format
-        )));
-    }
+    let exported = match manifest.format.as_str() {
+        FORMAT => false,
+        EXPORT_FORMAT => true,
+        other => {
+            return Err(refuse(format!(
+                "format `{other}`, expected `{FORMAT}` or `{EXPORT_FORMAT}`"
+            )));
+        }
+    };
     let mut files = BTreeMap::new();
     for (name, expected) in &manifest.files {
         let bytes = location.join(name).get().await?;
@@ -173,7 +185,12 @@ pub async fn load(location: &Location) -> Result<Loaded, WorkerError> {
     let weights = files
         .get(MODEL_FILE)
         .ok_or_else(|| refuse(format!("no {MODEL_FILE}")))?;
-    let weights = tensors_from(weights)?;
+    let weights = if exported {
+        let vision = files.get(VISION_FILE).map(Vec::as_slice);
+        crate::export::imported_weights(weights, vision)?
+    } else {
+        tensors_from(weights)?
+    };
     let optimizer = files
         .get(OPTIMIZER_FILE)
         .map(|b| tensors_from(b))

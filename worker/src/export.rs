@@ -9,40 +9,81 @@
 //!
 //! GPT-2 keeps its linear layers as `Conv1D`, weights stored (in, out): the transpose
 //! of ours.
+//!
+//! The folder is also a checkpoint (format [`checkpoint::EXPORT_FORMAT`]): its
+//! `manifest.json` lists every file's SHA-256, so a phase may start from it
+//! (`init_from`), verified like any checkpoint; [`imported_weights`] undoes the layout.
 
 use std::path::Path;
 
 use serde_json::json;
-use tch::Kind;
+use tch::{Kind, Tensor};
 
-use crate::checkpoint::{self, Loaded};
+use crate::checkpoint::{self, Loaded, Manifest};
 use crate::error::WorkerError;
 use crate::tokenizer::END_OF_TEXT;
 
+/// Each block's modules: our name, GPT-2's, and whether its weight is a `Conv1D`.
+const BLOCK_MODULES: [(&str, &str, bool); 6] = [
+    ("ln1", "ln_1", false),
+    ("ln2", "ln_2", false),
+    ("attn.qkv", "attn.c_attn", true),
+    ("attn.proj", "attn.c_proj", true),
+    ("mlp.fc", "mlp.c_fc", true),
+    ("mlp.proj", "mlp.c_proj", true),
+];
+/// Parameters outside the blocks, named alike on both sides (under `transformer.`).
+const OUTER: [&str; 4] = ["wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"];
+
 /// Our parameter name -> GPT-2's, and whether the weight is transposed (a `Conv1D`).
 fn gpt2_name(ours: &str) -> Option<(String, bool)> {
-    let renamed = |name: String, conv: bool| Some((format!("transformer.{name}"), conv));
-    if let Some(rest) = ours.strip_prefix("blocks.") {
-        let (layer, part) = rest.split_once('.')?;
-        let (module, field) = part.rsplit_once('.')?;
-        let (theirs, linear) = match module {
-            "ln1" => ("ln_1", false),
-            "ln2" => ("ln_2", false),
-            "attn.qkv" => ("attn.c_attn", true),
-            "attn.proj" => ("attn.c_proj", true),
-            "mlp.fc" => ("mlp.c_fc", true),
-            "mlp.proj" => ("mlp.c_proj", true),
-            _ => return None,
+    if OUTER.contains(&ours) {
+        return Some((format!("transformer.{ours}"), false));
+    }
+    let (layer, part) = ours.strip_prefix("blocks.")?.split_once('.')?;
+    let (module, field) = part.rsplit_once('.')?;
+    let &(_, theirs, conv) = BLOCK_MODULES.iter().find(|(o, _, _)| *o == module)?;
+    let name = format!("transformer.h.{layer}.{theirs}.{field}");
+    Some((name, conv && field == "weight"))
+}
+
+/// GPT-2's parameter name -> ours, and whether the weight is transposed: the inverse
+/// of [`gpt2_name`], for starting from an exported folder.
+fn our_name(theirs: &str) -> Option<(String, bool)> {
+    let rest = theirs.strip_prefix("transformer.")?;
+    if OUTER.contains(&rest) {
+        return Some((rest.to_string(), false));
+    }
+    let (layer, part) = rest.strip_prefix("h.")?.split_once('.')?;
+    let (module, field) = part.rsplit_once('.')?;
+    let &(ours, _, conv) = BLOCK_MODULES.iter().find(|(_, t, _)| *t == module)?;
+    Some((
+        format!("blocks.{layer}.{ours}.{field}"),
+        conv && field == "weight",
+    ))
+}
+
+/// The weights of an exported folder under our names and in our orientation: the
+/// language model from `model` (GPT-2 layout), the vision path from `vision` as is.
+pub fn imported_weights(
+    model: &[u8],
+    vision: Option<&[u8]>,
+) -> Result<Vec<(String, Tensor)>, WorkerError> {
+    let mut weights = Vec::new();
+    for (theirs, tensor) in checkpoint::tensors_from(model)? {
+        let (ours, conv) = our_name(&theirs)
+            .ok_or_else(|| WorkerError::Data(format!("exported model has unknown `{theirs}`")))?;
+        let tensor = if conv {
+            tensor.tr().contiguous()
+        } else {
+            tensor
         };
-        return renamed(
-            format!("h.{layer}.{theirs}.{field}"),
-            linear && field == "weight",
-        );
+        weights.push((ours, tensor));
     }
-    match ours {
-        "wte.weight" | "wpe.weight" | "ln_f.weight" | "ln_f.bias" => renamed(ours.into(), false),
-        _ => None,
+    if let Some(vision) = vision {
+        weights.extend(checkpoint::tensors_from(vision)?);
     }
+    Ok(weights)
 }
 
 /// Writes `loaded` into `folder` (made if missing) as a Hugging Face GPT-2 folder.
@@ -65,23 +106,41 @@ pub fn export(loaded: &Loaded, folder: &Path) -> Result<(), WorkerError> {
         };
         language.push((renamed, tensor));
     }
-    let write = |file: &str, bytes: Vec<u8>| std::fs::write(folder.join(file), bytes);
+    // Every file but the model card (the CLI adds scores to it) is listed in the
+    // manifest, written last, so the folder is also a checkpoint a phase can start from.
+    let mut manifest = Manifest {
+        format: checkpoint::EXPORT_FORMAT.into(),
+        files: Default::default(),
+        ..loaded.manifest.clone()
+    };
+    let mut write = |file: &str, bytes: Vec<u8>| {
+        manifest
+            .files
+            .insert(file.to_string(), checkpoint::sha256(&bytes));
+        std::fs::write(folder.join(file), bytes)
+    };
     write(
-        "model.safetensors",
+        checkpoint::MODEL_FILE,
         checkpoint::tensors_to_bytes(&language)?,
     )?;
     write("config.json", pretty(&config(loaded)))?;
-    write("tokenizer.json", loaded.tokenizer.clone())?;
+    write(checkpoint::TOKENIZER_FILE, loaded.tokenizer.clone())?;
     let context = loaded.manifest.model.context;
     write("tokenizer_config.json", pretty(&tokenizer_config(context)))?;
     let special =
         json!({"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT});
     write("special_tokens_map.json", pretty(&special))?;
     if let Some(path) = &loaded.manifest.vision {
-        write("vision.safetensors", checkpoint::tensors_to_bytes(&vision)?)?;
+        write(
+            checkpoint::VISION_FILE,
+            checkpoint::tensors_to_bytes(&vision)?,
+        )?;
         write("vision_config.json", pretty(&json!(path)))?;
     }
-    write("README.md", model_card(loaded).into_bytes())?;
+    write(checkpoint::LEDGER_FILE, loaded.ledger.to_json())?;
+    std::fs::write(folder.join("README.md"), model_card(loaded))?;
+    let manifest = serde_json::to_value(&manifest).expect("manifest serializes");
+    std::fs::write(folder.join(checkpoint::MANIFEST_FILE), pretty(&manifest))?;
     Ok(())
 }
 
@@ -249,5 +308,44 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.path().join("vision_config.json")).unwrap())
                 .unwrap();
         assert_eq!(config["patch_size"], 8);
+
+        // The folder is a checkpoint too: it loads back, verified, to the same weights.
+        let url = url::Url::from_directory_path(dir.path()).unwrap();
+        let location = outloud_core::storage::Location::open(url.as_str()).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let back = runtime.block_on(checkpoint::load(&location)).unwrap();
+        assert_eq!(back.manifest.format, checkpoint::EXPORT_FORMAT);
+        assert_eq!(back.weights.len(), loaded.weights.len());
+        for (name, tensor) in &loaded.weights {
+            let (_, again) = back.weights.iter().find(|(n, _)| n == name).unwrap();
+            assert!(again.equal(tensor), "{name} changed on the way back");
+        }
+        // A changed byte in any listed file is refused.
+        let path = dir.path().join("tokenizer_config.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("false", "true ");
+        std::fs::write(&path, text).unwrap();
+        let refused = runtime.block_on(checkpoint::load(&location)).err().unwrap();
+        assert!(
+            refused
+                .to_string()
+                .contains("tokenizer_config.json is corrupt"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn gpt2_names_map_back_to_ours() {
+        for ours in [
+            "wte.weight",
+            "blocks.2.attn.qkv.weight",
+            "blocks.0.ln2.bias",
+            "ln_f.bias",
+        ] {
+            let (theirs, conv) = gpt2_name(ours).unwrap();
+            assert_eq!(our_name(&theirs), Some((ours.to_string(), conv)));
+        }
+        assert_eq!(our_name("lm_head.weight"), None);
     }
 }

@@ -144,7 +144,7 @@ impl<'a> Fit<'a> {
             vision,
             ledger,
             draw_seed: crate::rng::draw_seed(ctx.train()?.seed, &ctx.assignment.step),
-            provenance: Provenance::of(&ctx.assignment.spec),
+            provenance: Provenance::of(&ctx.assignment),
         })
     }
 }

@@ -63,8 +63,11 @@ async fn older_checkpoints(task_folder: &Location, newest: &str) -> Vec<String> 
         .collect()
 }
 
-/// The checkpoint the step names as its input, verified, and written by the job and
-/// step the coordinator says wrote it; `what` says what it is for.
+/// The checkpoint the step names as its input, verified; `what` says what it is for.
+/// One of this job must be written by the step the coordinator says wrote it; one the
+/// phase imports from outside the job (`init_from`: another job's checkpoint, or a
+/// folder `outloud export` wrote) is vouched for by its manifest alone, and what this
+/// phase writes records where it came from.
 pub fn input_checkpoint(ctx: &TaskContext, what: &str) -> Result<Loaded, WorkerError> {
     let a = &ctx.assignment;
     let url = a.input_checkpoint.as_deref().ok_or_else(|| {
@@ -73,8 +76,23 @@ pub fn input_checkpoint(ctx: &TaskContext, what: &str) -> Result<Loaded, WorkerE
     let loaded = ctx
         .runtime
         .block_on(checkpoint::load(&Location::open(url)?))?;
-    check_origin(&loaded.manifest, url, &a.job_id, a.input_step.as_deref())?;
+    match a.input_step.as_deref() {
+        Some(step) => check_origin(&loaded.manifest, url, &a.job_id, step)?,
+        None => {
+            let m = &loaded.manifest;
+            tracing::info!(%url, job = %m.job, phase = %m.phase, step = m.step, "imported");
+        }
+    }
     Ok(loaded)
+}
+
+/// The checkpoint a `language` phase imports, if it does (its input checkpoint from
+/// within the job, the phase before it, is only an ordering: it starts from scratch).
+pub fn imported(ctx: &TaskContext) -> Result<Option<Loaded>, WorkerError> {
+    match ctx.assignment.imported_checkpoint() {
+        Some(_) => input_checkpoint(ctx, "the checkpoint it imports").map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Refuses a checkpoint whose manifest names another job, or another step than `step`.
@@ -82,16 +100,15 @@ pub fn check_origin(
     manifest: &checkpoint::Manifest,
     url: &str,
     job: &str,
-    step: Option<&str>,
+    step: &str,
 ) -> Result<(), WorkerError> {
-    let expected_step = step.unwrap_or(&manifest.phase);
-    if manifest.job == job && manifest.phase == expected_step {
+    if manifest.job == job && manifest.phase == step {
         return Ok(());
     }
     Err(WorkerError::Checkpoint {
         url: url.into(),
         reason: format!(
-            "written by job `{}` step `{}`, not by job `{job}` step `{expected_step}`: refused",
+            "written by job `{}` step `{}`, not by job `{job}` step `{step}`: refused",
             manifest.job, manifest.phase
         ),
     })
@@ -221,12 +238,12 @@ mod tests {
             "tokens": 0, "words": 0, "files": {}
         }))
         .unwrap();
-        check_origin(&manifest, "u", "j-1", Some("language")).unwrap();
-        let other_job = check_origin(&manifest, "u", "j-2", Some("language")).unwrap_err();
+        check_origin(&manifest, "u", "j-1", "language").unwrap();
+        let other_job = check_origin(&manifest, "u", "j-2", "language").unwrap_err();
         assert!(
             other_job.to_string().contains("written by job `j-1`"),
             "{other_job}"
         );
-        assert!(check_origin(&manifest, "u", "j-1", Some("vision")).is_err());
+        assert!(check_origin(&manifest, "u", "j-1", "vision").is_err());
     }
 }

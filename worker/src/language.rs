@@ -29,13 +29,19 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         sources.push(corpus.documents);
     }
     let resumed = ctx.runtime.block_on(inputs::resume_point(ctx));
-    let tokenizer = match &resumed {
+    // A phase that imports a checkpoint continues its model, tokenizer and ledger.
+    let imported = match resumed {
+        Some(_) => None,
+        None => inputs::imported(ctx)?,
+    };
+    let tokenizer = match resumed.as_ref().or(imported.as_ref()) {
         Some(loaded) => Tokenizer::from_json(&loaded.tokenizer)?,
         None => Tokenizer::train(&sources.concat(), shape.vocab_size)?,
     };
     let context = shape.context as i64;
     let mut ledger = resumed
         .as_ref()
+        .or(imported.as_ref())
         .map(|l| l.ledger.clone())
         .unwrap_or_default();
     let streams = phase
@@ -60,9 +66,13 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let model = Gpt::new(&vs.root(), shape);
     fit::set_precision(&mut vs);
     let mut optimizer = AdamW::new(&vs, WEIGHT_DECAY);
-    let start = match &resumed {
-        Some(loaded) => inputs::restore(&vs, &mut optimizer, loaded)?,
-        None => Metrics::default(),
+    let start = match (&resumed, &imported) {
+        (Some(loaded), _) => inputs::restore(&vs, &mut optimizer, loaded)?,
+        (None, Some(loaded)) => {
+            inputs::hand_over(&vs, loaded)?;
+            Metrics::default()
+        }
+        (None, None) => Metrics::default(),
     };
     let mut fit = Fit::new(ctx, &tokenizer, shape, None, ledger)?;
     fit.provenance.data = checksums;

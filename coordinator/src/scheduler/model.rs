@@ -354,10 +354,28 @@ impl Job {
     }
 
     /// The checkpoint step `index` starts from (training) or scores (evaluation): the
-    /// final output of the training step it names as its checkpoint input.
+    /// final output of the training step it names as its checkpoint input, else the
+    /// checkpoint its phase imports from outside the job.
     pub fn input_checkpoint(&self, index: usize) -> Option<String> {
-        let source = self.checkpoint_source(index)?;
-        source.tasks.first()?.output().map(str::to_string)
+        match self.checkpoint_source(index) {
+            Some(source) => source.tasks.first()?.output().map(str::to_string),
+            None => self.imported_checkpoint(index).map(str::to_string),
+        }
+    }
+
+    /// The phase's `init_from`, for the steps of the phase that start from it: its
+    /// training step, or the first round's synthesize and training steps (later rounds
+    /// start from the round before, an input of their own).
+    pub fn imported_checkpoint(&self, index: usize) -> Option<&str> {
+        let step = self.steps.get(index)?;
+        let phase = match step.kind {
+            StepKind::Train { phase } | StepKind::Synthesize { phase, .. } => phase,
+            StepKind::Prepare | StepKind::Evaluate { .. } => return None,
+        };
+        if self.checkpoint_source(index).is_some() {
+            return None;
+        }
+        self.spec.phases.get(phase as usize)?.init_from.as_deref()
     }
 
     /// What the lease of task `id` under `epoch` is given, as `rank` of `world_size`.

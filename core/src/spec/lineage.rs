@@ -23,13 +23,15 @@ impl JobSpec {
     }
 
     /// The phase phase `index` follows: its `from`, else the phase listed before it (the
-    /// first phase follows none). A phase starts from that phase's final checkpoint; a
-    /// `language` phase starts from scratch but still waits for it.
+    /// first phase follows none, and neither does one that starts from a checkpoint
+    /// outside the job, `init_from`). A phase starts from that phase's final checkpoint;
+    /// a `language` phase starts from scratch but still waits for it.
     pub fn starts_from(&self, index: usize) -> Option<&str> {
         let phase = self.phases.get(index)?;
-        match &phase.from {
-            Some(from) => Some(from.as_str()),
-            None => index.checked_sub(1).map(|p| self.phases[p].name.as_str()),
+        match (&phase.from, &phase.init_from) {
+            (Some(from), _) => Some(from.as_str()),
+            (None, Some(_)) => None,
+            (None, None) => index.checked_sub(1).map(|p| self.phases[p].name.as_str()),
         }
     }
 
@@ -68,6 +70,19 @@ impl JobSpec {
     pub(super) fn lineage_problems(&self, index: usize) -> Vec<(&'static str, String)> {
         let phase = &self.phases[index];
         let mut problems = Vec::new();
+        if phase.from.is_some() && phase.init_from.is_some() {
+            problems.push((
+                "init_from",
+                "a phase starts from one checkpoint: name `from` or `init_from`, not both".into(),
+            ));
+        }
+        if phase
+            .init_from
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            problems.push(("init_from", "must name a checkpoint folder".into()));
+        }
         if let Some(from) = &phase.from {
             if phase.kind == PhaseKind::Language {
                 problems.push((
@@ -87,11 +102,11 @@ impl JobSpec {
             phase.kind,
             PhaseKind::VisionLanguage | PhaseKind::Tasks | PhaseKind::SelfSynthesis
         );
-        if needs_checkpoint && self.starts_from(index).is_none() {
+        if needs_checkpoint && self.starts_from(index).is_none() && phase.init_from.is_none() {
             problems.push((
                 "kind",
                 format!(
-                    "a `{}` phase starts from an earlier phase's checkpoint: list one before it or name it in `from`",
+                    "a `{}` phase starts from an earlier phase's checkpoint: list one before it, name it in `from`, or name a checkpoint in `init_from`",
                     phase.kind.name()
                 ),
             ));

@@ -172,6 +172,11 @@ pub struct PhaseSpec {
     /// before it). Phases that name the same one are branches: a job is a tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// A checkpoint from outside the job to start from instead: another job's
+    /// checkpoint folder or a folder `outloud export` wrote (a URL or a path). Its
+    /// manifest vouches for it; the phase then follows no other phase of this job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
     /// `self_synthesis`: how often it synthesizes and then trains, each time with the
     /// model the round before made; 0 is the ablation's control (the same training on
     /// real data only).
@@ -430,6 +435,14 @@ impl JobSpec {
             for path in [&mut source.path, &mut source.images].into_iter().flatten() {
                 *path = storage::absolute_url(path, working_dir)?.to_string();
             }
+        }
+        for url in self.phases.iter_mut().filter_map(|p| p.init_from.as_mut()) {
+            // A folder: checkpoint files are read relative to it.
+            let mut folder = storage::absolute_url(url, working_dir)?.to_string();
+            if !folder.ends_with('/') {
+                folder.push('/');
+            }
+            *url = folder;
         }
         Ok(())
     }

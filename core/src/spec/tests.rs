@@ -220,6 +220,44 @@ fn from_must_name_another_phase_without_a_circle() {
     assert_eq!(error.field, "phases[0].kind", "{error}");
 }
 
+#[test]
+fn init_from_starts_a_phase_from_outside_the_job() {
+    // A vision phase may lead the job when it names a checkpoint to start from.
+    let imported = TREE
+        .replace(
+            "  - {name: language, kind: language, data: [book], steps: 1, words: 400}\n",
+            "",
+        )
+        .replace(
+            "words: 300}\n  - {name: tasks,",
+            "words: 300, init_from: ckpt/a}\n  - {name: tasks,",
+        );
+    let mut spec = parse(&imported, "tree.yaml").unwrap();
+    assert_eq!(spec.starts_from(0), None);
+    assert_eq!(spec.starts_from(1), Some("vision"));
+    spec.resolve("/work").unwrap();
+    assert_eq!(
+        spec.phases[0].init_from.as_deref(),
+        Some("file:///work/ckpt/a/")
+    );
+
+    // A language phase that imports follows nothing, not the phase listed before it.
+    let language = TREE.replace(
+        "words: 300, from: vision}",
+        "words: 300, from: vision}\n  - {name: more, kind: language, data: [book], steps: 1, init_from: s3://b/x}",
+    );
+    let spec = parse(&language, "tree.yaml").unwrap();
+    assert_eq!(spec.starts_from(4), None);
+
+    let both = TREE.replace("from: vision}", "from: vision, init_from: ckpt/a}");
+    let error = &errors(&both)[0];
+    assert_eq!(
+        (error.field.as_str(), error.line),
+        ("phases[3].init_from", 12)
+    );
+    assert!(error.message.contains("not both"), "{error}");
+}
+
 mod random {
     use super::*;
     use proptest::prelude::*;
