@@ -170,6 +170,15 @@ async fn a_large_object_goes_up_in_parts_and_reads_back_whole() {
     // The server saw a multipart upload begin (its request log).
     let log = std::fs::read_to_string(logs.path().join("moto.log")).unwrap();
     assert!(log.contains("?uploads"), "no multipart upload in:\n{log}");
+
+    // A folder deleted whole (as `outloud delete` does), in one batch request.
+    let small = Location::open_with("s3://outloud/big/small.json", s3.env()).unwrap();
+    small.put(b"{}".to_vec()).await.unwrap();
+    let folder = Location::open_with("s3://outloud/big", s3.env()).unwrap();
+    assert_eq!(folder.delete_all().await.unwrap(), 2);
+    assert!(!folder.exists().await.unwrap());
+    let log = std::fs::read_to_string(logs.path().join("moto.log")).unwrap();
+    assert!(log.contains("?delete"), "no batch delete in:\n{log}");
 }
 
 /// Every committed checkpoint under `root` whose folder name has `marker` verifies: each
@@ -378,4 +387,48 @@ async fn a_phase_starts_from_another_jobs_checkpoint_or_its_export_verified() {
         .await;
     let error = third.error.clone().unwrap_or_default();
     assert!(error.contains("model.safetensors is corrupt"), "{error}");
+
+    // `outloud delete`: a running job is refused; a finished one goes with its folder,
+    // and nothing else does (its export, the shared data, the jobs that imported it).
+    let outloud = |args: &[&str]| cli(&[args, &["--coordinator", url]].concat(), None);
+    let long = language_job(&cluster.storage(), DATA, 100_000, 100_000);
+    let long = cluster.submit(&long).await;
+    let running = |job: &Job| trained_step(job) > 0;
+    cluster.wait(&long, Duration::from_secs(60), running).await;
+    let refused = outloud(&["delete", &long]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("outloud cancel"),
+        "{said}"
+    );
+    assert!(outloud(&["cancel", &long]).status.success());
+    let folder = cluster.storage().join("jobs").join(&first.id);
+    assert!(folder.join("language").exists());
+    // The failed third job may be retried, and one of its phases starts from the first.
+    let refused = outloud(&["delete", &first.id]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains(&format!("of job `{}` (failed)", third.id)),
+        "{said}"
+    );
+    assert!(outloud(&["delete", &third.id]).status.success());
+    let deleted = outloud(&["delete", &first.id]);
+    let said = String::from_utf8_lossy(&deleted.stdout);
+    assert!(
+        deleted.status.success() && said.contains("deleted"),
+        "{deleted:?}"
+    );
+    assert!(!folder.exists(), "{} is still there", folder.display());
+    let gone = outloud(&["status", &first.id]);
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("unknown job"),
+        "{gone:?}"
+    );
+    assert!(exported.join("manifest.json").exists());
+    assert!(cluster.storage().join("data").exists());
+    assert!(
+        committed_path(&second, "from-checkpoint")
+            .join("manifest.json")
+            .exists()
+    );
 }

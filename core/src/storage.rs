@@ -7,7 +7,7 @@
 use std::path::{Component, Path as FsPath, PathBuf};
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use url::Url;
@@ -266,6 +266,35 @@ impl Location {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(e)),
         }
+    }
+
+    /// Deletes every object below this location (a folder), in batches where the store
+    /// has them; answers how many. A local folder goes whole, empty folders included.
+    pub async fn delete_all(&self) -> Result<u64, StorageError> {
+        let found: Vec<Path> = self.list().await?.into_iter().map(|l| l.prefix).collect();
+        let paths = futures::stream::iter(found.into_iter().map(Ok)).boxed();
+        let deleted: Vec<Path> = self
+            .store
+            .delete_stream(paths)
+            .try_collect()
+            .await
+            .map_err(|e| self.error(e))?;
+        if self.is_local()
+            && let Ok(url) = Url::parse(&self.url)
+            && let Ok(folder) = url.to_file_path()
+        {
+            match std::fs::remove_dir_all(&folder) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(self.error(object_store::Error::Generic {
+                        store: "local",
+                        source: Box::new(e),
+                    }));
+                }
+            }
+        }
+        Ok(deleted.len() as u64)
     }
 
     /// Whether an object stands exactly here.

@@ -9,6 +9,7 @@
 //! where the checkpoint comes from ([`Provenance`]).
 //!
 //! Modules: `safetensors_io` (tensors to and from safetensors bytes in memory),
+//! [`gpt2`] (the layout exported folders keep the language model in),
 //! [`writer`] (checkpoints written by a thread of their own while training goes on),
 //! [`retention`] (a task's checkpoints across attempts; keeping the newest K).
 
@@ -24,6 +25,7 @@ use crate::ledger::Ledger;
 use crate::model::GptConfig;
 use crate::vlm::VisionPath;
 
+pub mod gpt2;
 pub mod retention;
 mod safetensors_io;
 pub use safetensors_io::{from_bytes as tensors_from, to_bytes as tensors_to_bytes};
@@ -187,7 +189,7 @@ pub async fn load(location: &Location) -> Result<Loaded, WorkerError> {
         .ok_or_else(|| refuse(format!("no {MODEL_FILE}")))?;
     let weights = if exported {
         let vision = files.get(VISION_FILE).map(Vec::as_slice);
-        crate::export::imported_weights(weights, vision)?
+        gpt2::imported_weights(weights, vision)?
     } else {
         tensors_from(weights)?
     };

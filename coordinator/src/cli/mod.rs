@@ -84,6 +84,9 @@ pub enum Command {
     },
     /// Cancel a job.
     Cancel { job: String },
+    /// Delete a finished job and everything it wrote under its storage root (not its
+    /// exports, nor the data its prepare step made, which other jobs share).
+    Delete { job: String },
     /// Run a failed step again, with every step that reads from it (default: every
     /// failed step); what succeeded is kept.
     Retry {
@@ -252,6 +255,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 })
                 .await?;
             println!("{job} cancelled");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete { job } => {
+            let answer = connect()
+                .await?
+                .jobs()
+                .delete_job(pb::DeleteJobRequest {
+                    job_id: job.clone(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "{job} deleted: {} objects under {}",
+                answer.objects, answer.folder
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Retry { job, step } => {

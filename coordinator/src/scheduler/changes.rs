@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::TaskId;
+use super::deletion::Deleted;
 
 /// Everything a call changed, for the store.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -15,6 +16,8 @@ pub struct Changes {
     /// New history entries: (job id, index in the job's history).
     pub events: Vec<(String, usize)>,
     pub counters_changed: bool,
+    /// Jobs deleted, with what the store holds of them.
+    pub deleted: Vec<Deleted>,
 }
 
 impl Changes {
@@ -24,6 +27,7 @@ impl Changes {
             && self.workers.is_empty()
             && self.events.is_empty()
             && !self.counters_changed
+            && self.deleted.is_empty()
     }
 }
 

@@ -12,9 +12,11 @@
 //! metrics; `summary`: jobs cut to a size answers can carry; `speculation`: duplicate
 //! attempts for straggling synthesize shards; `gangs`: tasks trained by several ranks,
 //! granted and revoked together, their rendezvous, and placement; `expiry`: leases that
-//! end without success, silent workers, departed workers forgotten.
+//! end without success, silent workers, departed workers forgotten; `deletion`:
+//! finished jobs forgotten.
 
 mod changes;
+mod deletion;
 mod expiry;
 mod gangs;
 mod history;
@@ -33,6 +35,7 @@ use outloud_core::spec::JobSpec;
 use outloud_core::storage::is_within;
 
 pub use changes::{Changes, Counters};
+pub use deletion::Deleted;
 pub use model::*;
 pub use steps::{Input, Step, StepKind, eval_step_name, expand};
 pub use summary::StepTotals;

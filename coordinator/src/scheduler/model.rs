@@ -544,6 +544,9 @@ pub enum SchedulerError {
     UnknownStep(String),
     #[error("{0}")]
     NotRetryable(String),
+    /// A job that runs, or that another job may still start from, is not deleted.
+    #[error("{0}")]
+    InUse(String),
     /// Admission checks specs first; this is a spec that skipped them.
     #[error("the spec cannot be planned: {0}")]
     Unplannable(String),

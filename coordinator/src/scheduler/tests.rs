@@ -227,6 +227,43 @@ fn cancel_revokes_leases_and_drops_ready_tasks() {
 }
 
 #[test]
+fn only_a_finished_job_no_other_job_imports_from_is_deleted() {
+    let mut s = scheduler();
+    let w = worker(&mut s, "a");
+    let job = s.submit(spec(&[("one", 1)]), 0).unwrap();
+    let running = s.delete(&job).unwrap_err().to_string();
+    assert!(running.contains("outloud cancel"), "{running}");
+    let a = s.lease(&w, 1).unwrap().unwrap();
+    done(&mut s, &w, &a, 2);
+    assert_eq!(s.job(&job).unwrap().state, RunState::Succeeded);
+
+    // Another job starts from its checkpoint: deleting it waits until that one succeeds.
+    let mut importer = spec(&[("two", 1)]);
+    importer.phases[0].init_from = Some(format!(
+        "{}/one/attempt-1/final",
+        s.job(&job).unwrap().folder()
+    ));
+    let importer = s.submit(importer, 3).unwrap();
+    let used = s.delete(&job).unwrap_err().to_string();
+    assert!(used.contains(&format!("job `{importer}`")), "{used}");
+    s.cancel(&importer, 4).unwrap();
+    assert!(
+        s.delete(&job).is_err(),
+        "a cancelled importer may be retried"
+    );
+    s.delete(&importer).unwrap();
+    s.delete(&job).unwrap();
+    assert!(s.job(&job).is_none());
+    let deleted: Vec<String> = s
+        .take_changes()
+        .deleted
+        .into_iter()
+        .map(|d| d.job)
+        .collect();
+    assert_eq!(deleted, [importer, job]);
+}
+
+#[test]
 fn restore_continues_where_the_last_process_stopped() {
     let mut s = scheduler();
     let w = worker(&mut s, "a");

@@ -1,4 +1,5 @@
-//! The Jobs service: submit, validate, inspect, cancel and retry jobs; list workers.
+//! The Jobs service: submit, validate, inspect, cancel, retry and delete jobs; list
+//! workers.
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use crate::admission::admit;
 use crate::scheduler::SchedulerError;
 use crate::view::JobSummary;
 use outloud_core::spec::JobSpec;
+use outloud_core::storage::Location;
 
 pub(super) struct JobService(pub(super) Arc<Coordinator>);
 
@@ -111,6 +113,31 @@ impl Jobs for JobService {
             .map_err(status_of)?;
         tracing::info!(job = %id, "job cancelled");
         Ok(Response::new(pb::CancelJobResponse {}))
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let id = request.into_inner().job_id;
+        let folder = self
+            .0
+            .serving()?
+            .deletable(&id)
+            .map_err(status_of)?
+            .folder();
+        // Storage first: if it fails, the job stays listed and the delete can be run again.
+        let location = Location::open(&folder).map_err(|e| Status::internal(e.to_string()))?;
+        let objects = location
+            .delete_all()
+            .await
+            .map_err(|e| Status::unavailable(format!("deleting {folder}: {e}; the job is kept")))?;
+        self.0
+            .mutate(|s, _| s.delete(&id))
+            .await?
+            .map_err(status_of)?;
+        tracing::info!(job = %id, %folder, objects, "job deleted");
+        Ok(Response::new(pb::DeleteJobResponse { folder, objects }))
     }
 
     async fn list_workers(

@@ -157,7 +157,9 @@ fn status_of(error: SchedulerError) -> Status {
         | SchedulerError::UnknownStep(_) => Status::not_found(error.to_string()),
         SchedulerError::OutsideAttempt { .. } => Status::invalid_argument(error.to_string()),
         SchedulerError::NotRankZero { .. } => Status::failed_precondition(error.to_string()),
-        SchedulerError::NotRetryable(_) => Status::failed_precondition(error.to_string()),
+        SchedulerError::NotRetryable(_) | SchedulerError::InUse(_) => {
+            Status::failed_precondition(error.to_string())
+        }
         SchedulerError::StaleLease { .. } | SchedulerError::JobFinished(_) => {
             Status::failed_precondition(error.to_string())
         }

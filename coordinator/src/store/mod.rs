@@ -28,7 +28,7 @@ use outloud_core::spec::{GangSize, JobSpec, Placement};
 use outloud_core::task_spec::TaskSpec;
 
 use crate::scheduler::{
-    Changes, Counters, Input, Job, RunState, Scheduler, Step, StepKind, Task, Worker,
+    Changes, Counters, Deleted, Input, Job, RunState, Scheduler, Step, StepKind, Task, Worker,
 };
 pub use migrate::SCHEMA_VERSION;
 
@@ -111,6 +111,8 @@ enum Record {
     Worker(String, Vec<u8>),
     /// A worker the scheduler forgot.
     ForgottenWorker(String),
+    /// A job deleted: its record, its tasks' and its history's.
+    DeletedJob(Deleted),
     Counters(Vec<u8>),
 }
 
@@ -145,6 +147,7 @@ impl Batch {
         if changes.counters_changed {
             records.push(Record::Counters(json(&scheduler.counters())));
         }
+        records.extend(changes.deleted.into_iter().map(Record::DeletedJob));
         Self(records)
     }
 
@@ -359,12 +362,34 @@ impl Store {
                     Record::Worker(key, value) => workers.insert(key.as_str(), value.as_slice()),
                     Record::ForgottenWorker(key) => workers.remove(key.as_str()),
                     Record::Counters(value) => meta.insert(COUNTERS_KEY, value.as_slice()),
+                    Record::DeletedJob(deleted) => {
+                        forget_job(deleted, &mut jobs, &mut tasks, &mut events)?;
+                        continue;
+                    }
                 }
                 .map_err(db_error)?;
             }
         }
         txn.commit().map_err(db_error)
     }
+}
+
+/// Removes a deleted job's record, its tasks' and every event of its history.
+fn forget_job(
+    deleted: &Deleted,
+    jobs: &mut redb::Table<&str, &[u8]>,
+    tasks: &mut redb::Table<&str, &[u8]>,
+    events: &mut redb::Table<(&str, u64), &[u8]>,
+) -> Result<(), StoreError> {
+    let job = deleted.job.as_str();
+    jobs.remove(job).map_err(db_error)?;
+    for task in &deleted.tasks {
+        tasks.remove(task.to_string().as_str()).map_err(db_error)?;
+    }
+    events
+        .retain_in((job, 0)..=(job, u64::MAX), |_, _| false)
+        .map_err(db_error)?;
+    Ok(())
 }
 
 /// The schema version recorded in `db`, if any, read without writing anything.
@@ -561,6 +586,19 @@ mod tests {
         };
         s.report_progress(&w, &a.lease, metrics, Some(checkpoint), None, 3)
             .unwrap();
+        // A job cancelled and deleted leaves nothing behind.
+        let gone = s
+            .submit(
+                outloud_core::spec::parse(
+                    "name: gone\nstorage: /x\nphases: [{name: a, kind: noop, shards: 2}]\n",
+                    "g.yaml",
+                )
+                .unwrap(),
+                4,
+            )
+            .unwrap();
+        s.cancel(&gone, 5).unwrap();
+        s.delete(&gone).unwrap();
         let changes = s.take_changes();
         committer
             .enqueue(Batch::capture(&s, changes))
@@ -569,12 +607,26 @@ mod tests {
             .unwrap();
         drop(committer);
         // The writer thread owns the database; give it a moment to close it.
-        let snapshot = loop {
+        let store = loop {
             match Store::open(dir.path()) {
-                Ok(store) => break store.load().unwrap(),
+                Ok(store) => break store,
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
             }
         };
+        let snapshot = store.load().unwrap();
+        let txn = store.db.begin_read().unwrap();
+        let events = txn.open_table(EVENTS).unwrap();
+        let own = (gone.as_str(), 0)..=(gone.as_str(), u64::MAX);
+        let left = events.range(own).unwrap().count();
+        assert_eq!(left, 0, "events of the deleted job are left");
+        let tasks = txn.open_table(TASKS).unwrap();
+        assert!(
+            tasks
+                .iter()
+                .unwrap()
+                .all(|r| !r.unwrap().0.value().starts_with(&gone))
+        );
+        assert!(snapshot.jobs.iter().all(|j| j.id != gone));
         let restored = Scheduler::restore(
             config,
             snapshot.jobs,
