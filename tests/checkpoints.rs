@@ -113,6 +113,7 @@ async fn checkpoints_change_nothing_and_a_phase_killed_at_a_random_step_resumes_
             .as_str()
             .unwrap()
             .starts_with("outloud-worker ")
+            && provenance["binary"].as_str().unwrap().contains(" (git ")
     );
     let corpus = std::fs::read_dir(cluster.storage().join("data"))
         .unwrap()

@@ -10,6 +10,7 @@ use std::time::Duration;
 use outloud_coordinator::scheduler::StepKind;
 use outloud_core::results::{ScoreMode, TaskResults};
 
+use sha2::Digest;
 use support::*;
 
 /// A 1x1 PNG, for a user-supplied caption folder.
@@ -163,4 +164,25 @@ phases:
     };
     assert!(manifest("language").get("vision").is_none());
     assert_eq!(manifest("captions")["vision"]["image_size"], 32);
+
+    // Provenance covers pictures: what was read of each source (its rows and every
+    // picture they name that was there, the corrupt one too), by SHA-256.
+    let sha = |bytes: &[u8]| hex::encode(sha2::Sha256::digest(bytes));
+    let listing: String = [
+        "captions.jsonl",
+        "images/a.png",
+        "images/b.png",
+        "images/broken.png",
+    ]
+    .map(|file| format!("{file} {}\n", sha(&std::fs::read(own.join(file)).unwrap())))
+    .concat();
+    let read = &manifest("captions")["provenance"]["data"];
+    assert_eq!(read["own#captions"], sha(listing.as_bytes()), "{read}");
+    assert_eq!(read["book#captions"].as_str().unwrap().len(), 64, "{read}");
+    let asked = &manifest("questions")["provenance"]["data"];
+    assert_eq!(
+        asked["book#questions"].as_str().unwrap().len(),
+        64,
+        "{asked}"
+    );
 }

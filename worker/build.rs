@@ -4,7 +4,12 @@
 //
 // It also compiles the one ATen call tch lacks (csrc/fused_adamw.cpp) against the same
 // libtorch that torch-sys found (its `links = "tch"` metadata names the lib folder).
+//
+// And it records the git commit it was built from (OUTLOUD_GIT_COMMIT, "unknown" outside
+// a clone), which every checkpoint manifest names with the version.
 fn main() {
+    git_commit();
+
     println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg-bins=-ltorch_cuda");
     println!("cargo:rustc-link-arg-bins=-ltorch");
@@ -26,4 +31,22 @@ fn main() {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .file("csrc/fused_adamw.cpp")
         .compile("outloud_fused");
+}
+
+fn git_commit() {
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=OUTLOUD_GIT_COMMIT={commit}");
+    // A new commit moves HEAD's branch (or HEAD itself, detached).
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        println!("cargo:rerun-if-changed={dir}/HEAD");
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            println!("cargo:rerun-if-changed={dir}/{branch}");
+        }
+    }
 }

@@ -87,6 +87,47 @@ pub struct Location {
     /// Where names read from files here may lead ([`Location::beside`]): the data
     /// source this location belongs to. `None`: anywhere in the same store.
     bound: Option<String>,
+    /// Where what is read here is logged ([`Location::logging_reads`]).
+    reads: Option<ReadLog>,
+}
+
+/// Every object read through a location and the locations made from it, with the
+/// SHA-256 of its bytes: what a phase read of a data source, for its provenance.
+#[derive(Debug, Clone, Default)]
+pub struct ReadLog {
+    /// URL -> SHA-256 (hex).
+    read: Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>>,
+}
+
+impl ReadLog {
+    /// One SHA-256 over everything read: of `path sha256` lines in path order (so the
+    /// order of reading does not matter), paths relative to the folder all of them lie
+    /// in (so the same files give the same digest wherever they are stored); `None`
+    /// when nothing was read.
+    pub fn digest(&self) -> Option<String> {
+        use sha2::Digest;
+        let read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        let (first, last) = (read.keys().next()?, read.keys().next_back()?);
+        let common = first
+            .char_indices()
+            .zip(last.chars())
+            .take_while(|((_, a), b)| a == b)
+            .filter(|((_, a), _)| *a == '/')
+            .last()
+            .map_or(0, |((i, _), _)| i + 1);
+        let mut hash = sha2::Sha256::new();
+        for (url, sha) in read.iter() {
+            hash.update(format!("{} {sha}\n", &url[common..]));
+        }
+        Some(hex::encode(hash.finalize()))
+    }
+
+    fn record(&self, url: &str, bytes: &[u8]) {
+        use sha2::Digest;
+        let sha = hex::encode(sha2::Sha256::digest(bytes));
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        read.insert(url.to_string(), sha);
+    }
 }
 
 impl std::fmt::Debug for Location {
@@ -122,6 +163,7 @@ impl Location {
             prefix,
             url: url.trim_end_matches('/').to_string(),
             bound: None,
+            reads: None,
         })
     }
 
@@ -146,6 +188,14 @@ impl Location {
         self
     }
 
+    /// This location, logging every object read through it or the locations made from
+    /// it ([`Location::join`], [`Location::beside`]) in the log it answers.
+    pub fn logging_reads(mut self) -> (Self, ReadLog) {
+        let log = ReadLog::default();
+        self.reads = Some(log.clone());
+        (self, log)
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -161,6 +211,7 @@ impl Location {
             prefix,
             url: join_url(&self.url, relative),
             bound: self.bound.clone(),
+            reads: self.reads.clone(),
         }
     }
 
@@ -188,6 +239,7 @@ impl Location {
             prefix,
             url: url.to_string(),
             bound: self.bound.clone(),
+            reads: self.reads.clone(),
         })
     }
 
@@ -233,6 +285,14 @@ impl Location {
     }
 
     pub async fn get(&self) -> Result<Vec<u8>, StorageError> {
+        let bytes = self.get_unlogged().await?;
+        if let Some(log) = &self.reads {
+            log.record(&self.url, &bytes);
+        }
+        Ok(bytes)
+    }
+
+    async fn get_unlogged(&self) -> Result<Vec<u8>, StorageError> {
         let result = self
             .store
             .get(&self.prefix)
@@ -381,6 +441,37 @@ mod tests {
     fn temp_root(dir: &tempfile::TempDir) -> Location {
         let url = absolute_url(".", dir.path().to_str().unwrap()).unwrap();
         Location::open(url.as_str()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_read_log_digests_what_was_read_wherever_it_lies() {
+        let digest = |order: [&'static str; 3], folder: &'static str| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let root = temp_root(&dir).join(folder);
+            for (name, bytes) in [("rows.jsonl", "{}"), ("img/a.png", "a"), ("img/b.png", "b")] {
+                root.join(name).put(bytes.into()).await.unwrap();
+            }
+            let (file, log) = root.join("rows.jsonl").logging_reads();
+            for name in order {
+                let at = if name == "rows.jsonl" {
+                    file.clone()
+                } else {
+                    file.beside(name).unwrap()
+                };
+                at.get().await.unwrap();
+            }
+            log.digest().unwrap()
+        };
+        let one = digest(["rows.jsonl", "img/a.png", "img/b.png"], "x").await;
+        assert_eq!(
+            one,
+            digest(["img/b.png", "rows.jsonl", "img/a.png"], "elsewhere/y").await
+        );
+        assert_ne!(
+            one,
+            digest(["rows.jsonl", "img/a.png", "img/a.png"], "x").await
+        );
+        assert_eq!(ReadLog::default().digest(), None);
     }
 
     #[tokio::test]

@@ -74,7 +74,7 @@ pub struct Manifest {
 /// the data it trained on (empty in checkpoints from before provenance).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
-    /// The worker that wrote it: `outloud-worker <version>`.
+    /// The worker that wrote it: `outloud-worker <version> (git <commit>)`.
     pub binary: String,
     /// SHA-256 (hex) of the step's spec as the coordinator resolved it and sent it (its
     /// data, model, hyper-parameters, seed), in canonical JSON.
@@ -93,7 +93,14 @@ impl Provenance {
         // Serializing our own spec type cannot fail.
         let spec = serde_json::to_vec(&assignment.spec).expect("a task spec serializes");
         Self {
-            binary: concat!("outloud-worker ", env!("CARGO_PKG_VERSION")).into(),
+            binary: concat!(
+                "outloud-worker ",
+                env!("CARGO_PKG_VERSION"),
+                " (git ",
+                env!("OUTLOUD_GIT_COMMIT"),
+                ")"
+            )
+            .into(),
             spec_sha256: sha256(&spec),
             data: BTreeMap::new(),
             imported_from: assignment.imported_checkpoint().map(str::to_string),

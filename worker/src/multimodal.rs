@@ -7,6 +7,8 @@
 //! ([`crate::inputs`]). Each source is a pool of examples drawn at the phase's weights;
 //! phase 4 may replay phase 2's captions beside its questions (`as: captions`).
 
+use std::collections::BTreeMap;
+
 use outloud_core::spec::{DataKind, ReadAs};
 use outloud_core::task::Metrics;
 use outloud_core::task_spec::{DataInput, TrainKind};
@@ -121,6 +123,9 @@ struct Pools {
     keys: Vec<String>,
     weights: Vec<Option<f64>>,
     skipped: u64,
+    /// Each source read, as `name#captions` or `name#questions` -> SHA-256 of what was
+    /// read of it (its files and pictures).
+    checksums: BTreeMap<String, String>,
 }
 
 /// Reads the phase's training examples, a pool per source.
@@ -133,20 +138,20 @@ fn examples(
     let train = ctx.train()?;
     let (mut pools, mut weights, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     let mut skipped = 0;
+    let mut checksums = inputs.checksums.clone();
     for source in &train.data {
         if source.kind == DataKind::ImageFeatures {
             continue; // read by VisualInputs
         }
         let mut out = Vec::new();
-        let root = ctx
+        let (root, read) = ctx
             .runtime
-            .block_on(data::source_root(ctx.storage(), source))?;
+            .block_on(data::source_root(ctx.storage(), source))?
+            .logging_reads();
         let book = source.kind == DataKind::PictureBook;
         let captions = reads_captions(train.kind, source);
-        keys.push(ledger::key(
-            source,
-            if captions { "captions" } else { "questions" },
-        ));
+        let unit = if captions { "captions" } else { "questions" };
+        keys.push(ledger::key(source, unit));
         if captions {
             let location = if book {
                 root.join("captions/train.jsonl")
@@ -193,6 +198,8 @@ fn examples(
         }
         weights.push(source.weight);
         pools.push(out);
+        let name = format!("{}#{unit}", source.name);
+        checksums.extend(read.digest().map(|sha| (name, sha)));
     }
     if pools.is_empty() {
         return Err(WorkerError::Data(format!(
@@ -205,6 +212,7 @@ fn examples(
         keys,
         weights,
         skipped,
+        checksums,
     })
 }
 
@@ -279,6 +287,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         keys,
         weights: given,
         skipped,
+        checksums,
     } = examples(ctx, &tokenizer, vision.image_size, &inputs)?;
     let mut ledger = start_from.checkpoint().ledger.clone();
     let counted: Vec<usize> = keys
@@ -306,7 +315,8 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
         skipped,
         "examples ready"
     );
-    let fit = Fit::new(ctx, &tokenizer, shape, Some(vision), ledger)?;
+    let mut fit = Fit::new(ctx, &tokenizer, shape, Some(vision), ledger)?;
+    fit.provenance.data = checksums;
     let pad = tokenizer.end_of_text() as i64;
     let seed = fit.draw_seed;
     let (rows, device) = (phase.batch_size as usize, ctx.device);

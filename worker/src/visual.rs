@@ -17,6 +17,8 @@ use crate::vlm::{EncoderKind, VisionPath};
 /// features, found by the picture's file name (with or without its extension).
 pub struct VisualInputs {
     features: Option<BTreeMap<String, Tensor>>,
+    /// Each features source read, by name -> SHA-256 of what was read of it.
+    pub checksums: BTreeMap<String, String>,
 }
 
 impl VisualInputs {
@@ -31,21 +33,30 @@ impl VisualInputs {
             return Ok(Self::pixels());
         }
         let mut features = BTreeMap::new();
+        let mut checksums = BTreeMap::new();
         for source in sources.iter().filter(|s| s.kind == DataKind::ImageFeatures) {
-            let location = data::source_root(storage, source).await?;
+            let (location, read) = data::source_root(storage, source).await?.logging_reads();
             features.extend(loaders::features(&location).await?);
+            checksums.extend(read.digest().map(|sha| (source.name.clone(), sha)));
         }
-        Ok(Self::with_features(features))
+        Ok(Self {
+            checksums,
+            ..Self::with_features(features)
+        })
     }
 
     /// Pictures are read as pixels.
     pub fn pixels() -> Self {
-        Self { features: None }
+        Self {
+            features: None,
+            checksums: BTreeMap::new(),
+        }
     }
 
     pub fn with_features(features: BTreeMap<String, Tensor>) -> Self {
         Self {
             features: Some(features),
+            checksums: BTreeMap::new(),
         }
     }
 
