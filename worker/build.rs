@@ -2,8 +2,9 @@
 // linker would drop it and `tch::Cuda::is_available()` would be false on a GPU machine.
 // Keeping it (and libtorch) needed makes the same binary use CUDA where there is one.
 //
-// It also compiles the one ATen call tch lacks (csrc/fused_adamw.cpp) against the same
-// libtorch that torch-sys found (its `links = "tch"` metadata names the lib folder).
+// It also compiles what tch lacks (csrc/: the fused AdamW call, copies to host on a
+// side stream) against the same libtorch that torch-sys found (its `links = "tch"`
+// metadata names the lib folder).
 //
 // And it records the git commit it was built from (OUTLOUD_GIT_COMMIT, "unknown" outside
 // a clone), which every checkpoint manifest names with the version.
@@ -16,6 +17,7 @@ fn main() {
     println!("cargo:rustc-link-arg-bins=-Wl,--as-needed");
 
     println!("cargo:rerun-if-changed=csrc/fused_adamw.cpp");
+    println!("cargo:rerun-if-changed=csrc/copy_aside.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys names libtorch's lib folder");
     let include = std::path::Path::new(&lib).with_file_name("include");
@@ -30,7 +32,8 @@ fn main() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .file("csrc/fused_adamw.cpp")
-        .compile("outloud_fused");
+        .file("csrc/copy_aside.cpp")
+        .compile("outloud_csrc");
 }
 
 fn git_commit() {

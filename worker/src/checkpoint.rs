@@ -11,6 +11,7 @@
 //! Modules: `safetensors_io` (tensors to and from safetensors bytes in memory),
 //! [`gpt2`] (the layout exported folders keep the language model in),
 //! [`writer`] (checkpoints written by a thread of their own while training goes on),
+//! `aside` (their copies from a GPU to the host, beside the training stream),
 //! [`retention`] (a task's checkpoints across attempts; keeping the newest K).
 
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ use crate::ledger::Ledger;
 use crate::model::GptConfig;
 use crate::vlm::VisionPath;
 
+mod aside;
+pub use aside::current_stream_wait;
 pub mod gpt2;
 pub mod retention;
 mod safetensors_io;

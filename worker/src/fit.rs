@@ -177,19 +177,19 @@ impl Fit<'_> {
         optimizer: &AdamW,
         metrics: &Metrics,
         ledger: &Ledger,
-    ) {
+    ) -> Result<(), WorkerError> {
         if let Some(writing) = writer.busy() {
             tracing::warn!(
                 step = metrics.step,
                 writing,
                 "checkpoint skipped: the one of step {writing} is still being written"
             );
-            return;
+            return Ok(());
         }
         let location = self
             .root
             .join(&format!("checkpoints/step-{:06}", metrics.step));
-        self.submit(writer, location, vs, optimizer, metrics, ledger);
+        self.submit(writer, location, vs, optimizer, metrics, ledger)
     }
 
     /// Hands the checkpoint of `metrics.step` at `location` to `writer`, which is idle.
@@ -201,10 +201,10 @@ impl Fit<'_> {
         optimizer: &AdamW,
         metrics: &Metrics,
         ledger: &Ledger,
-    ) {
+    ) -> Result<(), WorkerError> {
         let manifest = self.manifest(metrics);
         let (weights, state) = (sorted_weights(vs), optimizer.state());
-        writer.submit(location, &weights, &state, ledger, manifest);
+        writer.submit(location, &weights, &state, ledger, manifest)
     }
 
     /// Trains from `start` (a fresh or resumed count) until the phase's steps or words
@@ -311,7 +311,7 @@ impl Fit<'_> {
             let checkpoint_due =
                 metrics.step.is_multiple_of(phase.checkpoint_every) && metrics.step < phase.steps;
             if rank_zero && checkpoint_due {
-                self.checkpoint_in_background(&mut writer, vs, optimizer, &metrics, &ledger);
+                self.checkpoint_in_background(&mut writer, vs, optimizer, &metrics, &ledger)?;
             }
             let committed = writer.poll()?;
             if rank_zero && (committed.is_some() || step == start.step || window.due()) {
@@ -336,7 +336,7 @@ impl Fit<'_> {
         }
         // The final checkpoint takes the same path, and the task waits for it.
         let location = self.root.join("final");
-        self.submit(&mut writer, location, vs, optimizer, &metrics, &ledger);
+        self.submit(&mut writer, location, vs, optimizer, &metrics, &ledger)?;
         let written = writer.wait()?.expect("the final checkpoint was submitted");
         Ok(TaskOutput {
             output: written.url,

@@ -164,22 +164,30 @@ fn checkpoint_bench(
     );
     // Training steps, timed (after one), so the moments are real and the stall has a
     // step to be measured against.
-    let mut steps = Vec::new();
-    for i in 0..args.repeats.clamp(2, 4) {
-        let started = Instant::now();
+    let train_step = |optimizer: &mut AdamW| {
         optimizer.zero_grad();
         model
             .loss(&ids.narrow(1, 0, t), &ids.narrow(1, 1, t))
             .backward();
         optimizer.clip_grad_norm(1.0);
         optimizer.step(1e-3);
+    };
+    // A GPU step is cheap and its time varies more: time more of them there.
+    let timed = if device.is_cuda() {
+        12
+    } else {
+        args.repeats.clamp(2, 4)
+    };
+    let mut steps = Vec::new();
+    for i in 0..timed {
+        let started = Instant::now();
+        train_step(&mut optimizer);
         sync(device);
         if i > 0 {
             steps.push(started.elapsed().as_secs_f64());
         }
     }
-    let mut weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    let weights = named_of(vs);
     let state = optimizer.state();
     let bytes: usize = weights
         .iter()
@@ -223,35 +231,98 @@ fn checkpoint_bench(
         }
         paths.iter().try_for_each(std::fs::remove_file)?;
     }
-    // The stall: what the loop does for a background checkpoint (copy to host), each
-    // after the previous one is written, as in training; the first also allocates.
+    // The stall: how long the training stream is held by a background checkpoint (on
+    // CUDA, staging in device buffers; elsewhere the copy to host), each after the
+    // previous one is written, as in training; the first also allocates. A training
+    // step follows each at once, changing the state while it is copied out: the written
+    // checkpoint must hold the state as it was at submission.
     let mut writer = checkpoint::Writer::start(runtime.handle().clone(), tokenizer, None);
-    let mut stalls = Vec::new();
+    let (mut stalls, mut steps_beside) = (Vec::new(), Vec::new());
+    let mut exact = true;
     for i in 0..args.repeats.max(2) {
         let location = root.join(&format!("background-{i}"));
+        let (weights, state) = (named_of(vs), optimizer.state());
+        let before: std::collections::HashMap<String, Tensor> =
+            weights.iter().map(|(n, w)| (n.clone(), w.copy())).collect();
         let started = Instant::now();
         writer.submit(
-            location,
+            location.clone(),
             &weights,
             &state,
             &Default::default(),
             bench_manifest(model.config),
-        );
+        )?;
+        stream_wait(&weights[0].1)?;
         stalls.push(started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        train_step(&mut optimizer);
+        stream_wait(&weights[0].1)?;
+        steps_beside.push(started.elapsed().as_secs_f64());
         writer.wait()?;
+        let written = runtime.block_on(checkpoint::load(&location))?;
+        for (name, saved) in &written.weights {
+            let same = saved.to_device(device).equal(&before[name]);
+            exact &= same;
+            if !same {
+                eprintln!("{name}: the checkpoint differs from the state at submission");
+            }
+        }
+    }
+    // The same copy done the plain way, holding the loop: to pinned host memory.
+    let mut host_copies = Vec::new();
+    if device.is_cuda() {
+        let live = named_of(vs).into_iter().chain(optimizer.state());
+        let (live, host): (Vec<Tensor>, Vec<Tensor>) = live
+            .map(|(_, t)| {
+                let host = Tensor::empty(t.size(), (t.kind(), Device::Cpu)).pin_memory(device);
+                (t, host)
+            })
+            .unzip();
+        for _ in 0..args.repeats.max(2) {
+            let started = Instant::now();
+            for (from, to) in live.iter().zip(&host) {
+                to.shallow_clone().copy_(from);
+            }
+            sync(device);
+            host_copies.push(started.elapsed().as_secs_f64());
+        }
     }
     let first_stall = stalls.remove(0);
+    steps_beside.remove(0);
     let mb = bytes as f64 / 1e6;
     let step = median(steps);
     let stall = median(stalls);
     println!(
         "{}",
         json!({"impl": "outloud (tch)", "what": "checkpoint", "params": model_params(vs), "mb": mb,
+               "device": format!("{device:?}"),
                "save_mb_s": mb / median(saves), "load_mb_s": mb / median(loads),
                "plain_write_mb_s": (!plain_writes.is_empty()).then(|| mb / median(plain_writes)),
                "step_ms": step * 1e3, "stall_ms": stall * 1e3, "first_stall_ms": first_stall * 1e3,
-               "stall_share": stall / step})
+               "stall_share": stall / step,
+               "step_beside_copy_ms": median(steps_beside) * 1e3,
+               "host_copy_ms": (!host_copies.is_empty()).then(|| median(host_copies) * 1e3),
+               "written_as_submitted": exact})
     );
+    anyhow::ensure!(
+        exact,
+        "a background checkpoint did not hold the state it was given"
+    );
+    Ok(())
+}
+
+/// The model's weights by name, in name order (as checkpoints list them).
+fn named_of(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut weights: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    weights
+}
+
+/// Waits for the training stream on CUDA (not the checkpoint's side stream).
+fn stream_wait(t: &Tensor) -> anyhow::Result<()> {
+    if t.device().is_cuda() {
+        checkpoint::current_stream_wait(t).map_err(anyhow::Error::msg)?;
+    }
     Ok(())
 }
 
