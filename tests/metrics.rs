@@ -41,6 +41,11 @@ async fn prometheus_scrapes_progress_and_counters() {
     .await;
     let (status, body) = http_get(&metrics_addr, "/metrics").unwrap();
     assert!(status.contains("200"), "{status}");
+    // The same port answers Kubernetes' probes, in plain HTTP whatever gRPC speaks.
+    for probe in ["/healthz", "/readyz"] {
+        let (status, _) = http_get(&metrics_addr, probe).unwrap();
+        assert!(status.contains("200"), "{probe}: {status}");
+    }
     let series = format!("outloud_phase_step{{job=\"{id}\",phase=\"language\"}}");
     assert!(metric(&body, &series).unwrap() >= 20.0, "{body}");
     assert_eq!(

@@ -4,42 +4,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use outloud_coordinator::scheduler::RunState;
 use outloud_core::client::{Connection, Dial};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use support::*;
 
 const TOKEN: &str = "tls-test-token";
-
-/// Writes a CA and a server certificate for `localhost` and 127.0.0.1 signed by it;
-/// answers (ca.pem, server.pem, server.key).
-fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "outloud test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    let server = CertificateParams::new(names)
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let files = (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    );
-    std::fs::write(&files.0, ca_cert.pem()).unwrap();
-    std::fs::write(&files.1, server.pem()).unwrap();
-    std::fs::write(&files.2, server_key.serialize_pem()).unwrap();
-    files
-}
 
 fn cli_with(args: &[&str]) -> (bool, String) {
     let out = cli(args, Some(TOKEN));

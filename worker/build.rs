@@ -43,7 +43,12 @@ fn git_commit() {
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
-    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // An image build has no .git: it passes the commit in (deploy/docker).
+    println!("cargo:rerun-if-env-changed=OUTLOUD_GIT_COMMIT");
+    let commit = std::env::var("OUTLOUD_GIT_COMMIT")
+        .ok()
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=OUTLOUD_GIT_COMMIT={commit}");
     // A new commit moves HEAD's branch (or HEAD itself, detached).
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {

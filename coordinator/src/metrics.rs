@@ -130,13 +130,24 @@ fn render_phases(out: &mut String, scheduler: &Scheduler) {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped; `snapshot` renders.
-pub async fn serve(listener: TcpListener, snapshot: Arc<dyn Fn() -> String + Send + Sync>) {
+/// What the metrics port answers besides the metrics: probes for Kubernetes, in plain
+/// HTTP even when gRPC is on TLS (kubelet's probes carry no client certificate or CA).
+pub struct Probes {
+    /// The metrics, rendered.
+    pub snapshot: Arc<dyn Fn() -> String + Send + Sync>,
+    /// Whether the coordinator takes calls (its state store has not failed).
+    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// Serves `GET /metrics`, `GET /healthz` (alive) and `GET /readyz` (taking calls) on
+/// `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, probes: Probes) {
+    let probes = Arc::new(probes);
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
-        let snapshot = snapshot.clone();
+        let probes = probes.clone();
         tokio::spawn(async move {
             let mut request = Vec::new();
             let mut buffer = [0u8; 1024];
@@ -148,9 +159,23 @@ pub async fn serve(listener: TcpListener, snapshot: Arc<dyn Fn() -> String + Sen
                 }
             }
             let (status, body) = if request.starts_with(b"GET /metrics") {
-                ("200 OK", snapshot())
+                ("200 OK", (probes.snapshot)())
+            } else if request.starts_with(b"GET /healthz") {
+                ("200 OK", "ok\n".to_string())
+            } else if request.starts_with(b"GET /readyz") {
+                if (probes.ready)() {
+                    ("200 OK", "ready\n".to_string())
+                } else {
+                    (
+                        "503 Service Unavailable",
+                        "state store failed\n".to_string(),
+                    )
+                }
             } else {
-                ("404 Not Found", "try /metrics\n".to_string())
+                (
+                    "404 Not Found",
+                    "try /metrics, /healthz or /readyz\n".to_string(),
+                )
             };
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

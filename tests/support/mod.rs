@@ -436,6 +436,29 @@ pub fn spawn(program: &str, args: &[&str], logs: &Path, name: &str) -> Process {
     }
 }
 
+/// Starts our binary `name` with `args` and `env` (and no token from this environment).
+pub fn spawn_with_env(
+    binary: &str,
+    args: &[String],
+    env: Vec<(String, String)>,
+    logs: &Path,
+    name: &str,
+) -> Process {
+    let log = log_file(logs, &format!("{name}.log"));
+    let child = Command::new(bin(binary))
+        .args(args)
+        .envs(env)
+        .env_remove("OUTLOUD_TOKEN")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+    Process {
+        child,
+        name: name.into(),
+    }
+}
+
 /// The port a server bound to port 0 says it got: the number after `marker` in its log.
 pub fn port_in_log(log: &Path, marker: &str, what: &str) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -528,4 +551,32 @@ impl Cluster {
     pub async fn wait(&self, id: &str, timeout: Duration, done: impl Fn(&Job) -> bool) -> Job {
         wait_until(&self.connection, id, timeout, done).await
     }
+}
+
+/// Writes a test CA (rcgen) and a server certificate for `localhost` and 127.0.0.1
+/// signed by it;
+/// answers (ca.pem, server.pem, server.key).
+pub fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "outloud test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let server = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let files = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&files.0, ca_cert.pem()).unwrap();
+    std::fs::write(&files.1, server.pem()).unwrap();
+    std::fs::write(&files.2, server_key.serialize_pem()).unwrap();
+    files
 }

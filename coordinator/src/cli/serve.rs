@@ -20,7 +20,8 @@ pub struct Serve {
     /// A worker silent this long (milliseconds) loses its tasks.
     #[arg(long, default_value_t = 5000)]
     lease_timeout_ms: u64,
-    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    /// Serve Prometheus metrics (`GET /metrics`) and plain-HTTP probes for Kubernetes
+    /// (`GET /healthz`: alive; `GET /readyz`: taking calls) on this address.
     #[arg(long)]
     metrics_listen: Option<String>,
     /// Once listening, write the addresses bound here as JSON (`{"grpc": "127.0.0.1:

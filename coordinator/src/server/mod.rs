@@ -211,11 +211,12 @@ pub async fn run(
     );
     let expiry = tokio::spawn(expire_leases(coordinator.clone()));
     let metrics = metrics.map(|listener| {
-        let source = coordinator.clone();
-        tokio::spawn(crate::metrics::serve(
-            listener,
-            Arc::new(move || crate::metrics::render(&source.lock())),
-        ))
+        let (source, state) = (coordinator.clone(), coordinator.clone());
+        let probes = crate::metrics::Probes {
+            snapshot: Arc::new(move || crate::metrics::render(&source.lock())),
+            ready: Arc::new(move || !state.committer.is_broken()),
+        };
+        tokio::spawn(crate::metrics::serve(listener, probes))
     });
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<WorkersServer<WorkerService>>().await;
