@@ -248,28 +248,6 @@ async fn a_storage_server_paused_mid_phase_stalls_no_step_and_loses_nothing() {
     assert_eq!(verify_all(&root, "/final").await, 1);
 }
 
-/// The f32 tensors of a safetensors file, by name.
-fn f32_tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
-    let data = &bytes[8 + header_len..];
-    let mut tensors = std::collections::BTreeMap::new();
-    for (name, info) in header.as_object().unwrap() {
-        if name == "__metadata__" {
-            continue;
-        }
-        assert_eq!(info["dtype"], "F32", "{name}");
-        let at = |i: usize| info["data_offsets"][i].as_u64().unwrap() as usize;
-        let values = data[at(0)..at(1)]
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        tensors.insert(name.clone(), values);
-    }
-    tensors
-}
-
 /// The largest difference between two sets of the same tensors.
 fn largest_difference(
     a: &std::collections::BTreeMap<String, Vec<f32>>,
@@ -317,10 +295,10 @@ async fn a_phase_starts_from_another_jobs_checkpoint_or_its_export_verified() {
         .wait(&second, Duration::from_secs(120), finished)
         .await;
     assert_succeeded(&second);
-    let started = f32_tensors(&trained.join("model.safetensors"));
+    let started = parameters(&trained);
     for step in ["from-checkpoint", "from-export"] {
         let ended = committed_path(&second, step);
-        let moved = largest_difference(&started, &f32_tensors(&ended.join("model.safetensors")));
+        let moved = largest_difference(&started, &parameters(&ended));
         assert!(
             moved < 1e-6,
             "{step}: weights {moved} from where they started"

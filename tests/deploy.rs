@@ -516,6 +516,23 @@ fn localize(arg: &str, mounted: &[(String, PathBuf)], local: &[(String, String)]
     arg
 }
 
+/// A container's command line and environment as they run here: `$(VAR)` expanded,
+/// mounts moved under `volumes`, and `local` replacing what the cluster names.
+fn run_here(
+    objects: &[Value],
+    c: &Value,
+    volumes: &Path,
+    local: &[(String, String)],
+) -> (Vec<String>, BTreeMap<String, String>) {
+    let env = environment(objects, c);
+    let mounted = mounts(c, volumes);
+    let args = args_of(c)
+        .iter()
+        .map(|a| localize(&expand(a, &env), &mounted, local))
+        .collect();
+    (args, env)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_manifests_contract_runs_a_job_here() {
     let _one_at_a_time = exclusive().await;
@@ -558,17 +575,12 @@ async fn the_manifests_contract_runs_a_job_here() {
     let cluster_s3 = "http://outloud-s3:5000".to_string();
 
     // The coordinator, as the StatefulSet runs it, on ports bound at 0.
-    let env = environment(&objects, coordinator);
-    assert_eq!(env["AWS_ENDPOINT"], cluster_s3);
-    let mounted = mounts(coordinator, &volumes);
     let ports = [
         ("0.0.0.0:50051".to_string(), "127.0.0.1:0".to_string()),
         ("0.0.0.0:9090".to_string(), "127.0.0.1:0".to_string()),
     ];
-    let mut args: Vec<String> = args_of(coordinator)
-        .iter()
-        .map(|a| localize(&expand(a, &env), &mounted, &ports))
-        .collect();
+    let (mut args, env) = run_here(&objects, coordinator, &volumes, &ports);
+    assert_eq!(env["AWS_ENDPOINT"], cluster_s3);
     let address_file = dir.path().join("coordinator.addr");
     args.push(format!("--address-file={}", address_file.display()));
     let s3_env: Vec<(String, String)> = s3.env();
@@ -606,12 +618,7 @@ async fn the_manifests_contract_runs_a_job_here() {
     )];
     let mut workers = Vec::new();
     for i in 0..2 {
-        let env = environment(&objects, worker);
-        let mounted = mounts(worker, &volumes);
-        let args: Vec<String> = args_of(worker)
-            .iter()
-            .map(|a| localize(&expand(a, &env), &mounted, &service))
-            .collect();
+        let (args, env) = run_here(&objects, worker, &volumes, &service);
         workers.push(spawn_with_env(
             "outloud-worker",
             &args,
@@ -624,12 +631,7 @@ async fn the_manifests_contract_runs_a_job_here() {
     std::fs::create_dir_all(&job).unwrap();
     let spec = "name: rehearsal\nstorage: s3://outloud-runs/rehearsal\ndata:\n  - {name: corpus, kind: generated_text, seed: 3, words: 20000}\nmodel: {preset: tiny}\nphases:\n  - {name: language, kind: language, data: [corpus], steps: 30, checkpoint_every: 10}\n";
     std::fs::write(job.join("job.yaml"), spec).unwrap();
-    let env = environment(&objects, submitter);
-    let mounted = mounts(submitter, &volumes);
-    let args: Vec<String> = args_of(submitter)
-        .iter()
-        .map(|a| localize(&expand(a, &env), &mounted, &service))
-        .collect();
+    let (args, _) = run_here(&objects, submitter, &volumes, &service);
     let submitted = tokio::task::spawn_blocking(move || {
         Command::new(bin("outloud"))
             .args(&args)

@@ -5,38 +5,10 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use outloud_coordinator::scheduler::{EventKind, Job};
 use support::*;
-
-/// Every parameter of a checkpoint folder's model, by name, from its safetensors file
-/// (f32).
-fn parameters(folder: &Path) -> BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(folder.join("model.safetensors")).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
-    let data = &bytes[8 + header_len..];
-    let mut out = BTreeMap::new();
-    for (name, entry) in header.as_object().unwrap() {
-        if name == "__metadata__" {
-            continue;
-        }
-        assert_eq!(entry["dtype"], "F32", "{name}");
-        let offsets = &entry["data_offsets"];
-        let (from, to) = (
-            offsets[0].as_u64().unwrap() as usize,
-            offsets[1].as_u64().unwrap() as usize,
-        );
-        let values = data[from..to]
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        out.insert(name.clone(), values);
-    }
-    out
-}
 
 /// The norm of the difference of two models over the norm of `reference`.
 fn relative_difference(

@@ -423,17 +423,9 @@ pub fn http_get(host_port: &str, path: &str) -> std::io::Result<(String, String)
 
 /// Starts a process that is killed when the returned handle drops.
 pub fn spawn(program: &str, args: &[&str], logs: &Path, name: &str) -> Process {
-    let log = log_file(logs, &format!("{name}.log"));
-    let child = Command::new(program)
-        .args(args)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {program}: {e} (scripts/setup installs it)"));
-    Process {
-        child,
-        name: name.into(),
-    }
+    let mut command = Command::new(program);
+    command.args(args);
+    spawn_logged(command, logs, name)
 }
 
 /// Starts our binary `name` with `args` and `env` (and no token from this environment).
@@ -444,15 +436,21 @@ pub fn spawn_with_env(
     logs: &Path,
     name: &str,
 ) -> Process {
+    let mut command = Command::new(bin(binary));
+    command.args(args).envs(env).env_remove("OUTLOUD_TOKEN");
+    spawn_logged(command, logs, name)
+}
+
+/// Starts `command` with its output in `logs/<name>.log`.
+fn spawn_logged(mut command: Command, logs: &Path, name: &str) -> Process {
     let log = log_file(logs, &format!("{name}.log"));
-    let child = Command::new(bin(binary))
-        .args(args)
-        .envs(env)
-        .env_remove("OUTLOUD_TOKEN")
+    let child = command
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("starting {command:?}: {e} (scripts/setup installs what tests run)")
+        });
     Process {
         child,
         name: name.into(),
@@ -579,4 +577,31 @@ pub fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&files.1, server.pem()).unwrap();
     std::fs::write(&files.2, server_key.serialize_pem()).unwrap();
     files
+}
+
+/// Every parameter of a checkpoint folder's model, by name, from its safetensors file
+/// (f32).
+pub fn parameters(folder: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(folder.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let data = &bytes[8 + header_len..];
+    let mut out = std::collections::BTreeMap::new();
+    for (name, entry) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        assert_eq!(entry["dtype"], "F32", "{name}");
+        let offsets = &entry["data_offsets"];
+        let (from, to) = (
+            offsets[0].as_u64().unwrap() as usize,
+            offsets[1].as_u64().unwrap() as usize,
+        );
+        let values = data[from..to]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        out.insert(name.clone(), values);
+    }
+    out
 }

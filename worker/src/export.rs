@@ -20,7 +20,7 @@ use std::path::Path;
 use serde_json::json;
 use tch::Kind;
 
-use crate::checkpoint::gpt2::gpt2_name;
+use crate::checkpoint::gpt2::{self, gpt2_name};
 use crate::checkpoint::{self, Loaded, Manifest};
 use crate::error::WorkerError;
 use crate::tokenizer::END_OF_TEXT;
@@ -38,12 +38,7 @@ pub fn export(loaded: &Loaded, folder: &Path) -> Result<(), WorkerError> {
         }
         let (renamed, conv) = gpt2_name(name)
             .ok_or_else(|| WorkerError::Data(format!("export: no GPT-2 name for `{name}`")))?;
-        let tensor = if conv {
-            tensor.tr().contiguous()
-        } else {
-            tensor
-        };
-        language.push((renamed, tensor));
+        language.push((renamed, gpt2::oriented(tensor, conv)));
     }
     // Every file but the model card (the CLI adds scores to it) is listed in the
     // manifest, written last, so the folder is also a checkpoint a phase can start from.

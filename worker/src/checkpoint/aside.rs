@@ -79,29 +79,36 @@ fn failed(what: &str, error: &[c_char]) -> String {
     format!("{what}: {}", message.to_string_lossy())
 }
 
+/// Runs a call into `csrc/copy_aside.cpp` that answers 0, or else writes why into the
+/// error buffer it is handed (with its length); `what` says what failed.
+fn checked(what: &str, call: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
+    let mut error = [0 as c_char; 1024];
+    match call(error.as_mut_ptr(), error.len()) {
+        0 => Ok(()),
+        _ => Err(failed(what, &error)),
+    }
+}
+
 /// Buffers laid out like `live` (same storage offsets, sizes and strides), one new
 /// storage per storage of `live`: on its device, or on the host (pinned when `live` is
 /// on a GPU). Copies between such mirrors are a few large ones, one per storage.
 pub fn mirror(live: &[&Tensor], on_host: bool) -> Result<Vec<Tensor>, String> {
     let (_src, mut src) = handles(live);
     let mut out = vec![std::ptr::null_mut::<C_tensor>(); live.len()];
-    let mut error = [0 as c_char; 1024];
-    // SAFETY: as in `stage`; the C++ side fills `out` with new tensor handles, which
-    // become owned tensors below (freed when they drop).
-    let code = unsafe {
+    // SAFETY: the pointers are live tensor handles owned above for the whole call, and
+    // `out` has room for one handle per tensor; the C++ side catches its exceptions.
+    checked("making checkpoint buffers", |error, len| unsafe {
         outloud_mirror(
             src.as_mut_ptr(),
             live.len(),
             c_int::from(on_host),
             out.as_mut_ptr(),
-            error.as_mut_ptr(),
-            error.len(),
+            error,
+            len,
         )
-    };
-    if code != 0 {
-        return Err(failed("making checkpoint buffers", &error));
-    }
-    // SAFETY: each pointer is a fresh `at::Tensor` the C++ side allocated for us.
+    })?;
+    // SAFETY: each pointer is a fresh `at::Tensor` the C++ side allocated for us, now
+    // owned here (freed when the tensor drops).
     Ok(out
         .into_iter()
         .map(|p| unsafe { Tensor::from_ptr(p) })
@@ -116,21 +123,16 @@ pub fn copy(dst: &[&Tensor], src: &[&Tensor]) -> Result<(), String> {
     }
     let (_dst, mut dst_ptrs) = handles(dst);
     let (_src, mut src_ptrs) = handles(src);
-    let mut error = [0 as c_char; 1024];
-    // SAFETY: as in `stage`.
-    let code = unsafe {
+    // SAFETY: as in `mirror`.
+    checked("copying the checkpoint", |error, len| unsafe {
         outloud_copy(
             dst_ptrs.as_mut_ptr(),
             src_ptrs.as_mut_ptr(),
             src.len(),
-            error.as_mut_ptr(),
-            error.len(),
+            error,
+            len,
         )
-    };
-    match code {
-        0 => Ok(()),
-        _ => Err(failed("copying the checkpoint", &error)),
-    }
+    })
 }
 
 /// Queues `device_buffers[i].copy_(live[i])` on the current stream.
@@ -142,8 +144,7 @@ pub fn stage(device_buffers: &[&Tensor], live: &[&Tensor]) -> Result<Staged, Str
     let (_dst, mut dst) = handles(device_buffers);
     let (_src, mut src) = handles(live);
     let mut error = [0 as c_char; 1024];
-    // SAFETY: the pointers are live tensor handles owned above for the whole call; the
-    // error buffer's length is passed with it; the C++ side catches its exceptions.
+    // SAFETY: as in `mirror`; the error buffer's length is passed with it.
     let staged = unsafe {
         outloud_stage(
             dst.as_mut_ptr(),
@@ -165,23 +166,21 @@ impl Staged {
         assert_eq!(host.len(), device_buffers.len());
         let (_host, mut host) = handles(host);
         let (_device, mut device) = handles(device_buffers);
-        let mut error = [0 as c_char; 1024];
         let event = std::mem::replace(&mut self.0, std::ptr::null_mut());
-        // SAFETY: as in `stage`; the event is handed over and freed by the C++ side.
-        let code = unsafe {
-            outloud_drain(
-                event,
-                host.as_mut_ptr(),
-                device.as_mut_ptr(),
-                host.len(),
-                error.as_mut_ptr(),
-                error.len(),
-            )
-        };
-        match code {
-            0 => Ok(()),
-            _ => Err(failed("copying the checkpoint to host memory", &error)),
-        }
+        // SAFETY: as in `mirror`; the event is handed over and freed by the C++ side.
+        checked(
+            "copying the checkpoint to host memory",
+            |error, len| unsafe {
+                outloud_drain(
+                    event,
+                    host.as_mut_ptr(),
+                    device.as_mut_ptr(),
+                    host.len(),
+                    error,
+                    len,
+                )
+            },
+        )
     }
 }
 
@@ -189,13 +188,8 @@ impl Staged {
 /// streams'): what the next training step would wait behind. For benchmarks.
 pub fn current_stream_wait(t: &Tensor) -> Result<(), String> {
     let mut handle = t.shallow_clone();
-    let mut error = [0 as c_char; 1024];
-    // SAFETY: as in `stage`.
-    let code = unsafe {
-        outloud_current_stream_wait(handle.as_mut_ptr(), error.as_mut_ptr(), error.len())
-    };
-    match code {
-        0 => Ok(()),
-        _ => Err(failed("waiting for the current stream", &error)),
-    }
+    // SAFETY: as in `mirror`.
+    checked("waiting for the current stream", |error, len| unsafe {
+        outloud_current_stream_wait(handle.as_mut_ptr(), error, len)
+    })
 }

@@ -47,6 +47,16 @@ fn our_name(theirs: &str) -> Option<(String, bool)> {
     ))
 }
 
+/// `tensor` turned between our orientation and a `Conv1D`'s when `conv` says it is
+/// one (a transpose: the same call goes either way).
+pub fn oriented(tensor: Tensor, conv: bool) -> Tensor {
+    if conv {
+        tensor.tr().contiguous()
+    } else {
+        tensor
+    }
+}
+
 /// The weights of an exported folder under our names and in our orientation: the
 /// language model from `model` (GPT-2 layout), the vision path from `vision` as is.
 pub fn imported_weights(
@@ -57,12 +67,7 @@ pub fn imported_weights(
     for (theirs, tensor) in super::tensors_from(model)? {
         let (ours, conv) = our_name(&theirs)
             .ok_or_else(|| WorkerError::Data(format!("exported model has unknown `{theirs}`")))?;
-        let tensor = if conv {
-            tensor.tr().contiguous()
-        } else {
-            tensor
-        };
-        weights.push((ours, tensor));
+        weights.push((ours, oriented(tensor, conv)));
     }
     if let Some(vision) = vision {
         weights.extend(super::tensors_from(vision)?);
