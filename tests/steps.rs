@@ -102,6 +102,29 @@ phases:
     let html = html.to_str().unwrap();
     let report = cli(&["report", &id, "--coordinator", url, "--html", html], None);
     let table = String::from_utf8_lossy(&report.stdout);
+    // Every training step's loss curve: in the JSON, falling, bounded and in step order;
+    // on the page, a chart each; in the table, a line each.
+    let json = cli(&["report", &id, "--coordinator", url, "--json"], None);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let curves = json["curves"].as_array().unwrap();
+    let trained: Vec<&str> = curves.iter().map(|c| c["step"].as_str().unwrap()).collect();
+    assert_eq!(
+        trained,
+        ["language", "vision-language", "tasks", "tasks-long"]
+    );
+    for curve in curves {
+        let points = curve["points"].as_array().unwrap();
+        let steps: Vec<u64> = points.iter().map(|p| p["step"].as_u64().unwrap()).collect();
+        assert!(
+            steps.windows(2).all(|w| w[0] < w[1]) && steps.len() <= 256,
+            "{curve}"
+        );
+        let loss = |i: usize| points[i]["loss"].as_f64().unwrap();
+        assert!(loss(points.len() - 1) < loss(0), "the loss falls: {curve}");
+    }
+    let page = std::fs::read_to_string(html).unwrap();
+    assert_eq!(page.matches("class=\"loss-curve\"").count(), 4, "{page}");
+    assert!(table.contains("TRAINING LOSS"), "{table}");
     let header = table.lines().nth(1).unwrap_or_default();
     assert!(
         header.contains("vision-language")

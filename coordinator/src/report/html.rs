@@ -1,5 +1,5 @@
-//! The report as a self-contained HTML page: the table and an SVG plot of every
-//! benchmark across the phases, no scripts or links.
+//! The report as a self-contained HTML page: the table, an SVG plot of every benchmark
+//! across the phases and a loss chart per training step, no scripts or links.
 
 use outloud_core::results::percent;
 
@@ -40,10 +40,12 @@ impl Report {
              </head><body>\n<h1>Zero-shot evaluation: {job}</h1>\n<p>Job state: {state}. Accuracy in %, \
              BabyLM 2024 multimodal baselines (GIT, Flamingo) beside ours.</p>\n\
              {plot}\n<table><tr><th>benchmark</th><th>chance</th>{heads}<th>GIT</th><th>Flamingo</th></tr>\n{rows}</table>\n\
+             <h2>Training loss</h2>\n{curves}\
              </body></html>\n",
             job = escape(&self.job),
             state = self.state,
             plot = self.plot(),
+            curves = super::curves::svg(&self.curves),
         )
     }
 
@@ -114,7 +116,7 @@ impl Report {
     }
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

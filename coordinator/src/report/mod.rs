@@ -1,11 +1,13 @@
 //! `outloud report JOB`: the eval steps' results as benchmarks x phases, beside the
-//! BabyLM 2024 multimodal baselines; as text, JSON, or a self-contained HTML page with
-//! a plot of every benchmark across the phases.
+//! BabyLM 2024 multimodal baselines, and each training step's loss curve ([`curves`]);
+//! as text, JSON, or a self-contained HTML page with a plot of every benchmark across
+//! the phases and a loss chart per phase.
 //!
 //! It reads the typed results eval tasks report, so it needs only the coordinator;
 //! per-item scores stay in the results JSON in the job's storage.
 
 mod compare;
+pub mod curves;
 mod html;
 pub mod ledger;
 
@@ -13,6 +15,7 @@ use outloud_core::results::{BenchmarkScore, ScoreMode, TaskResults, percent};
 use serde::Serialize;
 
 pub use compare::Comparison;
+pub use curves::PhaseCurve;
 pub use ledger::LedgerRow;
 
 use crate::scheduler::{Job, RunState, StepKind};
@@ -82,6 +85,8 @@ pub struct Report {
     pub ledger: Vec<LedgerRow>,
     /// Distinct real words one lineage may read.
     pub word_budget: u64,
+    /// Each training step's loss over its optimizer steps.
+    pub curves: Vec<PhaseCurve>,
 }
 
 /// An evaluated phase: its results in each run (`None`: not scored yet).
@@ -224,6 +229,7 @@ impl Report {
             benchmarks,
             ledger: ledger::ledger(job),
             word_budget: job.spec.word_budget,
+            curves: curves::curves(job),
         }
     }
 
@@ -236,6 +242,7 @@ impl Report {
         out += ")\n";
         if self.benchmarks.is_empty() {
             out += "no evaluation results yet\n";
+            out += &curves::table(&self.curves);
             return out + &ledger::table(&self.ledger, self.word_budget);
         }
         let spread = if self.seeds.is_empty() { 0 } else { 6 };
@@ -278,6 +285,7 @@ impl Report {
                 }
             }
         }
+        out += &curves::table(&self.curves);
         out += &ledger::table(&self.ledger, self.word_budget);
         out
     }

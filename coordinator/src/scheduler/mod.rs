@@ -13,9 +13,10 @@
 //! attempts for straggling synthesize shards; `gangs`: tasks trained by several ranks,
 //! granted and revoked together, their rendezvous, and placement; `expiry`: leases that
 //! end without success, silent workers, departed workers forgotten; `deletion`:
-//! finished jobs forgotten.
+//! finished jobs forgotten; `curve`: training tasks' loss curves, bounded.
 
 mod changes;
+mod curve;
 mod deletion;
 mod expiry;
 mod gangs;
@@ -35,6 +36,7 @@ use outloud_core::spec::JobSpec;
 use outloud_core::storage::is_within;
 
 pub use changes::{Changes, Counters};
+pub use curve::{CurvePoint, LossCurve};
 pub use deletion::Deleted;
 pub use model::*;
 pub use steps::{Input, Step, StepKind, eval_step_name, expand};
@@ -448,6 +450,7 @@ impl Scheduler {
         let task = self.held_task(worker_id, lease, now)?;
         task.metrics = metrics;
         task.first_loss.get_or_insert(metrics.loss);
+        task.curve.record(metrics.step, metrics.loss);
         if let Some(checkpoint) = &checkpoint {
             task.checkpoint = Some(checkpoint.url.clone());
         }

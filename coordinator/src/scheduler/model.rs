@@ -27,6 +27,7 @@ pub use outloud_core::task::{Assignment, CheckpointRef, LeaseRef, Metrics, TaskI
 use outloud_core::task_spec::{TaskSpec, Work};
 use serde::{Deserialize, Serialize};
 
+use super::curve::LossCurve;
 pub use super::history::{Event, EventKind};
 use super::steps::{Input, Step, StepKind};
 
@@ -128,6 +129,9 @@ pub struct Task {
     pub metrics: Metrics,
     /// The loss of the first report, kept to show how far training came.
     pub first_loss: Option<f64>,
+    /// The loss at the steps reported, bounded (training tasks).
+    #[serde(default, skip_serializing_if = "LossCurve::is_empty")]
+    pub curve: LossCurve,
     /// Results reported with the task's completion (benchmark scores, probes, counts).
     #[serde(default, skip_serializing_if = "TaskResults::is_empty")]
     pub results: TaskResults,
@@ -147,6 +151,7 @@ impl Task {
             checkpoint: None,
             metrics: Metrics::default(),
             first_loss: None,
+            curve: LossCurve::default(),
             results: TaskResults::default(),
         }
     }
