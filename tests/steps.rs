@@ -104,7 +104,18 @@ phases:
     let table = String::from_utf8_lossy(&report.stdout);
     // Every training step's loss curve: in the JSON, falling, bounded and in step order;
     // on the page, a chart each; in the table, a line each.
-    let json = cli(&["report", &id, "--coordinator", url, "--json"], None);
+    let json = cli(
+        &[
+            "report",
+            &id,
+            "--coordinator",
+            url,
+            "--json",
+            "--html",
+            html,
+        ],
+        None,
+    );
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     let curves = json["curves"].as_array().unwrap();
     let trained: Vec<&str> = curves.iter().map(|c| c["step"].as_str().unwrap()).collect();
