@@ -133,9 +133,31 @@ phases:
         let loss = |i: usize| points[i]["loss"].as_f64().unwrap();
         assert!(loss(points.len() - 1) < loss(0), "the loss falls: {curve}");
     }
+    // The cost ledger: device time for every step that ran, tokens for training steps.
+    let cost = json["cost"].as_array().unwrap();
+    let costed: Vec<&str> = cost.iter().map(|c| c["step"].as_str().unwrap()).collect();
+    for step in [
+        "prepare",
+        "language",
+        "vision-language.eval",
+        "tasks",
+        "tasks-long",
+    ] {
+        assert!(costed.contains(&step), "{step} not in {costed:?}");
+    }
+    for row in cost {
+        let seconds = row["device_seconds"]["CPU thread-s"].as_f64().unwrap();
+        assert!(seconds > 0.0, "{row}");
+    }
+    let trained = cost.iter().find(|c| c["step"] == "tasks-long").unwrap();
+    assert!(trained["tokens"].as_u64().unwrap() > 0, "{trained}");
+    assert!(json["wall_seconds"].as_f64().unwrap() > 0.0);
     let page = std::fs::read_to_string(html).unwrap();
     assert_eq!(page.matches("class=\"loss-curve\"").count(), 4, "{page}");
-    assert!(table.contains("TRAINING LOSS"), "{table}");
+    assert!(
+        table.contains("TRAINING LOSS") && table.contains("CPU thread-s"),
+        "{table}"
+    );
     let header = table.lines().nth(1).unwrap_or_default();
     assert!(
         header.contains("vision-language")

@@ -1,5 +1,6 @@
 //! `outloud report JOB`: the eval steps' results as benchmarks x phases, beside the
-//! BabyLM 2024 multimodal baselines, and each training step's loss curve ([`curves`]);
+//! BabyLM 2024 multimodal baselines, each training step's loss curve ([`curves`]) and
+//! what each step cost ([`cost`]);
 //! as text, JSON, or a self-contained HTML page with a plot of every benchmark across
 //! the phases and a loss chart per phase.
 //!
@@ -7,6 +8,7 @@
 //! per-item scores stay in the results JSON in the job's storage.
 
 mod compare;
+pub mod cost;
 pub mod curves;
 mod html;
 pub mod ledger;
@@ -15,6 +17,7 @@ use outloud_core::results::{BenchmarkScore, ScoreMode, TaskResults, percent};
 use serde::Serialize;
 
 pub use compare::Comparison;
+pub use cost::CostRow;
 pub use curves::PhaseCurve;
 pub use ledger::LedgerRow;
 
@@ -87,6 +90,10 @@ pub struct Report {
     pub word_budget: u64,
     /// Each training step's loss over its optimizer steps.
     pub curves: Vec<PhaseCurve>,
+    /// What each step cost: device time, tokens, words.
+    pub cost: Vec<CostRow>,
+    /// The job's wall time, once it has finished.
+    pub wall_seconds: Option<f64>,
 }
 
 /// An evaluated phase: its results in each run (`None`: not scored yet).
@@ -230,6 +237,8 @@ impl Report {
             ledger: ledger::ledger(job),
             word_budget: job.spec.word_budget,
             curves: curves::curves(job),
+            cost: cost::rows(job),
+            wall_seconds: cost::wall_seconds(job),
         }
     }
 
@@ -243,6 +252,7 @@ impl Report {
         if self.benchmarks.is_empty() {
             out += "no evaluation results yet\n";
             out += &curves::table(&self.curves);
+            out += &cost::table(&self.cost, self.wall_seconds);
             return out + &ledger::table(&self.ledger, self.word_budget);
         }
         let spread = if self.seeds.is_empty() { 0 } else { 6 };
@@ -286,6 +296,7 @@ impl Report {
             }
         }
         out += &curves::table(&self.curves);
+        out += &cost::table(&self.cost, self.wall_seconds);
         out += &ledger::table(&self.ledger, self.word_budget);
         out
     }

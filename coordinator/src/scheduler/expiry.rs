@@ -14,7 +14,7 @@ impl Scheduler {
         counts: bool,
         now: Millis,
     ) {
-        self.release(worker_id, &lease.task);
+        self.release(worker_id, &lease.task, now);
         let what = EventKind::LeaseLost {
             task: lease.task.clone(),
             worker: worker_id.into(),
@@ -40,7 +40,7 @@ impl Scheduler {
             .filter(|w| w != worker_id)
             .collect();
         for other in others {
-            self.release(&other, &lease.task);
+            self.release(&other, &lease.task, now);
             let what = EventKind::LeaseLost {
                 task: lease.task.clone(),
                 worker: other,

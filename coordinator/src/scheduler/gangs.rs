@@ -186,7 +186,7 @@ impl Scheduler {
             .chain(others)
             .collect();
         for worker in &workers {
-            self.hold(worker, id);
+            self.hold(worker, id, now);
         }
         let event = EventKind::GangLeased {
             task: id.clone(),

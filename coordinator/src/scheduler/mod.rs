@@ -13,9 +13,11 @@
 //! attempts for straggling synthesize shards; `gangs`: tasks trained by several ranks,
 //! granted and revoked together, their rendezvous, and placement; `expiry`: leases that
 //! end without success, silent workers, departed workers forgotten; `deletion`:
-//! finished jobs forgotten; `curve`: training tasks' loss curves, bounded.
+//! finished jobs forgotten; `curve`: training tasks' loss curves, bounded; `cost`: the
+//! device time tasks' leases took.
 
 mod changes;
+mod cost;
 mod curve;
 mod deletion;
 mod expiry;
@@ -36,6 +38,7 @@ use outloud_core::spec::JobSpec;
 use outloud_core::storage::is_within;
 
 pub use changes::{Changes, Counters};
+pub use cost::DeviceTime;
 pub use curve::{CurvePoint, LossCurve};
 pub use deletion::Deleted;
 pub use model::*;
@@ -346,7 +349,7 @@ impl Scheduler {
         let resume_from = task.checkpoint.clone();
         let assignment = job.assignment(id, epoch, 0, 1);
         self.started(id, now);
-        self.hold(worker_id, id);
+        self.hold(worker_id, id, now);
         let event = EventKind::Leased {
             task: id.clone(),
             worker: worker_id.into(),
@@ -511,7 +514,7 @@ impl Scheduler {
         task.took_ms = Some(now.saturating_sub(since));
         task.state = TaskState::Succeeded { output };
         for (other, epoch) in others {
-            self.release(&other, &lease.task);
+            self.release(&other, &lease.task, now);
             let what = EventKind::LeaseLost {
                 task: lease.task.clone(),
                 worker: other,
@@ -521,7 +524,7 @@ impl Scheduler {
             self.record(&lease.task.job, now, what);
         }
         for rank in ranks.iter().chain([&worker_id.to_string()]) {
-            self.release(rank, &lease.task);
+            self.release(rank, &lease.task, now);
         }
         let what = EventKind::TaskSucceeded {
             task: lease.task.clone(),
@@ -554,8 +557,12 @@ impl Scheduler {
     }
 
     /// Records that `worker_id` now holds a lease on `task`.
-    fn hold(&mut self, worker_id: &str, task: &TaskId) {
+    fn hold(&mut self, worker_id: &str, task: &TaskId, now: Millis) {
         self.changes.tasks.insert(task.clone());
+        let info = self.workers.get(worker_id).map(|w| &w.info);
+        if let Some(held) = self.jobs.get_mut(&task.job).and_then(|j| j.task_mut(task)) {
+            held.cost.start(worker_id, info, now);
+        }
         if let Some(worker) = self.workers.get_mut(worker_id) {
             worker.leases.push(task.clone());
             worker.asked_at = None;
@@ -563,7 +570,11 @@ impl Scheduler {
         }
     }
 
-    fn release(&mut self, worker_id: &str, task: &TaskId) {
+    fn release(&mut self, worker_id: &str, task: &TaskId, now: Millis) {
+        if let Some(held) = self.jobs.get_mut(&task.job).and_then(|j| j.task_mut(task)) {
+            held.cost.end(worker_id, now);
+            self.changes.tasks.insert(task.clone());
+        }
         if let Some(worker) = self.workers.get_mut(worker_id) {
             worker.leases.retain(|t| t != task);
             self.changes.workers.insert(worker_id.into());

@@ -27,6 +27,7 @@ pub use outloud_core::task::{Assignment, CheckpointRef, LeaseRef, Metrics, TaskI
 use outloud_core::task_spec::{TaskSpec, Work};
 use serde::{Deserialize, Serialize};
 
+use super::cost::DeviceTime;
 use super::curve::LossCurve;
 pub use super::history::{Event, EventKind};
 use super::steps::{Input, Step, StepKind};
@@ -132,6 +133,9 @@ pub struct Task {
     /// The loss at the steps reported, bounded (training tasks).
     #[serde(default, skip_serializing_if = "LossCurve::is_empty")]
     pub curve: LossCurve,
+    /// The device time its leases took.
+    #[serde(default, skip_serializing_if = "DeviceTime::is_empty")]
+    pub cost: DeviceTime,
     /// Results reported with the task's completion (benchmark scores, probes, counts).
     #[serde(default, skip_serializing_if = "TaskResults::is_empty")]
     pub results: TaskResults,
@@ -152,6 +156,7 @@ impl Task {
             metrics: Metrics::default(),
             first_loss: None,
             curve: LossCurve::default(),
+            cost: DeviceTime::default(),
             results: TaskResults::default(),
         }
     }

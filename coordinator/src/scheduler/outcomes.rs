@@ -22,7 +22,7 @@ impl Scheduler {
         // A failed task is held by nobody: left in its worker's leases, a later expiry
         // would revive it (found by the property tests).
         for worker in holders {
-            self.release(&worker, &lease.task);
+            self.release(&worker, &lease.task, now);
         }
         let what = EventKind::TaskFailed {
             task: lease.task.clone(),
@@ -115,7 +115,7 @@ impl Scheduler {
         }
         self.changes.jobs.insert(job_id.into());
         for (worker, task) in released {
-            self.release(&worker, &task);
+            self.release(&worker, &task, now);
         }
         let what = match state {
             RunState::Succeeded => EventKind::JobSucceeded,

@@ -43,7 +43,7 @@ impl Scheduler {
         });
         let straggler = straggler.clone();
         let assignment = job.assignment(&id, epoch, 0, 1);
-        self.hold(worker_id, &id);
+        self.hold(worker_id, &id, now);
         let event = EventKind::Duplicated {
             task: id.clone(),
             worker: worker_id.into(),
