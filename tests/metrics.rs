@@ -48,6 +48,11 @@ async fn prometheus_scrapes_progress_and_counters() {
     }
     let series = format!("outloud_phase_step{{job=\"{id}\",phase=\"language\"}}");
     assert!(metric(&body, &series).unwrap() >= 20.0, "{body}");
+    // The cost ledger: the prepare step's lease has ended, so its device time shows.
+    let cost = format!(
+        "outloud_phase_device_seconds{{job=\"{id}\",phase=\"prepare\",device=\"CPU thread-s\"}}"
+    );
+    assert!(metric(&body, &cost).unwrap() > 0.0, "{body}");
     assert_eq!(
         metric(&body, "outloud_jobs{state=\"running\"}"),
         Some(1.0),

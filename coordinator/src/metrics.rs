@@ -1,6 +1,6 @@
 //! Prometheus metrics: what the coordinator has done (counters since it started) and
-//! what its jobs are doing now (per-phase step, loss, tokens and words), in the text
-//! exposition format on `GET /metrics`.
+//! what its jobs are doing now (per-phase step, loss, tokens, words and device time), in
+//! the text exposition format on `GET /metrics`.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -83,7 +83,28 @@ pub fn render(scheduler: &Scheduler) -> String {
         let _ = writeln!(out, "outloud_workers{{alive=\"{alive}\"}} {n}");
     }
     render_phases(&mut out, scheduler);
+    render_cost(&mut out, scheduler);
     out
+}
+
+/// Device time of unfinished jobs' steps, by device kind (the cost ledger).
+fn render_cost(out: &mut String, scheduler: &Scheduler) {
+    let name = "outloud_phase_device_seconds";
+    let help = "Device-seconds the phase's ended leases took (CPU thread-s, GPU-s per model).";
+    family(out, name, "gauge", help);
+    for job in scheduler.jobs().filter(|j| !j.state.is_finished()) {
+        for row in crate::report::cost::rows(job) {
+            for (device, seconds) in &row.device_seconds {
+                let _ = writeln!(
+                    out,
+                    "{name}{{job=\"{}\",phase=\"{}\",device=\"{}\"}} {seconds}",
+                    label(&job.id),
+                    label(&row.step),
+                    label(device)
+                );
+            }
+        }
+    }
 }
 
 /// Per-phase progress of unfinished jobs.
