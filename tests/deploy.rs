@@ -612,10 +612,13 @@ async fn the_manifests_contract_runs_a_job_here() {
     }
 
     // Two workers and the submit Job, their service name now the coordinator here.
-    let service = [(
-        "https://outloud-coordinator:50051".to_string(),
-        format!("https://{grpc}"),
-    )];
+    let service = [
+        (
+            "https://outloud-coordinator:50051".to_string(),
+            format!("https://{grpc}"),
+        ),
+        ("0.0.0.0:9100".to_string(), "127.0.0.1:0".to_string()),
+    ];
     let mut workers = Vec::new();
     for i in 0..2 {
         let (args, env) = run_here(&objects, worker, &volumes, &service);
@@ -626,6 +629,13 @@ async fn the_manifests_contract_runs_a_job_here() {
             &logs,
             &format!("worker-{i}"),
         ));
+    }
+    // Each worker serves its metrics, as Prometheus would scrape them.
+    for i in 0..2 {
+        let log = logs.join(format!("worker-{i}.log"));
+        let port = port_in_log(&log, "worker metrics serving addr=127.0.0.1:", "worker");
+        let (status, _) = http_get(&format!("127.0.0.1:{port}"), "/metrics").unwrap();
+        assert!(status.contains("200"), "worker {i}: {status}");
     }
     let job = volumes.join("job");
     std::fs::create_dir_all(&job).unwrap();

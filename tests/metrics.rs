@@ -24,7 +24,24 @@ async fn prometheus_scrapes_progress_and_counters() {
         &["--metrics-listen", "127.0.0.1:0"],
     );
     let metrics_addr = coordinator.metrics.clone().expect("metrics are served");
-    let _worker = start_worker(&coordinator.url, &logs, "w0", None);
+    let worker_args: Vec<String> = [
+        "--coordinator",
+        &coordinator.url,
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let _worker = spawn_with_env("outloud-worker", &worker_args, Vec::new(), &logs, "w0");
+    let marker = "worker metrics serving addr=127.0.0.1:";
+    let worker_metrics = format!(
+        "127.0.0.1:{}",
+        port_in_log(&logs.join("w0.log"), marker, "worker")
+    );
     let connection = connect(&coordinator.url, None).await;
 
     // While a language phase trains, its progress is a gauge.
@@ -48,6 +65,23 @@ async fn prometheus_scrapes_progress_and_counters() {
     }
     let series = format!("outloud_phase_step{{job=\"{id}\",phase=\"language\"}}");
     assert!(metric(&body, &series).unwrap() >= 20.0, "{body}");
+    // The worker's own metrics move while it trains.
+    let task = format!("{{job=\"{id}\",step=\"language\"}}");
+    let scrape = |name: &str| {
+        let (status, body) = http_get(&worker_metrics, "/metrics").unwrap();
+        assert!(status.contains("200"), "{status}");
+        metric(&body, &format!("{name}{task}"))
+            .unwrap_or_else(|| panic!("no {name}{task} in {body}"))
+    };
+    let before = scrape("outloud_worker_step");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        scrape("outloud_worker_step") > before,
+        "the worker's step gauge stood still"
+    );
+    assert!(scrape("outloud_worker_tokens_per_second") > 0.0);
+    assert!(scrape("outloud_worker_step_seconds") > 0.0);
+    assert!(scrape("outloud_worker_loss") > 0.0);
     // The cost ledger: the prepare step's lease has ended, so its device time shows.
     let cost = format!(
         "outloud_phase_device_seconds{{job=\"{id}\",phase=\"prepare\",device=\"CPU thread-s\"}}"
@@ -73,7 +107,7 @@ async fn prometheus_scrapes_progress_and_counters() {
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
-        format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: outloud\n    static_configs: [{{targets: ['{metrics_addr}']}}]\n"),
+        format!("global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: outloud\n    static_configs: [{{targets: ['{metrics_addr}']}}]\n  - job_name: outloud-workers\n    static_configs: [{{targets: ['{worker_metrics}']}}]\n"),
     )
     .unwrap();
     let _prometheus = spawn(
@@ -89,6 +123,21 @@ async fn prometheus_scrapes_progress_and_counters() {
     let marker = "msg=\"Listening on\" address=127.0.0.1:";
     let prometheus_port = port_in_log(&logs.join("prometheus.log"), marker, "prometheus");
     wait_for_port(prometheus_port, "prometheus");
+    // Prometheus reads the worker too: its checkpoint counter, after a finished phase.
+    let query = "/api/v1/query?query=outloud_worker_checkpoint_bytes_total";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) =
+            http_get(&format!("127.0.0.1:{prometheus_port}"), query).unwrap_or_default();
+        if body.contains("\"outloud-workers\"") && !body.contains(",\"0\"]") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never saw the worker's checkpoints: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let query = "/api/v1/query?query=outloud_tasks_succeeded_total";
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -66,6 +66,8 @@ impl TaskContext {
         checkpoint: Option<CheckpointRef>,
         resumed_from_step: Option<u64>,
     ) {
+        let a = &self.assignment;
+        crate::metrics::progress(&a.job_id, &a.step, &metrics, self.device.is_cuda());
         // The receiver lives as long as the task; a closed channel means we are stopping.
         let _ = self.progress.send(Progress {
             metrics,

@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`agent`]: the control loop (register, lease, heartbeat, report, complete).
+//! - [`metrics`]: the worker's own `/metrics` (`--metrics-listen`).
 //! - [`per_gpu`]: `--gpus`: one worker process per GPU, restarted when one exits.
 //! - [`task`]: the dispatch by what a task's resolved spec says to do.
 //! - [`context`]: the context a task runs in (assignment, device, stop flag, progress).
@@ -33,7 +34,8 @@
 //!   ring with timeouts; GPU: NCCL with a watchdog).
 //! - [`export`]: a checkpoint as a Hugging Face GPT-2 folder (`transformers` loads it).
 //! - [`checkpoint`]: safetensors + verified manifests in object storage, written in the
-//!   background (`Writer`), kept as the phase's retention says (`retention`).
+//!   background (`Writer`), kept as the phase's retention says (`retention`); exported
+//!   folders read back (`gpt2`); copies beside the training stream (`aside`).
 //! - [`tokenizer`]: byte-level BPE trained by the `tokenizers` crate.
 //! - [`token_shards`]: text tokenized once, its ids kept in the job's storage.
 //! - [`data`]: where data sources live (generated ones written first); reading text.
@@ -60,6 +62,7 @@ pub mod inputs;
 pub mod language;
 pub mod ledger;
 pub mod loaders;
+pub mod metrics;
 pub mod mix;
 pub mod model;
 pub mod multimodal;

@@ -51,6 +51,10 @@ struct Args {
     /// to its device, instead of working here.
     #[arg(long, conflicts_with = "device")]
     gpus: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address; with `--gpus`, each
+    /// worker on the next port (port 0: each its own free one, in its log).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -132,6 +136,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        if let Some(address) = &args.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(address).await?;
+            tracing::info!(addr = %listener.local_addr()?, "worker metrics serving");
+            tokio::spawn(outloud_worker::metrics::serve(listener));
+        }
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             telemetry::shutdown_signal().await;
@@ -167,10 +176,24 @@ fn per_gpu_workers(wanted: &str, args: &Args) -> anyhow::Result<()> {
         flags.push("--insecure".into());
     }
     tracing::info!(?gpus, "one worker per GPU");
+    let metrics = args
+        .metrics_listen
+        .as_deref()
+        .map(per_gpu_metrics)
+        .transpose()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(outloud_worker::per_gpu::supervise(gpus, flags))
+    runtime.block_on(outloud_worker::per_gpu::supervise(gpus, flags, metrics))
+}
+
+/// `--metrics-listen HOST:PORT` under `--gpus`: worker `i` serves on PORT + i (PORT 0:
+/// each on a free port of its own).
+fn per_gpu_metrics(address: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--metrics-listen {address}: expected HOST:PORT"))?;
+    Ok((host.to_string(), port.parse()?))
 }
 
 /// A path or storage URL, relative to the working directory.

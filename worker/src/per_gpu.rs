@@ -56,13 +56,29 @@ pub fn child_command(program: &std::path::Path, args: &[String], gpu: usize) -> 
     command
 }
 
+/// The flags of the worker in `slot`: `args`, and its own metrics address when the
+/// workers serve metrics (`(host, port)`: port + slot, or 0 for a free one each).
+pub fn slot_args(args: &[String], metrics: Option<&(String, u16)>, slot: usize) -> Vec<String> {
+    let mut args = args.to_vec();
+    if let Some((host, port)) = metrics {
+        let port = if *port == 0 { 0 } else { port + slot as u16 };
+        args.extend(["--metrics-listen".to_string(), format!("{host}:{port}")]);
+    }
+    args
+}
+
 /// Runs one worker per GPU in `gpus` until a shutdown signal, restarting any that exit.
-pub async fn supervise(gpus: Vec<usize>, args: Vec<String>) -> anyhow::Result<()> {
+pub async fn supervise(
+    gpus: Vec<usize>,
+    args: Vec<String>,
+    metrics: Option<(String, u16)>,
+) -> anyhow::Result<()> {
     let program = std::env::current_exe()?;
     let (exited, mut exits) = mpsc::unbounded_channel();
     // Each child is awaited by its own task, which says when it exits: (slot, status).
     let start = |slot: usize| -> anyhow::Result<u32> {
         let gpu = gpus[slot];
+        let args = slot_args(&args, metrics.as_ref(), slot);
         let mut child = child_command(&program, &args, gpu).spawn()?;
         let pid = child.id().unwrap_or_default();
         tracing::info!(gpu, pid, "worker started");
@@ -114,6 +130,16 @@ mod tests {
             let error = devices(wanted, visible).unwrap_err().to_string();
             assert!(error.contains(says), "{wanted}: {error}");
         }
+    }
+
+    #[test]
+    fn each_worker_serves_metrics_on_a_port_of_its_own() {
+        let metrics = ("0.0.0.0".to_string(), 9100);
+        let args = slot_args(&[], Some(&metrics), 2);
+        assert_eq!(args, ["--metrics-listen", "0.0.0.0:9102"]);
+        let free = ("127.0.0.1".to_string(), 0);
+        assert_eq!(slot_args(&[], Some(&free), 3)[1], "127.0.0.1:0");
+        assert!(slot_args(&[], None, 1).is_empty());
     }
 
     #[test]

@@ -304,9 +304,15 @@ fn write(
         pieces,
         snapshot.manifest.clone(),
     ))?;
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes: usize = (snapshot.weights.iter().chain(&snapshot.optimizer))
+        .map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes())
+        .sum::<usize>()
+        + tokenizer.len();
+    crate::metrics::checkpoint_written(bytes as u64, seconds);
     tracing::info!(
         step = snapshot.manifest.step,
-        seconds = started.elapsed().as_secs_f64(),
+        seconds,
         checkpoint = %snapshot.location.url(),
         "checkpoint committed"
     );
