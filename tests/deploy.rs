@@ -186,6 +186,40 @@ fn the_overlays_differ_as_intended() {
 }
 
 #[test]
+fn prometheus_finds_every_pod_that_serves_metrics_on_the_port_it_serves() {
+    let config =
+        std::fs::read_to_string(repo().join("deploy/observability/prometheus.yml")).unwrap();
+    for wanted in [
+        "prometheus_io_scrape",
+        "prometheus_io_port",
+        "app_kubernetes_io_name",
+    ] {
+        assert!(config.contains(wanted), "the scrape config reads {wanted}");
+    }
+    let (_, objects) = render("gpu");
+    for (kind, name, port) in [
+        ("StatefulSet", "outloud-coordinator", 9090),
+        ("Deployment", "outloud-worker", 9100),
+    ] {
+        let template = &find(&objects, kind, name)["spec"]["template"];
+        let annotations = &template["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/scrape"], "true", "{name}");
+        assert_eq!(
+            annotations["prometheus.io/port"],
+            port.to_string().as_str(),
+            "{name}"
+        );
+        let container = &template["spec"]["containers"][0];
+        assert!(
+            args_of(container)
+                .iter()
+                .any(|a| a.ends_with(&format!(":{port}")) && a.contains("metrics-listen")),
+            "{name} serves metrics on {port}"
+        );
+    }
+}
+
+#[test]
 fn the_job_each_overlay_submits_is_valid_and_inside_the_allowed_roots() {
     for overlay in OVERLAYS {
         let (_, objects) = render(overlay);

@@ -1,4 +1,5 @@
-//! The coordinator's Prometheus metrics, scraped by a real Prometheus server.
+//! The coordinator's and a worker's Prometheus metrics, scraped by a real Prometheus
+//! server; and the Grafana dashboard in deploy/ queries only what they export.
 
 mod support;
 
@@ -9,6 +10,30 @@ use support::*;
 fn metric(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// The metric names the Grafana dashboard's queries use.
+fn dashboard_metrics() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/observability/grafana-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            names.extend(
+                words
+                    .filter(|w| w.starts_with("outloud_"))
+                    .map(str::to_string),
+            );
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    names
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -63,10 +88,10 @@ async fn prometheus_scrapes_progress_and_counters() {
         let (status, _) = http_get(&metrics_addr, probe).unwrap();
         assert!(status.contains("200"), "{probe}: {status}");
     }
-    let series = format!("outloud_phase_step{{job=\"{id}\",phase=\"language\"}}");
+    let series = format!("outloud_phase_step{{job_id=\"{id}\",phase=\"language\"}}");
     assert!(metric(&body, &series).unwrap() >= 20.0, "{body}");
     // The worker's own metrics move while it trains.
-    let task = format!("{{job=\"{id}\",step=\"language\"}}");
+    let task = format!("{{job_id=\"{id}\",step=\"language\"}}");
     let scrape = |name: &str| {
         let (status, body) = http_get(&worker_metrics, "/metrics").unwrap();
         assert!(status.contains("200"), "{status}");
@@ -82,9 +107,26 @@ async fn prometheus_scrapes_progress_and_counters() {
     assert!(scrape("outloud_worker_tokens_per_second") > 0.0);
     assert!(scrape("outloud_worker_step_seconds") > 0.0);
     assert!(scrape("outloud_worker_loss") > 0.0);
+    // Every metric the Grafana dashboard in deploy/ queries is one these two export.
+    let coordinator_body = http_get(&metrics_addr, "/metrics").unwrap().1;
+    let worker_body = http_get(&worker_metrics, "/metrics").unwrap().1;
+    let exported: Vec<String> = [coordinator_body.as_str(), worker_body.as_str()]
+        .iter()
+        .flat_map(|body| body.lines())
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    for queried in dashboard_metrics() {
+        let family = queried.strip_suffix("_total").unwrap_or(&queried);
+        assert!(
+            exported.iter().any(|e| e == &queried || e == family),
+            "the dashboard queries {queried}, which nothing exports"
+        );
+    }
     // The cost ledger: the prepare step's lease has ended, so its device time shows.
     let cost = format!(
-        "outloud_phase_device_seconds{{job=\"{id}\",phase=\"prepare\",device=\"CPU thread-s\"}}"
+        "outloud_phase_device_seconds{{job_id=\"{id}\",phase=\"prepare\",device=\"CPU thread-s\"}}"
     );
     assert!(metric(&body, &cost).unwrap() > 0.0, "{body}");
     assert_eq!(

@@ -1,6 +1,7 @@
 //! Prometheus metrics: what the coordinator has done (counters since it started) and
 //! what its jobs are doing now (per-phase step, loss, tokens, words and device time), in
-//! the text exposition format on `GET /metrics`.
+//! the text exposition format on `GET /metrics`. The Outloud job is the label `job_id`:
+//! `job` is Prometheus's own (the scrape job).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -97,7 +98,7 @@ fn render_cost(out: &mut String, scheduler: &Scheduler) {
             for (device, seconds) in &row.device_seconds {
                 let _ = writeln!(
                     out,
-                    "{name}{{job=\"{}\",phase=\"{}\",device=\"{}\"}} {seconds}",
+                    "{name}{{job_id=\"{}\",phase=\"{}\",device=\"{}\"}} {seconds}",
                     label(&job.id),
                     label(&row.step),
                     label(device)
@@ -142,7 +143,7 @@ fn render_phases(out: &mut String, scheduler: &Scheduler) {
                 let value = pick(&phase.metrics());
                 let _ = writeln!(
                     out,
-                    "{name}{{job=\"{}\",phase=\"{}\"}} {value}",
+                    "{name}{{job_id=\"{}\",phase=\"{}\"}} {value}",
                     label(&job.id),
                     label(&phase.name)
                 );

@@ -19,13 +19,14 @@ use tokio::net::TcpListener;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Task {
-    job: String,
+    /// The Outloud job (`job` is Prometheus's own label, the scrape job).
+    job_id: String,
     step: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Words {
-    job: String,
+    job_id: String,
     step: String,
     kind: &'static str,
 }
@@ -132,7 +133,7 @@ fn metrics() -> &'static WorkerMetrics {
 pub fn progress(job: &str, step: &str, m: &Metrics, cuda: bool) {
     let all = metrics();
     let task = Task {
-        job: job.to_string(),
+        job_id: job.to_string(),
         step: step.to_string(),
     };
     all.step.get_or_create(&task).set(m.step as f64);
@@ -145,7 +146,7 @@ pub fn progress(job: &str, step: &str, m: &Metrics, cuda: bool) {
         ("synthetic", m.synthetic_words),
     ] {
         let labels = Words {
-            job: task.job.clone(),
+            job_id: task.job_id.clone(),
             step: task.step.clone(),
             kind,
         };
