@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use outloud_coordinator::scheduler::{EventKind, Job};
 use outloud_core::storage::{Location, MULTIPART_FROM};
 use sha2::Digest;
+use support::files::*;
 use support::*;
 
 const DATA: &str = "  - {name: corpus, kind: generated_text, seed: 11, words: 60000}";

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use outloud_coordinator::scheduler::{EventKind, Job};
+use support::files::*;
 use support::*;
 
 /// The norm of the difference of two models over the norm of `reference`.

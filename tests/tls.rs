@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use outloud_coordinator::scheduler::RunState;
 use outloud_core::client::{Connection, Dial};
+use support::files::*;
 use support::*;
 
 const TOKEN: &str = "tls-test-token";

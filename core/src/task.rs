@@ -137,6 +137,12 @@ impl Assignment {
     }
 }
 
+/// Everything a job's tasks write, in the job's storage: `jobs/<job>` (the data its
+/// prepare step makes lies beside it, under `data/`, shared with other jobs).
+pub fn job_folder(job: &str) -> String {
+    format!("jobs/{job}")
+}
+
 /// Where one attempt at a task writes: `jobs/<job>/<step>/[shard-<k>/]attempt-<epoch>`
 /// in the job's storage. Every lease writes under its own epoch, so a worker that lost
 /// its lease (a zombie behind a partition) can never overwrite what a newer lease wrote;
@@ -147,7 +153,7 @@ pub fn attempt_folder(task: &TaskId, step: &str, shards: u32, epoch: u64) -> Str
     } else {
         String::new()
     };
-    format!("jobs/{}/{step}/{shard}attempt-{epoch}", task.job)
+    format!("{}/{step}/{shard}attempt-{epoch}", job_folder(&task.job))
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@
 //! - [`vision`]: the ViT, precomputed-feature input, and the projector.
 //! - [`vlm`]: visual tokens before text; losses on taught tokens only.
 //! - [`generate`]: batched decoding with a KV cache (greedy, temperature, top-p).
+//! - `ffi`: how Rust calls the C++ shims in `csrc/` (errors come back as text).
 //! - [`optim`]: AdamW over flat buffers with checkpointable state (its update is
 //!   PyTorch's fused kernel, through the C++ shim in `csrc/`), the learning-rate schedule.
 //! - [`collective`]: all-reduce and broadcast between the ranks of a gang (CPU: a TCP
@@ -55,6 +56,7 @@ pub mod dreams;
 pub mod error;
 pub mod eval;
 pub mod export;
+mod ffi;
 pub mod fit;
 pub mod gang;
 pub mod generate;

@@ -4,6 +4,7 @@
 //! succeeded and so may run or be retried) is kept until that job is deleted.
 
 use outloud_core::storage::{is_within, join_url};
+use outloud_core::task::job_folder;
 
 use super::{Job, Scheduler, SchedulerError, TaskId};
 
@@ -15,10 +16,9 @@ pub struct Deleted {
 }
 
 impl Job {
-    /// Everything the job's tasks wrote: `jobs/<id>` under its storage root (the data
-    /// its prepare step made lies beside it, under `data/`, shared with other jobs).
+    /// Everything the job's tasks wrote ([`job_folder`], under its storage root).
     pub fn folder(&self) -> String {
-        join_url(&self.spec.storage, &format!("jobs/{}", self.id))
+        join_url(&self.spec.storage, &job_folder(&self.id))
     }
 }
 

@@ -8,10 +8,12 @@
 //! else, so the training steps queued meanwhile run beside it. A plain copy to host
 //! would hold the training stream for the whole transfer over the host link.
 
-use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void};
 
 use tch::Tensor;
 use torch_sys::C_tensor;
+
+use crate::ffi;
 
 unsafe extern "C" {
     fn outloud_mirror(
@@ -49,19 +51,23 @@ unsafe extern "C" {
     -> c_int;
 }
 
-/// State staged on the device: the event behind the staging copies.
-pub struct Staged(*mut c_void);
+/// State staged on the device: the staging buffers, and the event behind the copies
+/// into them.
+pub struct Staged {
+    event: *mut c_void,
+    buffers: Vec<Tensor>,
+}
 
-// SAFETY: the handle is a heap-allocated c10 event, used by one thread at a time (made
-// on the training thread, drained or freed on the checkpoint thread); CUDA events may be
-// waited on from any thread.
+// SAFETY: the event is a heap-allocated c10 event, used by one thread at a time (made on
+// the training thread, drained or freed on the checkpoint thread); CUDA events may be
+// waited on from any thread, and tch tensors are Send.
 unsafe impl Send for Staged {}
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        if !self.0.is_null() {
+        if !self.event.is_null() {
             // SAFETY: a live event from outloud_stage, freed once.
-            unsafe { outloud_staged_free(self.0) }
+            unsafe { outloud_staged_free(self.event) }
         }
     }
 }
@@ -73,22 +79,6 @@ fn handles(tensors: &[&Tensor]) -> (Vec<Tensor>, Vec<*mut C_tensor>) {
     (owned, pointers)
 }
 
-fn failed(what: &str, error: &[c_char]) -> String {
-    // SAFETY: the C++ side wrote a NUL-terminated message within the buffer.
-    let message = unsafe { CStr::from_ptr(error.as_ptr()) };
-    format!("{what}: {}", message.to_string_lossy())
-}
-
-/// Runs a call into `csrc/copy_aside.cpp` that answers 0, or else writes why into the
-/// error buffer it is handed (with its length); `what` says what failed.
-fn checked(what: &str, call: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
-    let mut error = [0 as c_char; 1024];
-    match call(error.as_mut_ptr(), error.len()) {
-        0 => Ok(()),
-        _ => Err(failed(what, &error)),
-    }
-}
-
 /// Buffers laid out like `live` (same storage offsets, sizes and strides), one new
 /// storage per storage of `live`: on its device, or on the host (pinned when `live` is
 /// on a GPU). Copies between such mirrors are a few large ones, one per storage.
@@ -97,7 +87,7 @@ pub fn mirror(live: &[&Tensor], on_host: bool) -> Result<Vec<Tensor>, String> {
     let mut out = vec![std::ptr::null_mut::<C_tensor>(); live.len()];
     // SAFETY: the pointers are live tensor handles owned above for the whole call, and
     // `out` has room for one handle per tensor; the C++ side catches its exceptions.
-    checked("making checkpoint buffers", |error, len| unsafe {
+    ffi::checked("making checkpoint buffers", |error, len| unsafe {
         outloud_mirror(
             src.as_mut_ptr(),
             live.len(),
@@ -124,7 +114,7 @@ pub fn copy(dst: &[&Tensor], src: &[&Tensor]) -> Result<(), String> {
     let (_dst, mut dst_ptrs) = handles(dst);
     let (_src, mut src_ptrs) = handles(src);
     // SAFETY: as in `mirror`.
-    checked("copying the checkpoint", |error, len| unsafe {
+    ffi::checked("copying the checkpoint", |error, len| unsafe {
         outloud_copy(
             dst_ptrs.as_mut_ptr(),
             src_ptrs.as_mut_ptr(),
@@ -141,34 +131,29 @@ pub fn stage(device_buffers: &[&Tensor], live: &[&Tensor]) -> Result<Staged, Str
     if live.is_empty() {
         return Err("nothing to stage".into());
     }
-    let (_dst, mut dst) = handles(device_buffers);
+    let (buffers, mut dst) = handles(device_buffers);
     let (_src, mut src) = handles(live);
-    let mut error = [0 as c_char; 1024];
-    // SAFETY: as in `mirror`; the error buffer's length is passed with it.
-    let staged = unsafe {
-        outloud_stage(
-            dst.as_mut_ptr(),
-            src.as_mut_ptr(),
-            live.len(),
-            error.as_mut_ptr(),
-            error.len(),
-        )
-    };
-    if staged.is_null() {
-        return Err(failed("staging the checkpoint on the device", &error));
-    }
-    Ok(Staged(staged))
+    // SAFETY: as in `mirror`.
+    let event = ffi::call(
+        "staging the checkpoint on the device",
+        |error, len| unsafe {
+            outloud_stage(dst.as_mut_ptr(), src.as_mut_ptr(), live.len(), error, len)
+        },
+        |event| event.is_null(),
+    )?;
+    Ok(Staged { event, buffers })
 }
 
 impl Staged {
-    /// Copies `device_buffers` (staged) into `host` on a side stream; returns once done.
-    pub fn drain(mut self, host: &[&Tensor], device_buffers: &[&Tensor]) -> Result<(), String> {
-        assert_eq!(host.len(), device_buffers.len());
+    /// Copies the staged buffers into `host` on a side stream; returns once done.
+    pub fn drain(mut self, host: &[&Tensor]) -> Result<(), String> {
+        assert_eq!(host.len(), self.buffers.len());
         let (_host, mut host) = handles(host);
-        let (_device, mut device) = handles(device_buffers);
-        let event = std::mem::replace(&mut self.0, std::ptr::null_mut());
+        let staged: Vec<&Tensor> = self.buffers.iter().collect();
+        let (_device, mut device) = handles(&staged);
+        let event = std::mem::replace(&mut self.event, std::ptr::null_mut());
         // SAFETY: as in `mirror`; the event is handed over and freed by the C++ side.
-        checked(
+        ffi::checked(
             "copying the checkpoint to host memory",
             |error, len| unsafe {
                 outloud_drain(
@@ -189,7 +174,7 @@ impl Staged {
 pub fn current_stream_wait(t: &Tensor) -> Result<(), String> {
     let mut handle = t.shallow_clone();
     // SAFETY: as in `mirror`.
-    checked("waiting for the current stream", |error, len| unsafe {
+    ffi::checked("waiting for the current stream", |error, len| unsafe {
         outloud_current_stream_wait(handle.as_mut_ptr(), error, len)
     })
 }

@@ -40,13 +40,13 @@ struct Snapshot {
     optimizer: Named,
     ledger: Ledger,
     manifest: Manifest,
-    staged: Option<(aside::Staged, Vec<Tensor>)>,
+    staged: Option<aside::Staged>,
 }
 
 impl Snapshot {
     /// Waits for the state staged on the device to reach the host buffers, if it is.
     fn drained(&mut self) -> Result<(), WorkerError> {
-        let Some((staged, device)) = self.staged.take() else {
+        let Some(staged) = self.staged.take() else {
             return Ok(());
         };
         let host: Vec<&Tensor> = self
@@ -55,8 +55,7 @@ impl Snapshot {
             .chain(&self.optimizer)
             .map(|(_, t)| t)
             .collect();
-        let device: Vec<&Tensor> = device.iter().collect();
-        staged.drain(&host, &device).map_err(WorkerError::Config)
+        staged.drain(&host).map_err(WorkerError::Config)
     }
 }
 
@@ -167,15 +166,14 @@ impl Writer {
         Ok(())
     }
 
-    /// On CUDA, copies the state into the staging buffers on the training stream:
-    /// handles to those and the event the copies end with; `None` elsewhere, or if
-    /// staging failed (then the state is copied to the host at once, and the log says
-    /// why).
+    /// On CUDA, copies the state into the staging buffers on the training stream, for
+    /// the writing thread to drain; `None` elsewhere, or if staging failed (then the
+    /// state is copied to the host at once, and the log says why).
     fn stage(
         &mut self,
         weights: &[(String, Tensor)],
         optimizer: &[(String, Tensor)],
-    ) -> Result<Option<(aside::Staged, Vec<Tensor>)>, WorkerError> {
+    ) -> Result<Option<aside::Staged>, WorkerError> {
         if !weights.first().is_some_and(|(_, t)| t.device().is_cuda()) {
             return Ok(None);
         }
@@ -189,16 +187,11 @@ impl Writer {
             .map(|(_, t)| t)
             .collect();
         let live: Vec<&Tensor> = weights.iter().chain(optimizer).map(|(_, t)| t).collect();
-        match aside::stage(&buffers, &live) {
-            Ok(staged) => Ok(Some((
-                staged,
-                buffers.iter().map(|t| t.shallow_clone()).collect(),
-            ))),
-            Err(e) => {
-                tracing::warn!(error = %e, "checkpoint copied to the host at once");
-                Ok(None)
-            }
+        let staged = aside::stage(&buffers, &live);
+        if let Err(e) = &staged {
+            tracing::warn!(error = %e, "checkpoint copied to the host at once");
         }
+        Ok(staged.ok())
     }
 
     /// The checkpoint committed since the last call, if one was; the write's error if

@@ -2,7 +2,7 @@
 //! (`csrc/fused_adamw.cpp`, compiled by `build.rs`), the kernel behind PyTorch's
 //! `AdamW(fused=True)`, on CPU and CUDA alike.
 
-use std::ffi::{CStr, c_char, c_int};
+use std::ffi::{c_char, c_int};
 
 use tch::Tensor;
 use torch_sys::C_tensor;
@@ -60,10 +60,9 @@ pub(super) fn adamw(buffers: Buffers, hyper: Hyper) -> Result<(), String> {
     let scale_ptr = scale
         .as_mut()
         .map_or(std::ptr::null_mut(), |s| s.as_mut_ptr());
-    let mut error = [0 as c_char; 1024];
     // SAFETY: every pointer is a live tensor handle owned above for the whole call; the
-    // error buffer's length is passed with it, and the C++ side catches its exceptions.
-    let failed = unsafe {
+    // C++ side catches its exceptions.
+    crate::ffi::checked("fused AdamW", |error, len| unsafe {
         outloud_fused_adamw(
             p.as_mut_ptr(),
             g.as_mut_ptr(),
@@ -76,14 +75,8 @@ pub(super) fn adamw(buffers: Buffers, hyper: Hyper) -> Result<(), String> {
             hyper.beta2,
             hyper.weight_decay,
             hyper.eps,
-            error.as_mut_ptr(),
-            error.len(),
+            error,
+            len,
         )
-    };
-    if failed != 0 {
-        // SAFETY: the C++ side wrote a NUL-terminated message within the buffer.
-        let message = unsafe { CStr::from_ptr(error.as_ptr()) };
-        return Err(format!("fused AdamW: {}", message.to_string_lossy()));
-    }
-    Ok(())
+    })
 }
