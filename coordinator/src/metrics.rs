@@ -1,13 +1,10 @@
 //! Prometheus metrics: what the coordinator has done (counters since it started) and
 //! what its jobs are doing now (per-phase step, loss, tokens, words and device time), in
-//! the text exposition format on `GET /metrics`. The Outloud job is the label `job_id`:
+//! the text exposition format, served on `GET /metrics` of the coordinator's HTTP
+//! listener (`server::http`). The Outloud job is the label `job_id`:
 //! `job` is Prometheus's own (the scrape job).
 
 use std::fmt::Write;
-use std::sync::Arc;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 use crate::scheduler::{RunState, Scheduler};
 
@@ -149,62 +146,5 @@ fn render_phases(out: &mut String, scheduler: &Scheduler) {
                 );
             }
         }
-    }
-}
-
-/// What the metrics port answers besides the metrics: probes for Kubernetes, in plain
-/// HTTP even when gRPC is on TLS (kubelet's probes carry no client certificate or CA).
-pub struct Probes {
-    /// The metrics, rendered.
-    pub snapshot: Arc<dyn Fn() -> String + Send + Sync>,
-    /// Whether the coordinator takes calls (its state store has not failed).
-    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
-}
-
-/// Serves `GET /metrics`, `GET /healthz` (alive) and `GET /readyz` (taking calls) on
-/// `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, probes: Probes) {
-    let probes = Arc::new(probes);
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let probes = probes.clone();
-        tokio::spawn(async move {
-            let mut request = Vec::new();
-            let mut buffer = [0u8; 1024];
-            // Read the request head; scrapes carry no body.
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16 * 1024 {
-                match stream.read(&mut buffer).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&buffer[..n]),
-                }
-            }
-            let (status, body) = if request.starts_with(b"GET /metrics") {
-                ("200 OK", (probes.snapshot)())
-            } else if request.starts_with(b"GET /healthz") {
-                ("200 OK", "ok\n".to_string())
-            } else if request.starts_with(b"GET /readyz") {
-                if (probes.ready)() {
-                    ("200 OK", "ready\n".to_string())
-                } else {
-                    (
-                        "503 Service Unavailable",
-                        "state store failed\n".to_string(),
-                    )
-                }
-            } else {
-                (
-                    "404 Not Found",
-                    "try /metrics, /healthz or /readyz\n".to_string(),
-                )
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(body.as_bytes()).await;
-        });
     }
 }

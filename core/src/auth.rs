@@ -64,13 +64,19 @@ impl Interceptor for RequireToken {
         let given = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(request),
-            Some(_) => Err(Status::unauthenticated("wrong bearer token")),
-            None => Err(Status::unauthenticated("missing bearer token")),
-        }
+            .and_then(|v| v.to_str().ok());
+        check_bearer(given, expected).map_err(Status::unauthenticated)?;
+        Ok(request)
+    }
+}
+
+/// Whether an `authorization` header's value is `Bearer <expected>`; else why not. The
+/// one check behind gRPC calls and the HTTP API alike.
+pub fn check_bearer(header: Option<&str>, expected: &str) -> Result<(), &'static str> {
+    match header.and_then(|v| v.strip_prefix("Bearer ")) {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err("wrong bearer token"),
+        None => Err("missing bearer token"),
     }
 }
 

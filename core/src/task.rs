@@ -156,6 +156,31 @@ pub fn attempt_folder(task: &TaskId, step: &str, shards: u32, epoch: u64) -> Str
     format!("{}/{step}/{shard}attempt-{epoch}", job_folder(&task.job))
 }
 
+/// Where one rank of one attempt at a task ships its log, in chunks `<seq>.jsonl`:
+/// `jobs/<job>/_logs/<step>/[shard-<k>/]attempt-<epoch>/rank-<r>`. Apart from the
+/// attempt's outputs, because logs are read while the task runs, and whether it
+/// succeeds or not.
+pub fn log_folder(task: &TaskId, step: &str, shards: u32, epoch: u64, rank: u32) -> String {
+    let shard = if shards > 1 {
+        format!("shard-{}/", task.shard)
+    } else {
+        String::new()
+    };
+    format!(
+        "{}/{LOGS}/{step}/{shard}attempt-{epoch}/rank-{rank}",
+        job_folder(&task.job)
+    )
+}
+
+/// The folder of a job's logs, under [`job_folder`]: no step can be named so (a step
+/// name is a slug, perhaps with a `.suffix`), so it never meets a step's folder.
+pub const LOGS: &str = "_logs";
+
+/// A log chunk's name: its sequence number, zero-padded so names sort in order.
+pub fn log_chunk_name(seq: u64) -> String {
+    format!("{seq:08}.jsonl")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

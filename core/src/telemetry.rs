@@ -5,18 +5,32 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+/// A layer beside the stderr lines, with its own filter (a worker's task-log shipping).
+pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 pub fn init(default_filter: &str) {
+    init_with(default_filter, Vec::new());
+}
+
+/// [`init`], with `extra` layers that see spans and events whatever `RUST_LOG` lets
+/// through to stderr (each filters for itself).
+pub fn init_with(default_filter: &str, extra: Vec<ExtraLayer>) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    // A second init (tests that call into a binary's main) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour codes only where a person reads them, not in log files.
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
+        .with_filter(filter);
+    // A second init (tests that call into a binary's main) keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(extra)
+        .with(stderr)
         .try_init();
 }
 

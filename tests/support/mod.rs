@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
+pub mod browser;
 pub mod files;
 pub mod manifests;
 
@@ -412,9 +413,25 @@ impl S3Server {
 
 /// A plain HTTP/1.0 GET (no chunked answers); returns (status line, body).
 pub fn http_get(host_port: &str, path: &str) -> std::io::Result<(String, String)> {
+    http_get_with(host_port, path, &[])
+}
+
+/// [`http_get`] with request headers.
+pub fn http_get_with(
+    host_port: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(String, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(host_port)?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host_port}\r\n\r\n")?;
+    let headers: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {host_port}\r\n{headers}\r\n"
+    )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
     let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));

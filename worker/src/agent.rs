@@ -23,6 +23,9 @@ use tracing::Instrument;
 use crate::context::{Progress, TaskContext, TaskOutput};
 use crate::error::WorkerError;
 use crate::task;
+use crate::task_logs::{self, Shipper};
+use outloud_core::storage::Location;
+use outloud_core::task::log_folder;
 
 const IDLE_POLL: Duration = Duration::from_millis(200);
 const RETRY: Duration = Duration::from_millis(500);
@@ -37,6 +40,8 @@ pub struct AgentConfig {
     /// Where other ranks of a gang reach this worker; by default the local address of
     /// the route to the coordinator.
     pub advertise_host: Option<String>,
+    /// How often a running task's log lines are shipped to the job's storage.
+    pub log_flush: Duration,
 }
 
 /// The lease being worked on, shared with the heartbeat loop.
@@ -57,6 +62,7 @@ struct Agent {
     shutdown: watch::Receiver<bool>,
     /// Where this worker's gang listeners are reached.
     host: String,
+    log_flush: Duration,
 }
 
 fn worker_info(config: &AgentConfig) -> pb::WorkerInfo {
@@ -149,6 +155,7 @@ pub async fn run(config: AgentConfig, mut shutdown: watch::Receiver<bool>) -> an
             .advertise_host
             .clone()
             .unwrap_or_else(|| crate::gang::advertised_host(&config.coordinator)),
+        log_flush: config.log_flush,
     };
     while !*shutdown.borrow() {
         let request = pb::LeaseTaskRequest {
@@ -241,7 +248,30 @@ impl Agent {
             rank = assignment.rank,
             epoch = assignment.lease.epoch,
         );
+        let shipper = self.ship_logs(&span, &assignment);
         self.run_assignment(assignment).instrument(span).await;
+        if let Some(shipper) = shipper {
+            shipper.finish().await;
+        }
+    }
+
+    /// Starts shipping what the task logs to its folder in the job's storage.
+    fn ship_logs(&self, span: &tracing::Span, assignment: &Assignment) -> Option<Shipper> {
+        let log = task_logs::collect(span)?;
+        let folder = log_folder(
+            &assignment.lease.task,
+            &assignment.step,
+            assignment.shards,
+            assignment.lease.epoch,
+            assignment.rank,
+        );
+        match Location::open(&assignment.spec.storage) {
+            Ok(storage) => Some(Shipper::start(log, storage.join(&folder), self.log_flush)),
+            Err(e) => {
+                tracing::warn!(error = %e, "task logs stay here: the job's storage will not open");
+                None
+            }
+        }
     }
 
     async fn run_assignment(&mut self, assignment: Assignment) {

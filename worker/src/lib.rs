@@ -76,6 +76,7 @@ pub mod probes;
 pub mod prompts;
 pub mod rng;
 pub mod task;
+pub mod task_logs;
 pub mod token_shards;
 pub mod tokenizer;
 pub mod vision;

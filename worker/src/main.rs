@@ -55,6 +55,10 @@ struct Args {
     /// worker on the next port (port 0: each its own free one, in its log).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// How often (milliseconds) a running task's new log lines go to the job's storage,
+    /// where `outloud logs` reads them.
+    #[arg(long, env = "OUTLOUD_LOG_FLUSH_MS", default_value_t = 2000)]
+    log_flush_ms: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -116,7 +120,11 @@ fn main() -> anyhow::Result<()> {
             Command::Evaluate(command) => evaluate(command, device(&args.device)?),
         };
     }
-    telemetry::init("info");
+    let shipping = tracing_subscriber::Layer::with_filter(
+        outloud_worker::task_logs::ShippingLayer,
+        tracing_subscriber::filter::LevelFilter::INFO,
+    );
+    telemetry::init_with("info", vec![Box::new(shipping)]);
     if let Some(wanted) = &args.gpus {
         return per_gpu_workers(wanted, &args);
     }
@@ -130,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         threads: args.threads,
         device: device(&args.device)?,
         advertise_host: args.advertise_host,
+        log_flush: std::time::Duration::from_millis(args.log_flush_ms.max(10)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -159,6 +168,8 @@ fn per_gpu_workers(wanted: &str, args: &Args) -> anyhow::Result<()> {
         args.coordinator.clone(),
         "--threads".into(),
         args.threads.to_string(),
+        "--log-flush-ms".into(),
+        args.log_flush_ms.to_string(),
     ];
     let paths = [
         ("--token-file", &args.token_file),

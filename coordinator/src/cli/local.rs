@@ -22,8 +22,8 @@ pub struct LocalCluster {
     pub threads: u32,
     pub state_dir: Option<PathBuf>,
     pub token: Option<String>,
-    /// Serve Prometheus metrics here (`host:port`).
-    pub metrics_listen: Option<String>,
+    /// Serve the dashboard, its API and metrics here (`host:port`).
+    pub http: String,
 }
 
 /// The worker binary: `$OUTLOUD_WORKER_BIN`, else the one beside this executable.
@@ -62,15 +62,13 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
         Duration::from_secs(5),
         cluster.token.clone(),
     );
-    let metrics = match &cluster.metrics_listen {
-        Some(addr) => Some(super::bind(addr).await?),
-        None => None,
-    };
-    let server = tokio::spawn(server::run(listener, metrics, config, async {
+    let http = super::bind(&cluster.http).await?;
+    let dashboard = format!("http://{}/", http.local_addr()?);
+    let server = tokio::spawn(server::run(listener, Some(http), config, async {
         let _ = stopped.await;
     }));
     eprintln!(
-        "coordinator on {url}, state and logs in {}",
+        "coordinator on {url}, state and logs in {}\ndashboard: {dashboard}",
         state_dir.display()
     );
 

@@ -132,9 +132,10 @@ pub enum Command {
         /// Coordinator state directory (default: a new one under .outloud/local).
         #[arg(long)]
         state_dir: Option<PathBuf>,
-        /// Serve Prometheus metrics (`GET /metrics`) on this address.
-        #[arg(long)]
-        metrics_listen: Option<String>,
+        /// Serve the live dashboard, its JSON API and Prometheus metrics here; its URL
+        /// is printed. Port 0 picks a free one.
+        #[arg(long, alias = "metrics-listen", default_value = "127.0.0.1:0")]
+        http: String,
     },
 }
 
@@ -295,7 +296,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             workers,
             threads,
             state_dir,
-            metrics_listen,
+            http,
         } => {
             local::run(local::LocalCluster {
                 file,
@@ -303,7 +304,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 threads,
                 state_dir,
                 token,
-                metrics_listen,
+                http,
             })
             .await
         }

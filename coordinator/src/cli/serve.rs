@@ -20,12 +20,13 @@ pub struct Serve {
     /// A worker silent this long (milliseconds) loses its tasks.
     #[arg(long, default_value_t = 5000)]
     lease_timeout_ms: u64,
-    /// Serve Prometheus metrics (`GET /metrics`) and plain-HTTP probes for Kubernetes
-    /// (`GET /healthz`: alive; `GET /readyz`: taking calls) on this address.
-    #[arg(long)]
-    metrics_listen: Option<String>,
+    /// Serve plain HTTP on this address: the live dashboard (`/`) and its JSON API
+    /// (`/api/...`, taking the user token), Prometheus metrics (`/metrics`) and probes
+    /// for Kubernetes (`/healthz`: alive; `/readyz`: taking calls).
+    #[arg(long, alias = "metrics-listen")]
+    http: Option<String>,
     /// Once listening, write the addresses bound here as JSON (`{"grpc": "127.0.0.1:
-    /// 41234", "metrics": ...}`): with port 0, how a script or test learns them.
+    /// 41234", "http": ...}`): with port 0, how a script or test learns them.
     #[arg(long)]
     address_file: Option<PathBuf>,
     /// File holding the workers' own token (else $OUTLOUD_WORKER_TOKEN): with it,
@@ -108,14 +109,18 @@ pub async fn run(serve: Serve, token: Option<String>, insecure: bool) -> anyhow:
         "refusing to take bearer tokens in cleartext on {address}: serve TLS \
          (--tls-cert/--tls-key), listen on loopback, or pass --insecure on a network you trust"
     );
-    let metrics = match &serve.metrics_listen {
+    let http = match &serve.http {
         Some(addr) => Some(super::bind(addr).await?),
         None => None,
     };
     if let Some(file) = &serve.address_file {
+        let http = http.as_ref().map(|h| h.local_addr()).transpose()?;
+        let http = http.map(|a| a.to_string());
         let bound = serde_json::json!({
             "grpc": address.to_string(),
-            "metrics": metrics.as_ref().map(|m| m.local_addr()).transpose()?.map(|a| a.to_string()),
+            "http": http,
+            // The name before --http served more than metrics.
+            "metrics": http,
         });
         super::write_atomically(file, bound.to_string().as_bytes())?;
     }
@@ -138,5 +143,5 @@ pub async fn run(serve: Serve, token: Option<String>, insecure: bool) -> anyhow:
             token,
         )
     };
-    server::run(listener, metrics, config, telemetry::shutdown_signal()).await
+    server::run(listener, http, config, telemetry::shutdown_signal()).await
 }

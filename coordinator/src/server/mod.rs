@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod answers;
+mod http;
 mod jobs;
 mod workers;
 
@@ -173,10 +174,10 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// Serves until `shutdown` completes. The caller binds the listeners (port 0 in tests):
-/// gRPC on `listener`, Prometheus metrics on `metrics` when given.
+/// gRPC on `listener`; the dashboard, its API, metrics and probes on `http` when given.
 pub async fn run(
     listener: TcpListener,
-    metrics: Option<TcpListener>,
+    http: Option<TcpListener>,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -210,13 +211,12 @@ pub async fn run(
         "coordinator serving"
     );
     let expiry = tokio::spawn(expire_leases(coordinator.clone()));
-    let metrics = metrics.map(|listener| {
-        let (source, state) = (coordinator.clone(), coordinator.clone());
-        let probes = crate::metrics::Probes {
-            snapshot: Arc::new(move || crate::metrics::render(&source.lock())),
-            ready: Arc::new(move || !state.committer.is_broken()),
-        };
-        tokio::spawn(crate::metrics::serve(listener, probes))
+    let http = http.map(|listener| {
+        tokio::spawn(http::serve(
+            listener,
+            coordinator.clone(),
+            config.token.clone(),
+        ))
     });
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<WorkersServer<WorkerService>>().await;
@@ -256,8 +256,8 @@ pub async fn run(
         } => None,
     };
     expiry.abort();
-    if let Some(metrics) = metrics {
-        metrics.abort();
+    if let Some(http) = http {
+        http.abort();
     }
     result.transpose()?;
     anyhow::ensure!(
