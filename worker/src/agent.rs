@@ -249,10 +249,9 @@ impl Agent {
             epoch = assignment.lease.epoch,
         );
         let shipper = self.ship_logs(&span, &assignment);
-        self.run_assignment(assignment).instrument(span).await;
-        if let Some(shipper) = shipper {
-            shipper.finish().await;
-        }
+        self.run_assignment(assignment, shipper)
+            .instrument(span)
+            .await;
     }
 
     /// Starts shipping what the task logs to its folder in the job's storage.
@@ -274,7 +273,7 @@ impl Agent {
         }
     }
 
-    async fn run_assignment(&mut self, assignment: Assignment) {
+    async fn run_assignment(&mut self, assignment: Assignment, shipper: Option<Shipper>) {
         let lease = wire::lease_to(&assignment.lease);
         let rank = assignment.rank;
         let stop = Arc::new(AtomicBool::new(false));
@@ -312,6 +311,16 @@ impl Agent {
             self.report(&lease, report, &mut unsent, &stop).await;
         }
         let revoked = stop.load(Ordering::Relaxed) && !*self.shutdown.borrow();
+        match &result {
+            Ok(Ok(_)) => tracing::info!("task ended; reporting"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "task ended with an error"),
+            Err(panic) => tracing::error!(error = %panic, "task panicked"),
+        }
+        // The log is whole before the coordinator hears the outcome: once a job has
+        // finished, `outloud logs` has every line there will be.
+        if let Some(shipper) = shipper {
+            shipper.finish().await;
+        }
         match result {
             Ok(Ok(_)) if rank > 0 => tracing::info!(rank, "rank done; rank 0 commits for the gang"),
             Ok(Ok(output)) => self.complete(lease, output).await,

@@ -252,6 +252,7 @@ impl Fit<'_> {
         let mut writer = checkpoint::Writer::start(runtime, tokenizer, retention);
         let mut window = LossWindow::default();
         let mut resumed_from = resumed.then_some(start.step);
+        let mut last_logged: Option<std::time::Instant> = None;
         let mut ledger = std::mem::take(&mut self.ledger);
         metrics.unique_words = ledger.unique_words();
         for step in start.step..phase.steps {
@@ -314,8 +315,16 @@ impl Fit<'_> {
                 self.checkpoint_in_background(&mut writer, vs, optimizer, &metrics, &ledger)?;
             }
             let committed = writer.poll()?;
+            if let Some(checkpoint) = &committed {
+                tracing::info!(step = checkpoint.step, url = %checkpoint.url, "checkpoint committed");
+            }
             if rank_zero && (committed.is_some() || step == start.step || window.due()) {
                 metrics.loss = window.take();
+                if last_logged.is_none_or(|at| at.elapsed() >= PROGRESS_LOG_EVERY) {
+                    last_logged = Some(std::time::Instant::now());
+                    let (done, loss) = (metrics.step, metrics.loss);
+                    tracing::info!(step = done, of = phase.steps, loss, lr, "training");
+                }
                 self.ctx.report(metrics, committed, resumed_from.take());
             }
         }
@@ -355,6 +364,9 @@ fn sorted_weights(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 
 /// A step's batch and what it consumed, or why it could not be drawn.
 pub type Drawn<B> = Result<(B, Consumed), WorkerError>;
+
+/// How often training says where it is in the task's log (metrics go every report).
+const PROGRESS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Batches drawn ahead of training, at most this many.
 const PREFETCH: usize = 2;

@@ -4,6 +4,7 @@
 
 mod export;
 mod local;
+mod logs;
 mod serve;
 mod watch;
 
@@ -82,6 +83,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a job's task logs, as its workers shipped them (`--follow`: until it ends).
+    Logs(logs::Logs),
     /// Cancel a job.
     Cancel { job: String },
     /// Delete a finished job and everything it wrote under its storage root (not its
@@ -181,6 +184,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let job = watch::watch(&connection, &job_id).await?;
             print!("{}", view::job_table(&job));
             Ok(exit_code_of(&job))
+        }
+        Command::Logs(args) => {
+            logs::run(&connect().await?, args).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { job, json } => {
             let connection = connect().await?;

@@ -8,7 +8,7 @@ use outloud_proto::v1::jobs_server::Jobs;
 use tonic::{Request, Response, Status};
 
 use super::answers::{self, HISTORY_TAIL, PAGE, TASKS_PER_STEP, asked};
-use super::{Coordinator, status_of};
+use super::{Coordinator, logs, status_of};
 use crate::admission::admit;
 use crate::scheduler::SchedulerError;
 use crate::view::JobSummary;
@@ -138,6 +138,30 @@ impl Jobs for JobService {
             .map_err(status_of)?;
         tracing::info!(job = %id, %folder, objects, "job deleted");
         Ok(Response::new(pb::DeleteJobResponse { folder, objects }))
+    }
+
+    async fn read_logs(
+        &self,
+        request: Request<pb::ReadLogsRequest>,
+    ) -> Result<Response<pb::ReadLogsResponse>, Status> {
+        let r = request.into_inner();
+        let (folder, root, finished) = {
+            let scheduler = self.0.serving()?;
+            let job = scheduler
+                .job(&r.job_id)
+                .ok_or_else(|| status_of(SchedulerError::UnknownJob(r.job_id.clone())))?;
+            let root = logs::folder(job, "", None)?;
+            (
+                logs::folder(job, &r.step, r.shard)?,
+                root,
+                job.state.is_finished(),
+            )
+        };
+        // Half the message for the chunks: JSON escapes and framing take the rest.
+        let budget = self.0.max_message_bytes / 2;
+        let mut answer = logs::read(&folder, &root, r.read, budget).await?;
+        answer.finished = finished;
+        Ok(Response::new(answer))
     }
 
     async fn list_workers(

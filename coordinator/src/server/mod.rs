@@ -4,7 +4,8 @@
 //! the records that call changed for the group-commit writer, and answers only once
 //! they are on disk. A background ticker expires the leases of silent workers.
 //! `workers`: the Workers service; `jobs`: the Jobs service; `answers`: keeping answers
-//! within the message size (summaries, pages).
+//! within the message size (summaries, pages); `logs`: reading the task logs workers
+//! shipped; `http`: the dashboard, its JSON API, metrics and probes.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 mod answers;
 mod http;
 mod jobs;
+mod logs;
 mod workers;
 
 use outloud_proto::v1::jobs_server::JobsServer;
