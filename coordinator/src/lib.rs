@@ -10,8 +10,10 @@
 //! - [`store`]: durable state in redb, written by a group-commit thread; its schema
 //!   version and migrations.
 //! - [`server`]: the tonic services (TLS, message limits), thin handlers around the
-//!   scheduler; answers summarised and paged to fit.
+//!   scheduler; answers summarised and paged to fit; task logs; the HTTP listener with
+//!   the live dashboard and its JSON API.
 //! - [`metrics`]: Prometheus counters and gauges on `GET /metrics`, read from the scheduler.
+//! - [`traces`]: the job, step and lease spans of each job's trace, exported over OTLP.
 //! - [`wire`]: conversions between prost types and domain types.
 //! - [`view`]: tables and summaries the CLI prints.
 //! - [`report`]: `outloud report`: benchmarks x phases beside the BabyLM baselines.
@@ -26,5 +28,6 @@ pub mod report;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod traces;
 pub mod view;
 pub mod wire;

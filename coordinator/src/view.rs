@@ -48,10 +48,12 @@ impl JobSummary {
     }
 }
 
-/// `outloud status JOB --json`: the whole job, with each phase's metrics summed up.
+/// `outloud status JOB --json`: the whole job, with each phase's metrics summed up and
+/// the id of its trace.
 pub fn job_json(job: &Job) -> serde_json::Value {
     // Serializing our own domain types cannot fail.
     let mut value = serde_json::to_value(job).expect("jobs serialize to JSON");
+    value["trace_id"] = job.trace_id().to_string().into();
     let steps = value["steps"].as_array_mut().into_iter().flatten();
     for (phase, json) in job.steps.iter().zip(steps) {
         json["metrics"] = serde_json::to_value(phase.metrics()).expect("metrics serialize");

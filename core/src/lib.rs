@@ -14,6 +14,8 @@
 //! - [`auth`]: bearer tokens on both ends of every call.
 //! - [`client`]: connecting to a coordinator (TLS, no tokens in cleartext beyond loopback).
 //! - [`telemetry`]: tracing set-up and shutdown signals for every binary.
+//! - [`traces`]: one trace per job over OTLP: ids every process derives alike, and the
+//!   `traceparent` an assignment carries.
 
 pub mod auth;
 pub mod client;
@@ -23,4 +25,5 @@ pub mod storage;
 pub mod task;
 pub mod task_spec;
 pub mod telemetry;
+pub mod traces;
 pub mod wire;

@@ -125,6 +125,8 @@ pub struct Assignment {
     /// This worker's rank in the task's gang, and the gang's size (1: no gang).
     pub rank: u32,
     pub world_size: u32,
+    /// The lease's span in the job's trace (`traces::traceparent`).
+    pub traceparent: String,
 }
 
 impl Assignment {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use outloud_core::client::{Connection, Dial, Workers};
 use outloud_core::task::{Assignment, CheckpointRef, Metrics};
-use outloud_core::{telemetry, wire};
+use outloud_core::{telemetry, traces, wire};
 use outloud_proto::v1 as pb;
 use tch::Device;
 use tokio::sync::{mpsc, watch};
@@ -65,10 +65,15 @@ struct Agent {
     log_flush: Duration,
 }
 
-fn worker_info(config: &AgentConfig) -> pb::WorkerInfo {
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// This machine's name, as the kernel says it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn worker_info(config: &AgentConfig) -> pb::WorkerInfo {
+    let hostname = hostname();
     let memory_bytes = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -242,12 +247,19 @@ impl Agent {
         let span = tracing::info_span!(
             "task",
             job = %assignment.job_id,
-            phase = %assignment.step,
+            step = %assignment.step,
             task = %assignment.lease.task,
+            shard = assignment.lease.task.shard,
             worker = %self.worker_id,
             rank = assignment.rank,
             epoch = assignment.lease.epoch,
         );
+        // One trace per job: this task's span is a child of its lease's, which the
+        // coordinator exports.
+        if let Some(parent) = traces::remote_parent(&assignment.traceparent) {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let _ = span.set_parent(parent);
+        }
         let shipper = self.ship_logs(&span, &assignment);
         self.run_assignment(assignment, shipper)
             .instrument(span)

@@ -202,6 +202,7 @@ impl Fit<'_> {
         metrics: &Metrics,
         ledger: &Ledger,
     ) -> Result<(), WorkerError> {
+        let _span = tracing::info_span!("checkpoint", step = metrics.step).entered();
         let manifest = self.manifest(metrics);
         let (weights, state) = (sorted_weights(vs), optimizer.state());
         writer.submit(location, &weights, &state, ledger, manifest)
@@ -255,6 +256,7 @@ impl Fit<'_> {
         let mut last_logged: Option<std::time::Instant> = None;
         let mut ledger = std::mem::take(&mut self.ledger);
         metrics.unique_words = ledger.unique_words();
+        let mut range = StepRange::open(start.step);
         for step in start.step..phase.steps {
             if let Some(spent) = words_spent(phase, &metrics, &ledger) {
                 tracing::info!(
@@ -311,6 +313,9 @@ impl Fit<'_> {
             }
             let checkpoint_due =
                 metrics.step.is_multiple_of(phase.checkpoint_every) && metrics.step < phase.steps;
+            if checkpoint_due {
+                range = range.close(&metrics);
+            }
             if rank_zero && checkpoint_due {
                 self.checkpoint_in_background(&mut writer, vs, optimizer, &metrics, &ledger)?;
             }
@@ -328,6 +333,7 @@ impl Fit<'_> {
                 self.ctx.report(metrics, committed, resumed_from.take());
             }
         }
+        range.close_last(&metrics);
         if window.count > 0 {
             metrics.loss = window.take();
         }
@@ -364,6 +370,37 @@ fn sorted_weights(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 
 /// A step's batch and what it consumed, or why it could not be drawn.
 pub type Drawn<B> = Result<(B, Consumed), WorkerError>;
+
+/// A span over the optimizer steps from one checkpoint to the next: a trace shows how
+/// training went without a span per step.
+struct StepRange {
+    span: tracing::span::EnteredSpan,
+}
+
+impl StepRange {
+    fn open(from: u64) -> Self {
+        let span = tracing::info_span!(
+            "steps",
+            from,
+            to = tracing::field::Empty,
+            tokens = tracing::field::Empty
+        );
+        Self {
+            span: span.entered(),
+        }
+    }
+
+    /// Ends this range at `metrics.step` and opens the next.
+    fn close(self, metrics: &Metrics) -> Self {
+        self.close_last(metrics);
+        Self::open(metrics.step)
+    }
+
+    fn close_last(self, metrics: &Metrics) {
+        self.span.record("to", metrics.step);
+        self.span.record("tokens", metrics.tokens);
+    }
+}
 
 /// How often training says where it is in the task's log (metrics go every report).
 const PROGRESS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -402,6 +439,7 @@ fn backward_on_gang<B: Rows>(
     batch: &B,
     loss: &impl Fn(&B) -> Loss,
 ) -> Result<f64, WorkerError> {
+    let _span = tracing::debug_span!("allreduce").entered();
     let (mut loss_sum, mut weight) = (0.0, 0.0);
     for rows in gang.micro_batches(batch.rows()) {
         let part = loss(&batch.take(rows));

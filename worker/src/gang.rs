@@ -65,6 +65,7 @@ impl Gang {
         };
         let rank = ctx.assignment.rank as usize;
         let world = ctx.assignment.world_size.max(1) as usize;
+        let _span = tracing::info_span!("collective", rank, world).entered();
         let timeout = Duration::from_millis(plan.collective_timeout_ms);
         let collective: Box<dyn Collective> = match ctx.device {
             Device::Cuda(_) => {

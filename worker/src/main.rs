@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use outloud_core::client::Dial;
 use outloud_core::results::percent;
 use outloud_core::storage::{Location, absolute_url};
-use outloud_core::{auth, telemetry};
+use outloud_core::{auth, telemetry, traces};
 use outloud_worker::agent::{self, AgentConfig};
 use outloud_worker::checkpoint;
 use outloud_worker::eval::{self, EvalModel, benchmarks};
@@ -59,6 +59,10 @@ struct Args {
     /// where `outloud logs` reads them.
     #[arg(long, env = "OUTLOUD_LOG_FLUSH_MS", default_value_t = 2000)]
     log_flush_ms: u64,
+    /// Export this worker's spans (task, training-step ranges, checkpoints, collectives,
+    /// eval) to this OTLP/gRPC collector, under the job's trace.
+    #[arg(long, env = traces::ENDPOINT_ENV)]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -120,14 +124,32 @@ fn main() -> anyhow::Result<()> {
             Command::Evaluate(command) => evaluate(command, device(&args.device)?),
         };
     }
+    if let Some(wanted) = &args.gpus {
+        telemetry::init("info");
+        return per_gpu_workers(wanted, &args);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let shipping = tracing_subscriber::Layer::with_filter(
         outloud_worker::task_logs::ShippingLayer,
         tracing_subscriber::filter::LevelFilter::INFO,
     );
-    telemetry::init_with("info", vec![Box::new(shipping)]);
-    if let Some(wanted) = &args.gpus {
-        return per_gpu_workers(wanted, &args);
-    }
+    let mut layers: Vec<telemetry::ExtraLayer> = vec![Box::new(shipping)];
+    let tracer = match &args.otlp_endpoint {
+        Some(endpoint) => {
+            // The exporter's channel lives on this runtime.
+            let _inside = runtime.enter();
+            let instance = format!("{}-{}", agent::hostname(), std::process::id());
+            let resource = traces::resource("outloud-worker", instance);
+            let (layer, provider) = traces::worker_layer(endpoint, resource)?;
+            layers.push(layer);
+            Some(provider)
+        }
+        None => None,
+    };
+    telemetry::init_with("info", layers);
     let token = match auth::load_worker_token(args.token_file.as_deref())? {
         Some(token) => Some(token),
         None => auth::load_token(None)?,
@@ -140,11 +162,7 @@ fn main() -> anyhow::Result<()> {
         advertise_host: args.advertise_host,
         log_flush: std::time::Duration::from_millis(args.log_flush_ms.max(10)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    let ran = runtime.block_on(async {
         if let Some(address) = &args.metrics_listen {
             let listener = tokio::net::TcpListener::bind(address).await?;
             tracing::info!(addr = %listener.local_addr()?, "worker metrics serving");
@@ -156,7 +174,12 @@ fn main() -> anyhow::Result<()> {
             let _ = stop.send(true);
         });
         agent::run(config, shutdown).await
-    })
+    });
+    if let Some(provider) = tracer {
+        // What is queued goes out before the process ends.
+        let _ = provider.shutdown();
+    }
+    ran
 }
 
 /// `--gpus`: this process starts and watches one worker per GPU, each with this
@@ -182,6 +205,9 @@ fn per_gpu_workers(wanted: &str, args: &Args) -> anyhow::Result<()> {
     }
     if let Some(host) = &args.advertise_host {
         flags.extend(["--advertise-host".to_string(), host.clone()]);
+    }
+    if let Some(endpoint) = &args.otlp_endpoint {
+        flags.extend(["--otlp-endpoint".to_string(), endpoint.clone()]);
     }
     if args.insecure {
         flags.push("--insecure".into());

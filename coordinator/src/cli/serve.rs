@@ -52,6 +52,10 @@ pub struct Serve {
     max_message_bytes: usize,
     #[command(flatten)]
     limits: LimitFlags,
+    /// Export each job's trace (job, step and lease spans; workers add theirs) to this
+    /// OTLP/gRPC collector, e.g. `http://otel-collector:4317`.
+    #[arg(long, env = outloud_core::traces::ENDPOINT_ENV)]
+    otlp_endpoint: Option<String>,
     /// Test seam: state writes fail after this many succeeded.
     #[arg(long, hide = true)]
     fail_store_writes_after: Option<u64>,
@@ -137,6 +141,7 @@ pub async fn run(serve: Serve, token: Option<String>, insecure: bool) -> anyhow:
         admission,
         max_message_bytes: serve.max_message_bytes,
         tls,
+        otlp_endpoint: serve.otlp_endpoint,
         ..ServerConfig::local(
             serve.state_dir,
             Duration::from_millis(serve.lease_timeout_ms),

@@ -25,6 +25,7 @@ use outloud_core::results::TaskResults;
 use outloud_core::spec::JobSpec;
 pub use outloud_core::task::{Assignment, CheckpointRef, LeaseRef, Metrics, TaskId};
 use outloud_core::task_spec::{TaskSpec, Work};
+use outloud_core::traces;
 use serde::{Deserialize, Serialize};
 
 use super::cost::DeviceTime;
@@ -408,7 +409,16 @@ impl Job {
                 .map(|s| s.name.clone()),
             rank,
             world_size,
+            traceparent: traces::traceparent(
+                self.trace_id(),
+                traces::lease_span(self.trace_id(), &id.to_string(), epoch),
+            ),
         }
+    }
+
+    /// The job's trace (see [`traces`]): a function of its id and submission time.
+    pub fn trace_id(&self) -> opentelemetry::trace::TraceId {
+        traces::job_trace(&self.id, self.submitted_at)
     }
 
     /// What a task of step `index` is given: the step's resolved spec, with the captions

@@ -28,6 +28,7 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use crate::admission::Policy;
 use crate::scheduler::{Millis, Scheduler, SchedulerConfig, SchedulerError};
 use crate::store::{Batch, Committer, Store};
+use crate::traces::TraceExport;
 use jobs::JobService;
 use outloud_core::auth::RequireToken;
 use workers::WorkerService;
@@ -48,6 +49,8 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Certificate chain and private key (PEM files): serve TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Export each job's trace to this OTLP/gRPC collector.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The default of `--max-message-bytes`: tonic's own default for what a client decodes.
@@ -65,6 +68,7 @@ impl ServerConfig {
             admission: Policy::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             tls: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -101,6 +105,8 @@ struct Coordinator {
     lease_timeout: Duration,
     admission: Policy,
     max_message_bytes: usize,
+    /// Where the spans of jobs' traces go, when a collector is set.
+    traces: Option<TraceExport>,
 }
 
 impl Coordinator {
@@ -117,6 +123,9 @@ impl Coordinator {
             }
             let result = change(&mut scheduler, now_ms());
             let changes = scheduler.take_changes();
+            if let Some(traces) = &self.traces {
+                traces.events(&scheduler, &changes.events);
+            }
             let batch = Batch::capture(&scheduler, changes);
             (result, self.committer.enqueue(batch))
         };
@@ -205,6 +214,13 @@ pub async fn run(
         lease_timeout: config.lease_timeout,
         admission: config.admission.clone(),
         max_message_bytes: config.max_message_bytes,
+        traces: match &config.otlp_endpoint {
+            Some(endpoint) => Some(TraceExport::start(
+                endpoint,
+                format!("{:x}", instance_id()),
+            )?),
+            None => None,
+        },
     });
     tracing::info!(
         addr = %listener.local_addr()?,
@@ -261,6 +277,13 @@ pub async fn run(
     if let Some(http) = http {
         http.abort();
     }
+    let flushing = coordinator.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(traces) = &flushing.traces {
+            traces.shutdown();
+        }
+    })
+    .await;
     result.transpose()?;
     anyhow::ensure!(
         !coordinator.committer.is_broken(),

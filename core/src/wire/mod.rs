@@ -81,6 +81,7 @@ pub fn assignment_to(a: &Assignment) -> pb::TaskAssignment {
         output_root: a.output_root.clone(),
         rank: a.rank,
         world_size: a.world_size,
+        traceparent: a.traceparent.clone(),
         protocol_version: PROTOCOL_VERSION,
         spec: Some(task_spec_to(&a.spec)),
     }
@@ -112,6 +113,7 @@ pub fn assignment_from(task: pb::TaskAssignment) -> Result<Assignment, String> {
         output_root: task.output_root,
         rank: task.rank,
         world_size: task.world_size.max(1),
+        traceparent: task.traceparent,
     })
 }
 

@@ -26,6 +26,7 @@ fn assignment() -> Assignment {
         output_root: "file:///j/v/attempt-3".into(),
         rank: 1,
         world_size: 3,
+        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
     }
 }
 

@@ -291,6 +291,7 @@ pub fn evaluate(
 ) -> Result<Vec<BenchmarkResult>, WorkerError> {
     let mut results = Vec::new();
     for benchmark in benchmarks {
+        let _span = tracing::info_span!("eval", benchmark = %benchmark.name).entered();
         let pictures = runtime.block_on(Pictures::read(model, benchmark, inputs))?;
         let result = score_benchmark(model, benchmark, &pictures, batch_size)?;
         tracing::info!(benchmark = %result.name, accuracy = ?result.accuracy, items = result.items, skipped = ?result.skipped, "benchmark scored");
