@@ -301,3 +301,59 @@ impl TraceExport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::tests::{done, scheduler, worker};
+    use std::collections::HashSet;
+
+    /// Every span the job's history ends, event by event.
+    fn all_spans(job: &Job) -> Vec<SpanRecord> {
+        (0..job.history.len())
+            .flat_map(|i| ended_by(job, i))
+            .collect()
+    }
+
+    #[test]
+    fn a_lost_lease_and_its_re_lease_are_two_spans_under_one_step_under_the_job() {
+        let mut s = scheduler();
+        let (a, b) = (worker(&mut s, "a"), worker(&mut s, "b"));
+        let yaml = "name: t\nstorage: /tmp/x\nphases: [{name: one, kind: noop}]\n";
+        let id = s
+            .submit(outloud_core::spec::parse(yaml, "t.yaml").unwrap(), 0)
+            .unwrap();
+        let first = s.lease(&a, 1).unwrap().unwrap();
+        // `a` falls silent: its lease is lost, and `b` takes the task.
+        assert_eq!(s.expire(5_000).len(), 1);
+        s.heartbeat(&b, &[], 5_000).unwrap();
+        let second = s.lease(&b, 5_001).unwrap().unwrap();
+        done(&mut s, &b, &second, 6_000);
+        let job = s.job(&id).unwrap();
+        let spans = all_spans(job);
+
+        let names: Vec<&str> = spans.iter().map(|s| s.name).collect();
+        assert_eq!(names, ["lease", "lease", "step", "job"]);
+        let unique: HashSet<SpanId> = spans.iter().map(|s| s.span).collect();
+        assert_eq!(unique.len(), spans.len(), "no span is exported twice");
+        let (lost, won, step, root) = (&spans[0], &spans[1], &spans[2], &spans[3]);
+        assert!(
+            lost.error.as_deref().unwrap().starts_with("lost"),
+            "{lost:?}"
+        );
+        assert_eq!(
+            (won.error.as_deref(), won.start, won.end),
+            (None, 5_001, 6_000)
+        );
+        assert_eq!(lost.parent, Some(step.span));
+        assert_eq!(won.parent, Some(step.span));
+        assert_eq!((step.parent, root.parent), (Some(root.span), None));
+        assert_eq!(root.start, 0);
+        // Each worker was told its own lease's span.
+        for (assignment, span) in [(&first, lost), (&second, won)] {
+            let parent = traces::parse_traceparent(&assignment.traceparent).unwrap();
+            assert_eq!(parent.trace_id(), job.trace_id());
+            assert_eq!(parent.span_id(), span.span);
+        }
+    }
+}

@@ -57,11 +57,15 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
     // The user's own machine: paths are not confined, plain loopback is fine.
-    let config = ServerConfig::local(
-        state_dir.join("coordinator"),
-        Duration::from_secs(5),
-        cluster.token.clone(),
-    );
+    let config = ServerConfig {
+        // The workers, started from this process, read the same variable.
+        otlp_endpoint: std::env::var(outloud_core::traces::ENDPOINT_ENV).ok(),
+        ..ServerConfig::local(
+            state_dir.join("coordinator"),
+            Duration::from_secs(5),
+            cluster.token.clone(),
+        )
+    };
     let http = super::bind(&cluster.http).await?;
     let dashboard = format!("http://{}/", http.local_addr()?);
     let server = tokio::spawn(server::run(listener, Some(http), config, async {

@@ -600,4 +600,4 @@ mod proptests;
 #[cfg(test)]
 mod synthesis_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -14,14 +14,14 @@ fn spec(phases: &[(&str, u32)]) -> JobSpec {
     spec::parse(&yaml, "test.yaml").unwrap()
 }
 
-pub(super) fn scheduler() -> Scheduler {
+pub(crate) fn scheduler() -> Scheduler {
     Scheduler::new(SchedulerConfig {
         lease_timeout_ms: TIMEOUT,
         instance: 0,
     })
 }
 
-pub(super) fn worker(s: &mut Scheduler, name: &str) -> String {
+pub(crate) fn worker(s: &mut Scheduler, name: &str) -> String {
     s.register(WorkerInfo::for_tests(name), 0)
 }
 
@@ -30,11 +30,11 @@ pub(super) fn evaluates(a: &Assignment) -> bool {
 }
 
 /// What a task commits: its final checkpoint, in its attempt's folder.
-pub(super) fn output(a: &Assignment) -> String {
+pub(crate) fn output(a: &Assignment) -> String {
     format!("{}/final", a.output_root)
 }
 
-pub(super) fn done(s: &mut Scheduler, w: &str, a: &Assignment, now: Millis) {
+pub(crate) fn done(s: &mut Scheduler, w: &str, a: &Assignment, now: Millis) {
     s.complete(
         w,
         &a.lease,
