@@ -90,8 +90,18 @@ fn render_cost(out: &mut String, scheduler: &Scheduler) {
     let name = "outloud_phase_device_seconds";
     let help = "Device-seconds the phase's ended leases took (CPU thread-s, GPU-s per model).";
     family(out, name, "gauge", help);
+    let energy = "outloud_phase_gpu_energy_joules";
+    let mut energies = String::new();
     for job in scheduler.jobs().filter(|j| !j.state.is_finished()) {
         for row in crate::report::cost::rows(job) {
+            if let Some(joules) = row.gpu_energy_joules {
+                let _ = writeln!(
+                    energies,
+                    "{energy}{{job_id=\"{}\",phase=\"{}\"}} {joules}",
+                    label(&job.id),
+                    label(&row.step)
+                );
+            }
             for (device, seconds) in &row.device_seconds {
                 let _ = writeln!(
                     out,
@@ -103,6 +113,9 @@ fn render_cost(out: &mut String, scheduler: &Scheduler) {
             }
         }
     }
+    let help = "GPU energy the phase's attempts drew, as NVML measured it.";
+    family(out, energy, "gauge", help);
+    out.push_str(&energies);
 }
 
 /// Per-phase progress of unfinished jobs.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use outloud_core::results::TaskResults;
 
-use crate::report::ledger;
+use crate::report::{cost, ledger};
 use crate::scheduler::{Job, Metrics, RunState, Step, StepKind, TaskState, Worker};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +133,7 @@ pub fn job_table(job: &Job) -> String {
         "word budget: {planned} of {} words planned (the most on one path)\n",
         job.spec.word_budget
     );
+    out += &cost::table(&cost::rows(job), cost::wall_seconds(job));
     out
 }
 

@@ -100,6 +100,12 @@ pub struct Metrics {
     pub allreduce_seconds: f64,
     #[serde(default)]
     pub allreduce_bytes: u64,
+    /// On a GPU: the most device memory in use seen at any report of this attempt, and
+    /// the energy the GPU drew since the attempt started (NVML; 0 where it cannot say).
+    #[serde(default)]
+    pub peak_gpu_memory_bytes: u64,
+    #[serde(default)]
+    pub gpu_energy_joules: f64,
 }
 
 /// What a worker gets when it leases a task: the lease, and exactly what the task needs.

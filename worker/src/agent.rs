@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::context::{Progress, TaskContext, TaskOutput};
 use crate::error::WorkerError;
+use crate::gpu_meter::GpuMeter;
 use crate::task;
 use crate::task_logs::{self, Shipper};
 use outloud_core::storage::Location;
@@ -309,17 +310,27 @@ impl Agent {
         let mut running = tokio::task::spawn_blocking(move || span.in_scope(|| task::run(&ctx)));
         let mut unsent = Unsent::default();
         let mut shutdown = self.shutdown.clone();
+        let mut meter = GpuMeter::start(self.device);
+        let mut measured = |metrics: &mut Metrics| {
+            if let Some(meter) = &mut meter {
+                meter.measure(metrics);
+            }
+        };
         let result = loop {
             tokio::select! {
                 result = &mut running => break result,
-                Some(report) = reports.recv() => self.report(&lease, report, &mut unsent, &stop).await,
+                Some(mut report) = reports.recv() => {
+                    measured(&mut report.metrics);
+                    self.report(&lease, report, &mut unsent, &stop).await
+                }
                 _ = shutdown.wait_for(|s| *s), if !stop.load(Ordering::Relaxed) => {
                     tracing::info!("shutting down: handing the task back");
                     stop.store(true, Ordering::Relaxed);
                 }
             }
         };
-        while let Ok(report) = reports.try_recv() {
+        while let Ok(mut report) = reports.try_recv() {
+            measured(&mut report.metrics);
             self.report(&lease, report, &mut unsent, &stop).await;
         }
         let revoked = stop.load(Ordering::Relaxed) && !*self.shutdown.borrow();
@@ -335,7 +346,10 @@ impl Agent {
         }
         match result {
             Ok(Ok(_)) if rank > 0 => tracing::info!(rank, "rank done; rank 0 commits for the gang"),
-            Ok(Ok(output)) => self.complete(lease, output).await,
+            Ok(Ok(mut output)) => {
+                measured(&mut output.metrics);
+                self.complete(lease, output).await
+            }
             Ok(Err(_)) if revoked => tracing::warn!("task stopped: its lease is gone"),
             Ok(Err(e)) => self.fail(lease, &e).await,
             Err(panic) => {

@@ -4,6 +4,9 @@
 //! Layout:
 //! - [`agent`]: the control loop (register, lease, heartbeat, report, complete).
 //! - [`metrics`]: the worker's own `/metrics` (`--metrics-listen`).
+//! - [`task_logs`]: each task's log lines, shipped to the job's storage in chunks
+//!   (`outloud logs` reads them).
+//! - [`gpu_meter`]: a task's peak GPU memory and GPU energy (NVML), for the cost ledger.
 //! - [`per_gpu`]: `--gpus`: one worker process per GPU, restarted when one exits.
 //! - [`task`]: the dispatch by what a task's resolved spec says to do.
 //! - [`context`]: the context a task runs in (assignment, device, stop flag, progress).
@@ -60,6 +63,7 @@ mod ffi;
 pub mod fit;
 pub mod gang;
 pub mod generate;
+pub mod gpu_meter;
 pub mod inputs;
 pub mod language;
 pub mod ledger;

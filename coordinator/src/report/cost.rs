@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::scheduler::{DeviceTime, Job};
+use crate::scheduler::Job;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CostRow {
@@ -18,6 +18,10 @@ pub struct CostRow {
     pub tokens: u64,
     pub words: u64,
     pub synthetic_words: u64,
+    /// GPU energy over every attempt, where NVML measured it (joules).
+    pub gpu_energy_joules: Option<f64>,
+    /// The most GPU memory one of its attempts had in use.
+    pub peak_gpu_memory_bytes: Option<u64>,
 }
 
 /// A row per step that has spent device time.
@@ -25,13 +29,12 @@ pub fn rows(job: &Job) -> Vec<CostRow> {
     job.steps
         .iter()
         .filter_map(|step| {
-            let mut time = DeviceTime::default();
-            for task in &step.tasks {
-                time.add(&task.cost);
-            }
+            let time = step.cost();
             let metrics = step.metrics();
             (!time.seconds.is_empty()).then(|| CostRow {
                 step: step.name.clone(),
+                gpu_energy_joules: time.energy_joules(),
+                peak_gpu_memory_bytes: Some(time.peak_gpu_memory_bytes).filter(|b| *b > 0),
                 device_seconds: time.seconds,
                 tokens: metrics.tokens,
                 words: metrics.words,
@@ -72,6 +75,30 @@ pub fn table(rows: &[CostRow], wall: Option<f64>) -> String {
     }
     for (kind, seconds) in total {
         out += &format!("{:<32} {:<28} {:>12.1}\n", "(job)", kind, seconds);
+    }
+    for row in rows {
+        if let Some(joules) = row.gpu_energy_joules {
+            out += &format!(
+                "{:<32} {:<28} {:>12.1}\n",
+                row.step,
+                "GPU energy kJ",
+                joules / 1e3
+            );
+        }
+        if let Some(bytes) = row.peak_gpu_memory_bytes {
+            let gib = bytes as f64 / f64::from(1u32 << 30);
+            out += &format!(
+                "{:<32} {:<28} {:>12.2}\n",
+                row.step, "peak GPU memory GiB", gib
+            );
+        }
+    }
+    if rows.iter().all(|r| r.gpu_energy_joules.is_none())
+        && rows
+            .iter()
+            .any(|r| r.device_seconds.keys().any(|k| k.starts_with("GPU")))
+    {
+        out += "(GPU energy: NVML did not report it on these GPUs)\n";
     }
     if let Some(wall) = wall {
         out += &format!("{:<32} {:<28} {:>12.1}\n", "(job)", "wall-clock s", wall);

@@ -17,6 +17,16 @@ pub struct DeviceTime {
     /// Leases held now: worker -> (device kind, devices it counts for, since).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     open: BTreeMap<String, (String, f64, Millis)>,
+    /// GPU energy each attempt (by lease epoch) drew, as it last reported (joules).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    energy: BTreeMap<u64, f64>,
+    /// The most GPU memory any attempt had in use.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub peak_gpu_memory_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl WorkerInfo {
@@ -50,11 +60,32 @@ impl DeviceTime {
         }
     }
 
+    /// What the attempt of lease `epoch` measured of its GPU, as it reported.
+    pub fn measured(&mut self, epoch: u64, metrics: &outloud_core::task::Metrics) {
+        if metrics.gpu_energy_joules > 0.0 {
+            self.energy.insert(epoch, metrics.gpu_energy_joules);
+        }
+        self.peak_gpu_memory_bytes = self
+            .peak_gpu_memory_bytes
+            .max(metrics.peak_gpu_memory_bytes);
+    }
+
+    /// GPU energy of every attempt (joules); None where none was measured.
+    pub fn energy_joules(&self) -> Option<f64> {
+        (!self.energy.is_empty()).then(|| self.energy.values().sum())
+    }
+
     /// Adds what `other` counted.
     pub fn add(&mut self, other: &DeviceTime) {
         for (kind, seconds) in &other.seconds {
             *self.seconds.entry(kind.clone()).or_default() += seconds;
         }
+        let base = self.energy.len() as u64;
+        for (i, joules) in other.energy.values().enumerate() {
+            // Attempts of different tasks: keep them apart.
+            self.energy.insert(base + i as u64, *joules);
+        }
+        self.peak_gpu_memory_bytes = self.peak_gpu_memory_bytes.max(other.peak_gpu_memory_bytes);
     }
 }
 
@@ -85,5 +116,28 @@ mod tests {
         );
         time.end("b", 5_000);
         assert_eq!(time.seconds["GPU-s NVIDIA H100"], 3.0);
+    }
+
+    #[test]
+    fn gpu_energy_counts_each_attempt_once_at_its_last_report() {
+        use outloud_core::task::Metrics;
+        let report = |joules: f64, bytes: u64| Metrics {
+            gpu_energy_joules: joules,
+            peak_gpu_memory_bytes: bytes,
+            ..Metrics::default()
+        };
+        let mut time = DeviceTime::default();
+        assert_eq!(time.energy_joules(), None);
+        time.measured(1, &report(10.0, 1 << 30));
+        time.measured(1, &report(25.0, 3 << 30)); // cumulative within the attempt
+        time.measured(2, &report(40.0, 2 << 30)); // the retry, from zero
+        time.measured(2, &report(0.0, 0)); // a CPU-side report says nothing
+        assert_eq!(time.energy_joules(), Some(65.0));
+        assert_eq!(time.peak_gpu_memory_bytes, 3 << 30);
+        // A step adds its tasks' ledgers: attempts of different tasks stay apart.
+        let mut step = DeviceTime::default();
+        step.add(&time);
+        step.add(&time);
+        assert_eq!(step.energy_joules(), Some(130.0));
     }
 }

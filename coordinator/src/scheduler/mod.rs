@@ -452,6 +452,7 @@ impl Scheduler {
         }
         let task = self.held_task(worker_id, lease, now)?;
         task.metrics = metrics;
+        task.cost.measured(lease.epoch, &metrics);
         task.first_loss.get_or_insert(metrics.loss);
         task.curve.record(metrics.step, metrics.loss);
         if let Some(checkpoint) = &checkpoint {
@@ -492,6 +493,7 @@ impl Scheduler {
         self.check_fenced(lease, &output)?;
         let task = self.held_task(worker_id, lease, now)?;
         task.metrics = metrics;
+        task.cost.measured(lease.epoch, &metrics);
         task.results = results;
         task.first_loss.get_or_insert(metrics.loss);
         let since = match &task.state {

@@ -20,6 +20,7 @@ use outloud_core::task::attempt_folder;
 use outloud_core::task_spec::TaskSpec;
 use serde::{Deserialize, Serialize};
 
+use super::cost::DeviceTime;
 use super::model::{Metrics, RunState, Task, TaskId};
 use super::summary::StepTotals;
 
@@ -364,6 +365,18 @@ impl Step {
             total.step = 0;
         }
         total
+    }
+
+    /// The cost ledger of all of its tasks (every lease of each).
+    pub fn cost(&self) -> DeviceTime {
+        if let Some(totals) = &self.totals {
+            return totals.cost.clone();
+        }
+        let mut time = DeviceTime::default();
+        for task in &self.tasks {
+            time.add(&task.cost);
+        }
+        time
     }
 
     pub fn first_loss(&self) -> Option<f64> {

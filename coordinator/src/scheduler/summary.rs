@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use outloud_core::results::TaskResults;
 use serde::{Deserialize, Serialize};
 
+use super::cost::DeviceTime;
 use super::model::{Job, Metrics, RunState};
 use super::steps::Step;
 
@@ -20,6 +21,9 @@ pub struct StepTotals {
     pub metrics: Metrics,
     pub first_loss: Option<f64>,
     pub results: TaskResults,
+    /// The cost ledger of all of its tasks.
+    #[serde(default)]
+    pub cost: DeviceTime,
 }
 
 impl StepTotals {
@@ -34,6 +38,7 @@ impl StepTotals {
             metrics: step.metrics(),
             first_loss: step.first_loss(),
             results: step.results(),
+            cost: step.cost(),
         }
     }
 }

@@ -49,6 +49,8 @@ pub fn metrics_from(metrics: Option<pb::Metrics>) -> Metrics {
         unique_words: m.unique_words,
         allreduce_seconds: m.allreduce_seconds,
         allreduce_bytes: m.allreduce_bytes,
+        peak_gpu_memory_bytes: m.peak_gpu_memory_bytes,
+        gpu_energy_joules: m.gpu_energy_joules,
     }
 }
 
@@ -65,6 +67,8 @@ pub fn metrics_to(m: &Metrics) -> pb::Metrics {
         unique_words: m.unique_words,
         allreduce_seconds: m.allreduce_seconds,
         allreduce_bytes: m.allreduce_bytes,
+        peak_gpu_memory_bytes: m.peak_gpu_memory_bytes,
+        gpu_energy_joules: m.gpu_energy_joules,
     }
 }
 
