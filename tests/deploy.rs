@@ -104,7 +104,8 @@ fn prometheus_finds_every_pod_that_serves_metrics_on_the_port_it_serves() {
         assert!(
             args_of(container)
                 .iter()
-                .any(|a| a.ends_with(&format!(":{port}")) && a.contains("metrics-listen")),
+                .any(|a| a.ends_with(&format!(":{port}"))
+                    && (a.contains("--metrics-listen") || a.contains("--http"))),
             "{name} serves metrics on {port}"
         );
     }

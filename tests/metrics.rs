@@ -36,6 +36,51 @@ fn dashboard_metrics() -> Vec<String> {
     names
 }
 
+#[test]
+fn every_job_panel_links_to_the_jobs_trace() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/observability/grafana-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(
+        variables
+            .iter()
+            .any(|v| v["name"] == "tempo" && v["query"] == "tempo")
+    );
+    let mut linked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let per_job = panel["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["expr"].as_str().unwrap().contains("job_id=~\"$job\""));
+        if !per_job {
+            continue;
+        }
+        let links = &panel["fieldConfig"]["defaults"]["links"];
+        let url = links[0]["url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{} has no trace link", panel["title"]));
+        // Tempo finds the trace by the attribute the coordinator's spans carry.
+        let query = url::form_urlencoded::parse(url.split_once('?').unwrap().1.as_bytes())
+            .find(|(k, _)| k == "panes")
+            .unwrap()
+            .1
+            .into_owned();
+        let panes: serde_json::Value = serde_json::from_str(&query).unwrap();
+        assert_eq!(panes["t"]["datasource"], "${tempo}");
+        assert_eq!(
+            panes["t"]["queries"][0]["query"],
+            "{ span.job_id = \"${__field.labels.job_id}\" }"
+        );
+        linked += 1;
+    }
+    assert!(linked >= 8, "{linked} panels link to traces");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_progress_and_counters() {
     let _one_at_a_time = exclusive().await;

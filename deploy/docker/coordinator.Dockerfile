@@ -33,4 +33,4 @@ USER 10001
 # gRPC (workers, CLI), then metrics and probes (plain HTTP).
 EXPOSE 50051 9090
 ENTRYPOINT ["/usr/local/bin/outloud"]
-CMD ["coordinator", "--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9090", "--state-dir", "/var/lib/outloud/state"]
+CMD ["coordinator", "--listen", "0.0.0.0:50051", "--http", "0.0.0.0:9090", "--state-dir", "/var/lib/outloud/state"]

@@ -98,7 +98,7 @@ pub struct Coordinator {
     pub process: Process,
     pub url: String,
     pub port: u16,
-    /// Where it serves Prometheus metrics, when asked to (`--metrics-listen`).
+    /// Where it serves HTTP (dashboard, API, metrics), when asked to (`--http`).
     pub metrics: Option<String>,
     /// Its log file.
     pub log: PathBuf,
