@@ -43,13 +43,13 @@ async fn the_dashboard_shows_a_running_job_as_the_api_does_and_only_with_the_use
     let coordinator = Coordinator::start_with_env(
         &dir.path().join("state"),
         0,
-        5_000,
+        2_000,
         Some(USER),
         &["--http", "127.0.0.1:0"],
         &worker_env,
     );
     let http = coordinator.metrics.clone().expect("--http is served");
-    let _workers: Vec<Process> = (0..2)
+    let mut workers: Vec<Process> = (0..2)
         .map(|i| {
             start_worker_with_env(&coordinator.url, &logs, &format!("w{i}"), None, &worker_env)
         })
@@ -70,7 +70,7 @@ model: {{preset: tiny}}
 evaluation:
   benchmarks: [{{path: {eval}}}]
 phases:
-  - {{name: language, kind: language, data: [text], steps: 300, batch_size: 8, learning_rate: 0.003}}
+  - {{name: language, kind: language, data: [text], steps: 600, batch_size: 8, learning_rate: 0.003, checkpoint_every: 100}}
 ",
         storage = dir.path().join("storage").display(),
         text = shared_data().join("babylm-text/train").display(),
@@ -146,6 +146,20 @@ phases:
     );
     let running_shot = browser.screenshot();
 
+    // The worker training it dies: its lease is lost, and the other worker takes over.
+    let status = cli_json(&["status", &id, "--json", "--coordinator", &coordinator.url]);
+    let task = status["steps"][1]["tasks"][0].clone();
+    let holder = task["worker"]
+        .as_str()
+        .expect("the language task is leased");
+    let victim = (0..2)
+        .find(|i| {
+            let log = std::fs::read_to_string(logs.join(format!("w{i}.log"))).unwrap();
+            log.contains(&format!("registered worker={holder} "))
+        })
+        .expect("the holder's log");
+    workers[victim].sigkill();
+
     // Finished: the page's states, steps and accuracies are the CLI's.
     let job = wait_until(&connection, &id, Duration::from_secs(600), finished).await;
     assert_succeeded(&job);
@@ -218,6 +232,20 @@ phases:
         );
     }
     let cost_rows = browser.eval("document.querySelectorAll('#cost tr[data-cost]').length");
+    // The timeline shows the lost lease and the re-lease that finished the task.
+    let task_id = task["id"].as_str().unwrap();
+    let ends = browser.eval(&format!(
+        "[...document.querySelectorAll('#timeline rect[data-task=\"{task_id}\"]')].map((r) => r.dataset.end)"
+    ));
+    let ends: Vec<&str> = ends
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(ends.len(), 2, "{ends:?}");
+    assert!(ends[0].starts_with("lost"), "{ends:?}");
+    assert_eq!(ends[1], "succeeded");
     assert_eq!(cost_rows, report["cost"].as_array().unwrap().len());
 
     // The token stays with the tab's session, not in any address: a reload asks no more.
