@@ -86,10 +86,14 @@ async fn ready(State(http): State<Http>) -> Response {
     }
 }
 
-/// An API error: its status and a JSON body saying why.
-fn refusal(status: StatusCode, why: &str) -> Response {
-    let body = serde_json::json!({ "error": why }).to_string();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+/// An API error: its status, and why (a JSON body says it).
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.1 }).to_string();
+        (self.0, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
 }
 
 fn json_answer(text: String) -> Response {
@@ -106,31 +110,32 @@ impl Http {
     fn read(
         &self,
         headers: &HeaderMap,
-        answer: impl FnOnce(&Scheduler) -> Result<String, Response>,
+        answer: impl FnOnce(&Scheduler) -> Result<String, Refusal>,
     ) -> Response {
         if let Some(expected) = &self.token {
             let given = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
             if let Err(why) = auth::check_bearer(given, expected) {
-                return refusal(StatusCode::UNAUTHORIZED, why);
+                return Refusal(StatusCode::UNAUTHORIZED, why.into()).into_response();
             }
         }
         let Ok(scheduler) = self.coordinator.serving() else {
-            return refusal(StatusCode::SERVICE_UNAVAILABLE, super::STOPPING);
+            return Refusal(StatusCode::SERVICE_UNAVAILABLE, super::STOPPING.into())
+                .into_response();
         };
         match answer(&scheduler) {
             Ok(text) => json_answer(text),
-            Err(refused) => refused,
+            Err(refused) => refused.into_response(),
         }
     }
 }
 
 /// The job as `outloud status --json` receives it: summarised the same way.
-fn summarised(scheduler: &Scheduler, id: &str) -> Result<crate::scheduler::Job, Response> {
+fn summarised(scheduler: &Scheduler, id: &str) -> Result<crate::scheduler::Job, Refusal> {
     let job = scheduler
         .job(id)
-        .ok_or_else(|| refusal(StatusCode::NOT_FOUND, &format!("no job {id}")))?;
+        .ok_or_else(|| Refusal(StatusCode::NOT_FOUND, format!("no job {id}")))?;
     Ok(job.summarised(TASKS_PER_STEP.0 as usize, HISTORY_TAIL.0 as usize))
 }
 
