@@ -27,6 +27,9 @@ pub fn init_with(default_filter: &str, extra: Vec<ExtraLayer>) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .with_filter(filter);
+    // An empty list of layers would say "never" for every callsite and silence stderr
+    // too; no list at all is no layer.
+    let extra = (!extra.is_empty()).then_some(extra);
     // A second init (tests that call into a binary's main) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
         .with(extra)
