@@ -27,6 +27,8 @@
 //! - [`visual`]: what the encoder reads for a picture (pixels, or precomputed features).
 //! - [`probes`]: held-out caption accuracy after phase 2, with its chance level.
 //! - [`eval`]: zero-shot benchmarks (BLiMP, EWoK, Winoground, VQA, ...) after phases.
+//! - [`glue`]: GLUE fine-tuning evaluation: the pipeline's inputs, a classification
+//!   head, fine-tuning and scoring per task.
 //! - [`model`]: the GPT, bottom-up, readable in one sitting.
 //! - [`vision`]: the ViT, precomputed-feature input, and the projector.
 //! - [`vlm`]: visual tokens before text; losses on taught tokens only.
@@ -63,6 +65,7 @@ mod ffi;
 pub mod fit;
 pub mod gang;
 pub mod generate;
+pub mod glue;
 pub mod gpu_meter;
 pub mod inputs;
 pub mod language;

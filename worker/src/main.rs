@@ -72,6 +72,9 @@ enum Command {
     /// Score a checkpoint on benchmark folders (BabyLM `evaluation_data` layout), as an
     /// eval step does, and print accuracy per benchmark.
     Evaluate(Evaluate),
+    /// Fine-tune a checkpoint on GLUE tasks (the BabyLM 2025 pipeline's inputs and
+    /// defaults), one copy per task, and score each on its validation file.
+    Finetune(Finetune),
     /// Write a checkpoint (verified first) as a folder Hugging Face `transformers` loads:
     /// `AutoModelForCausalLM.from_pretrained(DIR)`, `AutoTokenizer.from_pretrained(DIR)`.
     Export {
@@ -103,6 +106,26 @@ struct Evaluate {
     out: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Args)]
+struct Finetune {
+    /// A checkpoint folder (path or storage URL).
+    checkpoint: String,
+    /// The folder of `<task>.train.jsonl` and `<task>.valid.jsonl` files.
+    glue: String,
+    /// Tasks (default: all 7: boolq, mnli, mrpc, multirc, qqp, rte, wsc).
+    #[arg(long, value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Epochs instead of each task's default.
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Optimizer steps at most per task (a quick look).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Write `<task>/predictions.json` (the 2025 pipeline's layout) under this folder.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 fn device(name: &str) -> anyhow::Result<tch::Device> {
     Ok(match name {
         "auto" => tch::Device::cuda_if_available(),
@@ -122,6 +145,7 @@ fn main() -> anyhow::Result<()> {
         return match command {
             Command::Export { checkpoint, to } => export(&checkpoint, &to),
             Command::Evaluate(command) => evaluate(command, device(&args.device)?),
+            Command::Finetune(command) => finetune(command, device(&args.device)?),
         };
     }
     if let Some(wanted) = &args.gpus {
@@ -238,6 +262,66 @@ fn open_place(place: &str) -> anyhow::Result<Location> {
     let here = std::env::current_dir()?.display().to_string();
     let url = absolute_url(place, &here).map_err(anyhow::Error::msg)?;
     Ok(Location::open(url.as_str())?)
+}
+
+fn finetune(command: Finetune, device: tch::Device) -> anyhow::Result<()> {
+    use outloud_worker::glue::{self, TaskRun, tasks::GlueTask};
+    let tasks: Vec<GlueTask> = match command.tasks.is_empty() {
+        true => GlueTask::ALL.to_vec(),
+        false => command
+            .tasks
+            .iter()
+            .map(|t| GlueTask::from_name(t).ok_or_else(|| anyhow::anyhow!("no GLUE task `{t}`")))
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let loaded = runtime.block_on(checkpoint::load(&open_place(&command.checkpoint)?))?;
+    outloud_worker::inputs::require_finite(&loaded, &command.checkpoint)?;
+    let folder = open_place(&command.glue)?;
+    println!(
+        "{:<10} {:>9} {:>9} {:>6} {:>7}",
+        "TASK", "ACCURACY", "F1", "EPOCH", "STEPS"
+    );
+    let mut scores = Vec::new();
+    for task in tasks {
+        let mut settings = task.defaults();
+        settings.epochs = command.epochs.unwrap_or(settings.epochs);
+        settings.max_steps = command.max_steps;
+        let run = glue::run_task(&loaded, &folder, task, &settings, device);
+        match runtime.block_on(run)? {
+            TaskRun::NotRun(why) => println!("{:<10} not run: {why}", task.name()),
+            TaskRun::Scored { outcome, malformed } => {
+                let f1 = matches!(task, GlueTask::Mrpc | GlueTask::Qqp).then_some(outcome.f1);
+                println!(
+                    "{:<10} {:>9} {:>9} {:>6} {:>7}",
+                    task.name(),
+                    percent(outcome.accuracy),
+                    f1.map_or("-".into(), percent),
+                    outcome.best_epoch,
+                    outcome.steps
+                );
+                for line in malformed {
+                    eprintln!("{}: {line}", task.name());
+                }
+                if let Some(out) = &command.out {
+                    let folder = out.join(task.name());
+                    std::fs::create_dir_all(&folder)?;
+                    let json = glue::score::predictions_json(task, &outcome.predictions);
+                    std::fs::write(folder.join("predictions.json"), json.to_string())?;
+                }
+                scores.extend(outcome.accuracy);
+            }
+        }
+    }
+    if !scores.is_empty() {
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+        println!(
+            "GLUE (accuracy, mean of {} tasks) {}",
+            scores.len(),
+            percent(Some(mean))
+        );
+    }
+    Ok(())
 }
 
 fn export(checkpoint: &str, to: &std::path::Path) -> anyhow::Result<()> {

@@ -220,6 +220,26 @@ impl Gpt {
         x: &Tensor,
         positions: &Tensor,
         attend: Attend,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        // The output layer shares the token embedding's weights.
+        self.states(x, positions, attend, cache)
+            .matmul(&self.wte.ws.tr()) // (B, T, vocab)
+    }
+
+    /// Token ids (B, T) -> the last layer's states after the final norm (B, T, C),
+    /// causal: what a head on top of the model reads (GLUE's classifier).
+    pub fn hidden(&self, ids: &Tensor) -> Tensor {
+        let (_, t) = ids.size2().expect("ids are (B, T)");
+        let positions = Tensor::arange(t, (Kind::Int64, ids.device()));
+        self.states(&self.embed(ids), &positions, Attend::Causal, None)
+    }
+
+    fn states(
+        &self,
+        x: &Tensor,
+        positions: &Tensor,
+        attend: Attend,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
         let mut x = x + self.wpe.forward(positions); // (B, T, C)
@@ -227,8 +247,7 @@ impl Gpt {
             let layer = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             x = block.forward(&x, attend, layer);
         }
-        // The output layer shares the token embedding's weights.
-        self.ln_f.forward(&x).matmul(&self.wte.ws.tr()) // (B, T, vocab)
+        self.ln_f.forward(&x)
     }
 
     /// Mean next-token cross-entropy of `targets` (B, T) given `ids` (B, T).

@@ -180,6 +180,12 @@ impl AdamW {
         }
     }
 
+    /// The same optimizer with other betas (fine-tuning uses PyTorch's 0.9, 0.999).
+    pub fn with_betas(mut self, beta1: f64, beta2: f64) -> Self {
+        (self.beta1, self.beta2) = (beta1, beta2);
+        self
+    }
+
     fn gather(&mut self) {
         if !self.gathered {
             self.groups.iter_mut().for_each(Group::gather);

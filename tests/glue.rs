@@ -1,0 +1,89 @@
+//! GLUE outside jobs: `outloud-worker finetune CHECKPOINT GLUE_DIR` fine-tunes a phase-1
+//! checkpoint on the real BabyLM GLUE files, task by task, writes each task's
+//! predictions in the 2025 pipeline's layout, and says which tasks could not run.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_is_fine_tuned_per_task_and_a_task_without_training_data_is_not_run() {
+    let _one_at_a_time = exclusive().await;
+    let cluster = Cluster::start(10_000).await;
+    let _worker = cluster.worker("w0");
+    let data = format!(
+        "  - {{name: corpus, kind: text, path: {}}}",
+        shared_data().join("babylm-text/train").display()
+    );
+    let id = cluster
+        .submit(&language_job(&cluster.storage(), &data, 60, 60))
+        .await;
+    let job = cluster.wait(&id, Duration::from_secs(300), finished).await;
+    assert_succeeded(&job);
+    let checkpoint = committed(&job, "language");
+
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(bin("outloud-worker"))
+        .args(["--threads", "2", "finetune", &checkpoint])
+        .arg(shared_data().join("glue"))
+        .args([
+            "--tasks",
+            "rte,boolq",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "12",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&run.stdout).into_owned();
+    eprintln!("{printed}");
+    assert!(
+        run.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // BoolQ has no training file in this copy: said, and left out of the mean.
+    assert!(
+        printed.contains("boolq      not run: no training data"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("GLUE (accuracy, mean of 1 tasks)"),
+        "{printed}"
+    );
+    let rte = printed.lines().find(|l| l.starts_with("rte ")).unwrap();
+    let accuracy: f64 = rte.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(accuracy > 0.0 && accuracy < 100.0, "{rte}");
+
+    // One prediction per validation line, in line order, as the 2025 scorer reads them.
+    let file = out.path().join("rte/predictions.json");
+    let predictions: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    let rows = predictions["rte"]["predictions"].as_array().unwrap();
+    let valid = std::fs::read_to_string(shared_data().join("glue/rte.valid.jsonl")).unwrap();
+    assert_eq!(rows.len(), valid.lines().count());
+    let labels: Vec<u64> = valid
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["label"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let mut right = 0;
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["id"], format!("rte_{i}"));
+        let pred = row["pred"].as_u64().unwrap();
+        assert!(pred < 2);
+        right += usize::from(pred == labels[i]);
+    }
+    // The accuracy printed is the predictions' own, scored by line.
+    let scored = 100.0 * right as f64 / rows.len() as f64;
+    assert!((scored - accuracy).abs() < 0.06, "{scored} vs {accuracy}");
+}
