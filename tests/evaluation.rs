@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -68,12 +68,6 @@ fn score_blimp(args: &[&std::ffi::OsStr]) -> Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
-}
-
-fn python() -> PathBuf {
-    std::env::var("OUTLOUD_VENV")
-        .map(|v| PathBuf::from(v).join("bin/python"))
-        .unwrap_or_else(|_| PathBuf::from("python3"))
 }
 
 /// `outloud export` writes the phase's model as a folder that Hugging Face

@@ -1,6 +1,8 @@
 //! GLUE outside jobs: `outloud-worker finetune CHECKPOINT GLUE_DIR` fine-tunes a phase-1
 //! checkpoint on the real BabyLM GLUE files, task by task, writes each task's
-//! predictions in the 2025 pipeline's layout, and says which tasks could not run.
+//! predictions in the 2025 pipeline's layout, and says which tasks could not run. Its
+//! first batch's ids, logits and loss equal PyTorch's (scripts/glue_reference.py). Its
+//! first batch's ids, logits and loss equal PyTorch's (scripts/glue_reference.py).
 
 mod support;
 
@@ -40,6 +42,8 @@ async fn a_checkpoint_is_fine_tuned_per_task_and_a_task_without_training_data_is
             "--out",
         ])
         .arg(out.path())
+        .arg("--dump-first-batch")
+        .arg(out.path().join("first"))
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&run.stdout).into_owned();
@@ -86,4 +90,36 @@ async fn a_checkpoint_is_fine_tuned_per_task_and_a_task_without_training_data_is
     // The accuracy printed is the predictions' own, scored by line.
     let scored = 100.0 * right as f64 / rows.len() as f64;
     assert!((scored - accuracy).abs() < 0.06, "{scored} vs {accuracy}");
+
+    // The same batch in PyTorch, from the checkpoint's weights and the head's first
+    // weights: the same ids, logits and loss.
+    let reference = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/glue_reference.py"
+        ))
+        .arg(committed_path(&job, "language"))
+        .arg(out.path().join("first/rte"))
+        .output()
+        .unwrap();
+    assert!(
+        reference.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reference.stderr)
+    );
+    let reference: Value = serde_json::from_slice(&reference.stdout).unwrap();
+    eprintln!("PyTorch reference: {reference}");
+    assert_eq!(reference["ids_equal"], true, "{reference}");
+    assert!(
+        reference["max_logit_diff"].as_f64().unwrap() < 1e-4,
+        "{reference}"
+    );
+    assert!(
+        reference["loss_diff"].as_f64().unwrap() < 1e-4,
+        "{reference}"
+    );
+    assert!(
+        reference["logit_spread"].as_f64().unwrap() > 1e-3,
+        "{reference}"
+    );
 }

@@ -411,6 +411,13 @@ impl S3Server {
     }
 }
 
+/// The venv's Python (scripts/setup made it, with torch), for the PyTorch cross-checks.
+pub fn python() -> PathBuf {
+    std::env::var("OUTLOUD_VENV")
+        .map(|v| PathBuf::from(v).join("bin/python"))
+        .unwrap_or_else(|_| PathBuf::from("python3"))
+}
+
 /// A plain HTTP/1.0 GET (no chunked answers); returns (status line, body).
 pub fn http_get(host_port: &str, path: &str) -> std::io::Result<(String, String)> {
     http_get_with(host_port, path, &[])

@@ -124,6 +124,10 @@ struct Finetune {
     /// Write `<task>/predictions.json` (the 2025 pipeline's layout) under this folder.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Test seam: write each task's first batch (ids, logits, loss) and the head's
+    /// first weights under `<DIR>/<task>/`, for the PyTorch cross-check.
+    #[arg(long, hide = true)]
+    dump_first_batch: Option<PathBuf>,
 }
 
 fn device(name: &str) -> anyhow::Result<tch::Device> {
@@ -287,7 +291,11 @@ fn finetune(command: Finetune, device: tch::Device) -> anyhow::Result<()> {
         let mut settings = task.defaults();
         settings.epochs = command.epochs.unwrap_or(settings.epochs);
         settings.max_steps = command.max_steps;
-        let run = glue::run_task(&loaded, &folder, task, &settings, device);
+        let dump = command
+            .dump_first_batch
+            .as_ref()
+            .map(|d| d.join(task.name()));
+        let run = glue::run_task(&loaded, &folder, task, &settings, device, dump.as_deref());
         match runtime.block_on(run)? {
             TaskRun::NotRun(why) => println!("{:<10} not run: {why}", task.name()),
             TaskRun::Scored { outcome, malformed } => {

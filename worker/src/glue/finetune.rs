@@ -76,6 +76,54 @@ pub struct Tunable {
     pub tokenizer: Tokenizer,
 }
 
+/// The first `rows` training examples as the model sees them before any step (no
+/// dropout): their ids, each row's last real token, labels, class logits and mean
+/// loss. What `scripts/glue_reference.py` recomputes in PyTorch.
+pub fn first_batch(
+    tunable: &Tunable,
+    train: &Split,
+    settings: &Settings,
+    rows: usize,
+) -> Result<serde_json::Value, WorkerError> {
+    let limit = settings
+        .sequence_length
+        .min(tunable.model.gpt.config.context as usize)
+        .max(2);
+    let examples: Vec<&Example> = train
+        .examples()
+        .filter(|(_, e)| e.label.is_some())
+        .map(|(_, e)| e)
+        .take(rows)
+        .collect();
+    let ids: Vec<Vec<i64>> = examples
+        .iter()
+        .map(|e| encode_pair(&tunable.tokenizer, e, limit))
+        .collect::<Result<_, _>>()?;
+    let labels: Vec<i64> = examples
+        .iter()
+        .map(|e| i64::from(e.label.unwrap_or(0)))
+        .collect();
+    let pad = i64::from(tunable.tokenizer.end_of_text());
+    let device = tunable.vs.device();
+    let (batch_ids, last) = batch(&ids.iter().collect::<Vec<_>>(), pad, device);
+    let (logits, loss) = tch::no_grad(|| {
+        let logits = tunable.model.forward(&batch_ids, &last, false);
+        let targets = Tensor::from_slice(&labels).to_device(device);
+        let loss = logits.cross_entropy_for_logits(&targets).double_value(&[]);
+        (logits.to_device(Device::Cpu), loss)
+    });
+    let logits: Vec<Vec<f32>> =
+        Vec::try_from(logits).map_err(|e| WorkerError::Config(format!("reading logits: {e}")))?;
+    let texts: Vec<[&str; 2]> = examples
+        .iter()
+        .map(|e| [e.first.as_str(), e.second.as_str()])
+        .collect();
+    Ok(serde_json::json!({
+        "texts": texts, "ids": ids, "labels": labels, "logits": logits, "loss": loss,
+        "limit": limit,
+    }))
+}
+
 /// Fine-tunes `tunable` on `train` and predicts `valid`. `progress` hears (optimizer
 /// step, of steps, training loss) after every step.
 pub fn finetune(

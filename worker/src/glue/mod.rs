@@ -35,12 +35,15 @@ pub enum TaskRun {
 }
 
 /// Fine-tunes `loaded` on `task`'s files in `folder` and predicts its validation file.
+/// With `dump`, the first batch before training and the head's first weights are
+/// written there too (the PyTorch cross-check reads them).
 pub async fn run_task(
     loaded: &Loaded,
     folder: &Location,
     task: GlueTask,
     settings: &Settings,
     device: Device,
+    dump: Option<&std::path::Path>,
 ) -> Result<TaskRun, WorkerError> {
     let train_file = folder.join(&task.train_file());
     if !train_file.exists().await? {
@@ -78,8 +81,32 @@ pub async fn run_task(
         vs,
         tokenizer: Tokenizer::from_json(&loaded.tokenizer)?,
     };
+    if let Some(dump) = dump {
+        dump_first_batch(&tunable, &train, settings, dump)?;
+    }
     let outcome = finetune::finetune(&tunable, task, &train, &valid, settings, |_, _, _| {})?;
     Ok(TaskRun::Scored { outcome, malformed })
+}
+
+/// Writes `batch.json` ([`finetune::first_batch`] of 8 rows) and `head.safetensors`.
+fn dump_first_batch(
+    tunable: &Tunable,
+    train: &data::Split,
+    settings: &Settings,
+    dump: &std::path::Path,
+) -> Result<(), WorkerError> {
+    let io = |e: std::io::Error| WorkerError::Config(format!("writing {}: {e}", dump.display()));
+    std::fs::create_dir_all(dump).map_err(io)?;
+    let batch = finetune::first_batch(tunable, train, settings, 8)?;
+    std::fs::write(dump.join("batch.json"), batch.to_string()).map_err(io)?;
+    let head: Vec<(String, tch::Tensor)> = tunable
+        .vs
+        .variables()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(HEAD))
+        .collect();
+    tch::Tensor::write_safetensors(&head, dump.join("head.safetensors"))
+        .map_err(|e| WorkerError::Config(format!("writing the head: {e}")))
 }
 
 #[cfg(test)]
