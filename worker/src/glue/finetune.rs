@@ -197,15 +197,10 @@ pub fn finetune(
             }
             let rows: Vec<&Vec<i64>> = chunk.iter().map(|&i| &train_rows[i].0).collect();
             let targets: Vec<i64> = chunk.iter().map(|&i| train_rows[i].1).collect();
-            let (ids, last) = batch(&rows, pad, device);
-            let logits = model.forward(&ids, &last, true);
-            let targets = Tensor::from_slice(&targets).to_device(device);
-            let loss = logits.cross_entropy_for_logits(&targets);
-            optimizer.zero_grad();
-            loss.backward();
-            optimizer.step(learning_rate(step, total, warmup, settings.learning_rate));
+            let lr = learning_rate(step, total, warmup, settings.learning_rate);
+            let loss = train_step(model, &mut optimizer, &rows, &targets, pad, lr);
             step += 1;
-            progress(step, total, loss.double_value(&[]));
+            progress(step, total, loss);
         }
         let predictions = predict()?;
         let scored = score(&predictions);
@@ -223,9 +218,29 @@ pub fn finetune(
     })
 }
 
+/// One optimizer step on a batch of inputs and their classes; answers the loss.
+pub fn train_step(
+    model: &Classifier,
+    optimizer: &mut AdamW,
+    rows: &[&Vec<i64>],
+    classes: &[i64],
+    pad: i64,
+    lr: f64,
+) -> f64 {
+    let device = model.gpt.device();
+    let (ids, last) = batch(rows, pad, device);
+    let logits = model.forward(&ids, &last, true);
+    let targets = Tensor::from_slice(classes).to_device(device);
+    let loss = logits.cross_entropy_for_logits(&targets);
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step(lr);
+    loss.double_value(&[])
+}
+
 /// A class per validation line: the model's argmax, or the training set's most common
 /// label for a line that could not be read (the pipeline wants one per line).
-fn predict(
+pub fn predict(
     model: &Classifier,
     rows: &[Option<Vec<i64>>],
     fallback: u32,

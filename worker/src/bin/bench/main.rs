@@ -13,6 +13,10 @@
 //! - `checkpoint`: MB/s of saving and loading the model with its optimizer state to a
 //!   storage URL, next to a plain write of the same bytes; and the training stall of a
 //!   background checkpoint (the copy to host memory) as a share of one step.
+//! - `glue` (`glue.rs`): examples per second fine-tuning and predicting a GLUE task,
+//!   writing the token ids it used for PyTorch to run the same steps.
+
+mod glue;
 
 use std::time::Instant;
 
@@ -93,6 +97,17 @@ enum What {
         /// A folder on the same disk for a plain write of the same bytes.
         #[arg(long)]
         plain: Option<PathBuf>,
+    },
+    /// Fine-tuning and predicting a GLUE task (`glue.rs`).
+    Glue {
+        /// The folder of `<task>.train.jsonl` and `<task>.valid.jsonl`.
+        #[arg(long)]
+        glue: PathBuf,
+        #[arg(long, default_value = "rte")]
+        task: String,
+        /// Where the tokenizer and the token ids go, for PyTorch to read.
+        #[arg(long)]
+        out: PathBuf,
     },
     Decode {
         /// Visual tokens before the prompt.
@@ -497,6 +512,24 @@ fn main() -> anyhow::Result<()> {
         What::Checkpoint { ref to, ref plain } => {
             let optimizer = AdamW::new(&vs, 0.1);
             checkpoint_bench(&args, &model, optimizer, &vs, to, plain.clone())?;
+        }
+        What::Glue {
+            ref glue,
+            ref task,
+            ref out,
+        } => {
+            let task = outloud_worker::glue::tasks::GlueTask::from_name(task)
+                .ok_or_else(|| anyhow::anyhow!("no GLUE task `{task}`"))?;
+            let result = glue::run(glue::Glue {
+                config,
+                device,
+                folder: glue,
+                task,
+                batch: args.batch as usize,
+                steps: args.repeats,
+                out,
+            })?;
+            println!("{result}");
         }
         What::Decode { prefix, new_tokens } => {
             let visual = Tensor::randn(
