@@ -123,3 +123,125 @@ async fn a_checkpoint_is_fine_tuned_per_task_and_a_task_without_training_data_is
         "{reference}"
     );
 }
+
+/// GLUE as a step of a job: after phase 1, two tasks as two shards, on two workers at
+/// once; the report shows both and their mean.
+#[tokio::test(flavor = "multi_thread")]
+async fn glue_tasks_fine_tune_as_shards_on_two_workers_and_the_report_shows_their_mean() {
+    let _one_at_a_time = exclusive().await;
+    let cluster = Cluster::start(10_000).await;
+    let _workers = cluster.workers(2);
+    let yaml = format!(
+        "name: glued
+storage: {storage}
+data: [{{name: text, kind: text, path: {text}}}]
+model: {{preset: tiny}}
+evaluation:
+  glue:
+    path: {glue}
+    tasks: [rte, wsc]
+    settings: {{rte: {{epochs: 1, max_steps: 40}}, wsc: {{epochs: 2, max_steps: 40}}}}
+phases:
+  - {{name: language, kind: language, data: [text], steps: 60, batch_size: 8, learning_rate: 0.003}}
+",
+        storage = cluster.storage().display(),
+        text = shared_data().join("babylm-text/train").display(),
+        glue = shared_data().join("glue").display(),
+    );
+    let id = cluster.submit(&yaml).await;
+    let job = cluster.wait(&id, Duration::from_secs(300), finished).await;
+    assert_succeeded(&job);
+    let names: Vec<&str> = job.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["prepare", "language", "language.glue"]);
+
+    // Both shards were leased, to different workers, before either finished.
+    let glue = job.step("language.glue").unwrap();
+    let index = job
+        .steps
+        .iter()
+        .position(|s| s.name == "language.glue")
+        .unwrap() as u32;
+    let mut leased = Vec::new();
+    for event in &job.history {
+        let value = serde_json::to_value(event).unwrap();
+        let task = value["task"].as_str().unwrap_or_default();
+        let ours = task.rsplit('/').nth(1) == Some(&index.to_string());
+        match value["event"].as_str() {
+            Some("leased") if ours => leased.push(value["worker"].as_str().unwrap().to_string()),
+            Some("task_succeeded") if ours => break,
+            _ => {}
+        }
+    }
+    assert_eq!(leased.len(), 2, "both shards ran at once: {leased:?}");
+    assert_ne!(leased[0], leased[1]);
+
+    // The report: both tasks and their mean, with how many it covers.
+    let report = cli(
+        &[
+            "report",
+            &id,
+            "--json",
+            "--html",
+            "/dev/null",
+            "--coordinator",
+            &cluster.coordinator.url,
+        ],
+        None,
+    );
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: Value = serde_json::from_slice(&report.stdout).unwrap();
+    let column = &report["glue"][0];
+    assert_eq!(column["step"], "language.glue");
+    assert_eq!(column["tasks_run"], 2);
+    let accuracies: Vec<f64> = column["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["accuracy"].as_f64().unwrap())
+        .collect();
+    assert_eq!(accuracies.len(), 2);
+    let mean = column["mean"].as_f64().unwrap();
+    assert!((mean - (accuracies[0] + accuracies[1]) / 2.0).abs() < 1e-12);
+    for task in column["tasks"].as_array().unwrap() {
+        let accuracy = task["accuracy"].as_f64().unwrap();
+        assert!(accuracy > 0.0 && accuracy < 1.0, "{task}");
+        // The predictions sit in the task's attempt folder, one per validation line.
+        let url = task["predictions"].as_str().unwrap();
+        let path = url.strip_prefix("file://").unwrap();
+        let predictions: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let name = task["task"].as_str().unwrap();
+        let valid = std::fs::read_to_string(shared_data().join(format!("glue/{name}.valid.jsonl")))
+            .unwrap();
+        assert_eq!(
+            predictions[name]["predictions"].as_array().unwrap().len(),
+            valid.lines().count()
+        );
+    }
+    let table = cli(
+        &[
+            "report",
+            &id,
+            "--detail",
+            "--html",
+            "/dev/null",
+            "--coordinator",
+            &cluster.coordinator.url,
+        ],
+        None,
+    );
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    eprintln!("{table}");
+    assert!(
+        table.contains("GIT 65.5, Flamingo 69.5 (2024: means over 11 tasks"),
+        "{table}"
+    );
+    assert!(
+        table.contains("language.glue") && table.contains("2/2"),
+        "{table}"
+    );
+    assert!(glue.tasks.len() == 2);
+}

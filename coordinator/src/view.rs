@@ -81,7 +81,7 @@ pub fn job_table(job: &Job) -> String {
         let (progress, trains) = match step.kind {
             StepKind::Train { .. } => (format!("{}/{}", m.step, m.total_steps), true),
             StepKind::Evaluate { .. } => (format!("{}/{}", m.items, m.total_items), false),
-            StepKind::Prepare | StepKind::Synthesize { .. } => {
+            StepKind::Prepare | StepKind::Synthesize { .. } | StepKind::Finetune { .. } => {
                 let done = step
                     .tasks
                     .iter()
@@ -155,6 +155,14 @@ pub fn results_line(results: &TaskResults) -> String {
     }
     for source in &results.sources {
         shown.push(format!("{} {} files", source.name, source.files));
+    }
+    for task in &results.glue {
+        shown.push(match (&task.not_run, task.accuracy) {
+            (Some(why), _) => format!("{} not run: {why}", task.task),
+            (None, accuracy) => {
+                format!("{} {}", task.task, outloud_core::results::percent(accuracy))
+            }
+        });
     }
     let made = &results.counts.synthesis;
     if !made.is_empty() {

@@ -16,6 +16,35 @@ pub struct TaskResults {
     /// Data sources a prepare step made ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceReport>,
+    /// GLUE tasks a fine-tuning step ran (or could not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub glue: Vec<GlueScore>,
+}
+
+/// One GLUE task after fine-tuning: its validation scores (the best epoch's
+/// predictions, scored by line), or why it did not run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlueScore {
+    pub task: String,
+    /// Labelled validation lines, and those predicted right.
+    pub items: u64,
+    pub correct: u64,
+    pub accuracy: Option<f64>,
+    /// Binary F1 of class 1 (MRPC and QQP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1: Option<f64>,
+    /// The share of the most common validation label: what always guessing it scores.
+    pub majority: Option<f64>,
+    pub best_epoch: u32,
+    pub steps: u64,
+    /// Lines of the task's files that could not be read.
+    pub malformed: u64,
+    /// Why the task did not run ("no training data"); then nothing else counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_run: Option<String>,
+    /// The task's predictions, in the 2025 pipeline's `predictions.json` layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predictions: Option<String>,
 }
 
 /// One data source as the prepare step left it.
@@ -162,6 +191,7 @@ impl TaskResults {
             }
         }
         self.sources.extend(other.sources.iter().cloned());
+        self.glue.extend(other.glue.iter().cloned());
         self.counts.items_scored += other.counts.items_scored;
         self.counts.items_unusable += other.counts.items_unusable;
         self.counts.images_skipped += other.counts.images_skipped;

@@ -8,8 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{
-    DataKind, DataSource, Decoding, Filters, GangPlan, JobSpec, ModelShape, PhaseKind, ReadAs,
-    VisionSpec,
+    DataKind, DataSource, Decoding, Filters, GangPlan, GlueOverrides, JobSpec, ModelShape,
+    PhaseKind, ReadAs, VisionSpec,
 };
 
 /// Picture side of a generated world when the model has no vision path to say it.
@@ -33,6 +33,9 @@ pub enum Work {
     Evaluate(EvaluateSpec),
     /// Captions shard `i` of unlabeled pictures with the input checkpoint (phase 3a).
     Synthesize(SynthesizeSpec),
+    /// Fine-tunes the input checkpoint on GLUE task `tasks[i]` and predicts its
+    /// validation file.
+    Finetune(FinetuneSpec),
     /// Does no work: exercises the control plane.
     Noop,
 }
@@ -108,6 +111,21 @@ pub struct TrainSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrepareSpec {
     pub sources: Vec<DataInput>,
+}
+
+/// GLUE fine-tuning: shard `i` takes `tasks[i]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneSpec {
+    /// The folder of `<task>.train.jsonl` and `<task>.valid.jsonl`.
+    pub glue: String,
+    pub tasks: Vec<GlueTaskSpec>,
+}
+
+/// One task, with what differs from the pipeline's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlueTaskSpec {
+    pub name: String,
+    pub overrides: GlueOverrides,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -279,6 +297,27 @@ impl TaskSpec {
     }
 
     /// What the eval step after a phase needs: the spec's benchmarks.
+    /// The GLUE step's work: a task a shard.
+    pub fn finetune(spec: &JobSpec) -> Result<Self, String> {
+        let glue = spec
+            .evaluation
+            .as_ref()
+            .and_then(|e| e.glue.as_ref())
+            .ok_or("the spec has no `evaluation.glue`")?;
+        let tasks = glue
+            .tasks
+            .iter()
+            .map(|name| GlueTaskSpec {
+                name: name.clone(),
+                overrides: glue.settings.get(name).cloned().unwrap_or_default(),
+            })
+            .collect();
+        Ok(spec.task(Work::Finetune(FinetuneSpec {
+            glue: glue.path.clone(),
+            tasks,
+        })))
+    }
+
     pub fn evaluate(spec: &JobSpec) -> Result<Self, String> {
         let evaluation = spec
             .evaluation

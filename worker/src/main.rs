@@ -269,7 +269,7 @@ fn open_place(place: &str) -> anyhow::Result<Location> {
 }
 
 fn finetune(command: Finetune, device: tch::Device) -> anyhow::Result<()> {
-    use outloud_worker::glue::{self, TaskRun, tasks::GlueTask};
+    use outloud_worker::glue::{self, tasks::GlueTask};
     let tasks: Vec<GlueTask> = match command.tasks.is_empty() {
         true => GlueTask::ALL.to_vec(),
         false => command
@@ -291,35 +291,39 @@ fn finetune(command: Finetune, device: tch::Device) -> anyhow::Result<()> {
         let mut settings = task.defaults();
         settings.epochs = command.epochs.unwrap_or(settings.epochs);
         settings.max_steps = command.max_steps;
-        let dump = command
-            .dump_first_batch
-            .as_ref()
-            .map(|d| d.join(task.name()));
-        let run = glue::run_task(&loaded, &folder, task, &settings, device, dump.as_deref());
-        match runtime.block_on(run)? {
-            TaskRun::NotRun(why) => println!("{:<10} not run: {why}", task.name()),
-            TaskRun::Scored { outcome, malformed } => {
-                let f1 = matches!(task, GlueTask::Mrpc | GlueTask::Qqp).then_some(outcome.f1);
-                println!(
-                    "{:<10} {:>9} {:>9} {:>6} {:>7}",
-                    task.name(),
-                    percent(outcome.accuracy),
-                    f1.map_or("-".into(), percent),
-                    outcome.best_epoch,
-                    outcome.steps
-                );
-                for line in malformed {
-                    eprintln!("{}: {line}", task.name());
-                }
-                if let Some(out) = &command.out {
-                    let folder = out.join(task.name());
-                    std::fs::create_dir_all(&folder)?;
-                    let json = glue::score::predictions_json(task, &outcome.predictions);
-                    std::fs::write(folder.join("predictions.json"), json.to_string())?;
-                }
-                scores.extend(outcome.accuracy);
+        let (train, valid) = match runtime.block_on(glue::read_splits(&folder, task))? {
+            Ok(splits) => splits,
+            Err(why) => {
+                println!("{:<10} not run: {why}", task.name());
+                continue;
             }
+        };
+        let tunable = glue::tunable(&loaded, task, &settings, device)?;
+        if let Some(dump) = &command.dump_first_batch {
+            glue::dump_first_batch(&tunable, &train, &settings, &dump.join(task.name()))?;
         }
+        let outcome =
+            glue::finetune::finetune(&tunable, task, &train, &valid, &settings, |_, _, _| Ok(()))?;
+        let malformed = train.malformed().into_iter().chain(valid.malformed());
+        let score = glue::score_of(task, &valid, malformed.clone().count(), &outcome);
+        println!(
+            "{:<10} {:>9} {:>9} {:>6} {:>7}",
+            task.name(),
+            percent(score.accuracy),
+            score.f1.map_or("-".into(), |f| percent(Some(f))),
+            score.best_epoch,
+            score.steps
+        );
+        for line in malformed {
+            eprintln!("{}: {line}", task.name());
+        }
+        if let Some(out) = &command.out {
+            let folder = out.join(task.name());
+            std::fs::create_dir_all(&folder)?;
+            let json = glue::score::predictions_json(task, &outcome.predictions);
+            std::fs::write(folder.join("predictions.json"), json.to_string())?;
+        }
+        scores.extend(score.accuracy);
     }
     if !scores.is_empty() {
         let mean = scores.iter().sum::<f64>() / scores.len() as f64;

@@ -5,7 +5,7 @@ use outloud_core::task_spec::{TrainKind, Work};
 
 use crate::context::{TaskContext, TaskOutput};
 use crate::error::WorkerError;
-use crate::{dreams, eval, language, multimodal, prepare};
+use crate::{dreams, eval, glue, language, multimodal, prepare};
 
 pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     match &ctx.assignment.spec.work {
@@ -17,6 +17,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
             TrainKind::SelfSynthesis => dreams::train::run(ctx),
         },
         Work::Synthesize(_) => dreams::synthesize(ctx),
+        Work::Finetune(_) => glue::job::run(ctx),
         Work::Noop => Ok(TaskOutput {
             output: String::new(),
             metrics: Metrics::default(),

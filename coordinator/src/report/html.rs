@@ -40,12 +40,48 @@ impl Report {
              </head><body>\n<h1>Zero-shot evaluation: {job}</h1>\n<p>Job state: {state}. Accuracy in %, \
              BabyLM 2024 multimodal baselines (GIT, Flamingo) beside ours.</p>\n\
              {plot}\n<table><tr><th>benchmark</th><th>chance</th>{heads}<th>GIT</th><th>Flamingo</th></tr>\n{rows}</table>\n\
-             <h2>Training loss</h2>\n{curves}\
+             {glue}<h2>Training loss</h2>\n{curves}\
              </body></html>\n",
             job = escape(&self.job),
             state = self.state,
             plot = self.plot(),
             curves = super::curves::svg(&self.curves),
+            glue = self.glue_html(),
+        )
+    }
+
+    /// GLUE per fine-tuning step: the mean over the tasks that ran, then each task.
+    fn glue_html(&self) -> String {
+        if self.glue.is_empty() {
+            return String::new();
+        }
+        let (git, flamingo) = super::glue::BASELINES_2024;
+        let mut rows = String::new();
+        for column in &self.glue {
+            rows += &format!(
+                "<tr><th>{}</th><td>{}</td><td>{}/{} tasks</td></tr>\n",
+                escape(&column.step),
+                percent(column.mean),
+                column.tasks_run,
+                column.tasks.len()
+            );
+            for task in &column.tasks {
+                let score = match &task.not_run {
+                    Some(why) => format!("not run: {}", escape(why)),
+                    None => percent(task.accuracy),
+                };
+                let chance = task
+                    .majority
+                    .map_or(String::new(), |m| format!("majority {}", percent(Some(m))));
+                rows += &format!(
+                    "<tr><td>{}</td><td>{score}</td><td>{chance}</td></tr>\n",
+                    escape(&task.task)
+                );
+            }
+        }
+        format!(
+            "<h2>GLUE (accuracy, %)</h2>\n<p>GIT {git:.1}, Flamingo {flamingo:.1}: 2024 means over 11 \
+             tasks, not directly comparable.</p>\n<table>{rows}</table>\n"
         )
     }
 

@@ -10,6 +10,7 @@
 mod compare;
 pub mod cost;
 pub mod curves;
+pub mod glue;
 mod html;
 pub mod ledger;
 
@@ -94,6 +95,9 @@ pub struct Report {
     pub cost: Vec<CostRow>,
     /// The job's wall time, once it has finished.
     pub wall_seconds: Option<f64>,
+    /// GLUE, per fine-tuning step.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub glue: Vec<glue::GlueColumn>,
 }
 
 /// An evaluated phase: its results in each run (`None`: not scored yet).
@@ -239,6 +243,7 @@ impl Report {
             curves: curves::curves(job),
             cost: cost::rows(job),
             wall_seconds: cost::wall_seconds(job),
+            glue: glue::columns(job),
         }
     }
 
@@ -250,7 +255,10 @@ impl Report {
         }
         out += ")\n";
         if self.benchmarks.is_empty() {
-            out += "no evaluation results yet\n";
+            if self.glue.is_empty() {
+                out += "no evaluation results yet\n";
+            }
+            out += &glue::table(&self.glue, detail);
             out += &curves::table(&self.curves);
             out += &cost::table(&self.cost, self.wall_seconds);
             return out + &ledger::table(&self.ledger, self.word_budget);
@@ -295,6 +303,7 @@ impl Report {
                 }
             }
         }
+        out += &glue::table(&self.glue, detail);
         out += &curves::table(&self.curves);
         out += &cost::table(&self.cost, self.wall_seconds);
         out += &ledger::table(&self.ledger, self.word_budget);

@@ -269,3 +269,71 @@ fn a_retried_step_runs_again_with_its_dependants_and_nothing_else() {
         Err(SchedulerError::NotRetryable(_))
     ));
 }
+
+#[test]
+fn glue_steps_follow_the_last_phase_of_a_branch_or_the_phases_named_a_task_a_shard() {
+    let spec = |after: &str| {
+        let yaml = format!(
+            "name: test\nstorage: /tmp/x\ndata: [{{name: t, kind: generated_text, words: 100}}]\n\
+             evaluation: {{glue: {{path: /tmp/glue, tasks: [rte, wsc, mrpc]{after}}}}}\n\
+             phases:\n  - {{name: one, kind: language, data: [t], steps: 1}}\n\
+             \x20 - {{name: two, kind: language, data: [t], steps: 1}}\n"
+        );
+        spec::parse(&yaml, "test.yaml").unwrap()
+    };
+    let mut s = scheduler();
+    let w = worker(&mut s, "a");
+    let job = s.submit(spec(""), 0).unwrap();
+    let steps = &s.job(&job).unwrap().steps;
+    let names: Vec<&str> = steps.iter().map(|p| p.name.as_str()).collect();
+    // No zero-shot benchmarks: no eval steps; GLUE after the branch's last phase only.
+    assert_eq!(names, ["prepare", "one", "two", "two.glue"]);
+    let glue = &steps[3];
+    assert_eq!(glue.kind, StepKind::Finetune { phase: 1 });
+    assert_eq!(glue.tasks.len(), 3, "a task a shard");
+    assert_eq!(glue.inputs, [Input::Checkpoint(2)]);
+    let mut other = scheduler();
+    let named = other.submit(spec(", after: [one, two]"), 0).unwrap();
+    let names: Vec<String> = other
+        .job(&named)
+        .unwrap()
+        .steps
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(names, ["prepare", "one", "one.glue", "two", "two.glue"]);
+    // The shards lease like any others once the phase's checkpoint is committed, each
+    // told its task by its shard and handed the phase's final checkpoint.
+    for step in ["prepare", "one", "two"] {
+        let a = s.lease(&w, 1).unwrap().unwrap();
+        assert_eq!(a.step, step);
+        done(&mut s, &w, &a, 2);
+    }
+    let leased: Vec<Assignment> = (0..3).map(|_| s.lease(&w, 3).unwrap().unwrap()).collect();
+    let shards: Vec<u32> = leased.iter().map(|a| a.lease.task.shard).collect();
+    assert_eq!(shards, [0, 1, 2]);
+    for a in &leased {
+        assert_eq!(a.step, "two.glue");
+        assert!(
+            a.input_checkpoint
+                .as_deref()
+                .unwrap()
+                .contains("/two/attempt-"),
+            "{a:?}"
+        );
+        assert!(matches!(
+            a.spec.work,
+            outloud_core::task_spec::Work::Finetune(_)
+        ));
+    }
+    let bad = "name: test\nstorage: /tmp/x\nevaluation: {glue: {path: /g, tasks: [rte, cola], after: [nine]}}\nphases: [{name: one, kind: noop}]\n";
+    let refused = spec::parse(bad, "bad.yaml").unwrap_err().to_string();
+    assert!(
+        refused.contains("evaluation.glue.tasks[1]: no GLUE task `cola`"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("evaluation.glue.after[0]: no phase named `nine`"),
+        "{refused}"
+    );
+}

@@ -381,7 +381,9 @@ impl Job {
         let step = self.steps.get(index)?;
         let phase = match step.kind {
             StepKind::Train { phase } | StepKind::Synthesize { phase, .. } => phase,
-            StepKind::Prepare | StepKind::Evaluate { .. } => return None,
+            StepKind::Prepare | StepKind::Evaluate { .. } | StepKind::Finetune { .. } => {
+                return None;
+            }
         };
         if self.checkpoint_source(index).is_some() {
             return None;
@@ -456,6 +458,10 @@ impl Job {
         };
         match (step.kind, &self.spec.evaluation) {
             (StepKind::Evaluate { .. }, Some(evaluation)) => evaluation.max_attempts,
+            (StepKind::Finetune { .. }, Some(evaluation)) => evaluation
+                .glue
+                .as_ref()
+                .map_or(PREPARE_ATTEMPTS, |g| g.max_attempts),
             (StepKind::Train { phase } | StepKind::Synthesize { phase, .. }, _) => {
                 self.spec.phases[phase as usize].max_attempts
             }

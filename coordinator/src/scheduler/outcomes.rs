@@ -34,7 +34,7 @@ impl Scheduler {
             return;
         };
         let step = &mut job.steps[lease.task.step as usize];
-        if step.is_evaluation() {
+        if step.only_measures() {
             // A failed evaluation is reported, never a reason to stop training.
             step.state = RunState::Failed;
             self.changes.jobs.insert(lease.task.job.clone());

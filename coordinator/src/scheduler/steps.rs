@@ -37,6 +37,8 @@ pub enum StepKind {
     /// Captions unlabeled pictures for round `round` (1-based) of self-synthesis phase
     /// `phase`: a shard per slice of the pictures, each committing one JSONL file.
     Synthesize { phase: u32, round: u32 },
+    /// Fine-tunes the final checkpoint of spec phase `phase` on GLUE: a task a shard.
+    Finetune { phase: u32 },
 }
 
 /// What a step reads from another step (by index in the job's steps).
@@ -102,6 +104,11 @@ impl Step {
 /// The name of the eval step after phase `phase` ('.' never appears in phase names).
 pub fn eval_step_name(phase: &str) -> String {
     format!("{phase}.eval")
+}
+
+/// The GLUE step after a phase.
+pub fn glue_step_name(phase: &str) -> String {
+    format!("{phase}.glue")
 }
 
 /// The names of round `round` of `rounds` of a self-synthesis phase: its synthesize
@@ -206,6 +213,7 @@ fn expand_run(
             ..step
         });
         push_evaluation(job_id, spec, index, train, prepared, steps)?;
+        push_glue(job_id, spec, index, train, steps)?;
     }
     Ok(())
 }
@@ -272,8 +280,38 @@ fn expand_round(
     });
     if round == phase.rounds {
         push_evaluation(job_id, spec, index, train, prepared, steps)?;
+        push_glue(job_id, spec, index, train, steps)?;
     }
     Ok(train)
+}
+
+/// The GLUE step after training step `train` of phase `index`, when the spec has one
+/// there: a shard per task, each from the phase's final checkpoint.
+fn push_glue(
+    job_id: &str,
+    spec: &JobSpec,
+    index: usize,
+    train: u32,
+    steps: &mut Vec<Step>,
+) -> Result<(), String> {
+    if !spec.glue_after(index) {
+        return Ok(());
+    }
+    let kind = StepKind::Finetune {
+        phase: index as u32,
+    };
+    let work = TaskSpec::finetune(spec)?;
+    let shards = match &work.work {
+        outloud_core::task_spec::Work::Finetune(f) => f.tasks.len() as u32,
+        _ => 1,
+    };
+    let name = glue_step_name(&spec.phases[index].name);
+    let step = Step::new(job_id, steps.len() as u32, &name, kind, shards, work);
+    steps.push(Step {
+        inputs: vec![Input::Checkpoint(train)],
+        ..step
+    });
+    Ok(())
 }
 
 /// The eval step after training step `train` of phase `index`, when the spec has one.
@@ -336,6 +374,14 @@ impl Step {
 
     pub fn is_evaluation(&self) -> bool {
         matches!(self.kind, StepKind::Evaluate { .. })
+    }
+
+    /// An eval or GLUE step: it measures a checkpoint, and nothing trains from it.
+    pub fn only_measures(&self) -> bool {
+        matches!(
+            self.kind,
+            StepKind::Evaluate { .. } | StepKind::Finetune { .. }
+        )
     }
 
     /// The step's metrics: sums over its tasks, the step of the slowest.

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage;
 pub use data::{DataKind, DataRef, DataSource, ReadAs};
-pub use eval::{BenchmarkSource, EvaluationSpec};
+pub use eval::{BenchmarkSource, EvaluationSpec, GLUE_TASKS, GlueOverrides, GlueSpec};
 pub use gang::{
     DEFAULT_CHECK_RANKS_EVERY, DEFAULT_COLLECTIVE_TIMEOUT_MS, DEFAULT_GANG_GRACE_MS, DeviceKind,
     GangPlan, GangSize, MAX_WORLD_SIZE, Placement,
@@ -398,7 +398,8 @@ impl JobSpec {
                 .filter(|d| d.kind == DataKind::PictureBook)
                 .map(|d| d.name.as_str())
                 .collect();
-            for (field, message) in evaluation.problems(&books) {
+            let phases: Vec<&str> = self.phases.iter().map(|p| p.name.as_str()).collect();
+            for (field, message) in evaluation.problems(&books, &phases) {
                 say(format!("evaluation.{field}"), message);
             }
         }
@@ -415,11 +416,33 @@ impl JobSpec {
 
     /// Whether an eval step follows phase `index`.
     pub fn evaluates_after(&self, index: usize) -> bool {
-        self.evaluation.is_some()
+        self.evaluation
+            .as_ref()
+            .is_some_and(|e| !e.benchmarks.is_empty())
             && self
                 .phases
                 .get(index)
                 .is_some_and(|p| p.eval && p.kind != PhaseKind::Noop)
+    }
+
+    /// Whether a GLUE fine-tuning step follows phase `index`: a phase `glue.after`
+    /// names, or by default the last of its branch (no phase starts from it).
+    pub fn glue_after(&self, index: usize) -> bool {
+        let Some(glue) = self.evaluation.as_ref().and_then(|e| e.glue.as_ref()) else {
+            return false;
+        };
+        let Some(phase) = self.phases.get(index) else {
+            return false;
+        };
+        if phase.kind == PhaseKind::Noop {
+            return false;
+        }
+        match &glue.after {
+            Some(after) => after.contains(&phase.name),
+            None => {
+                (0..self.phases.len()).all(|other| self.starts_from(other) != Some(&phase.name))
+            }
+        }
     }
 
     /// Makes the storage root and every data path an absolute URL, resolving relative
@@ -430,6 +453,9 @@ impl JobSpec {
             if let Some(path) = &source.path {
                 source.path = Some(storage::absolute_url(path, working_dir)?.to_string());
             }
+        }
+        for glue in self.evaluation.iter_mut().filter_map(|e| e.glue.as_mut()) {
+            glue.path = storage::absolute_url(&glue.path, working_dir)?.to_string();
         }
         for source in self.evaluation.iter_mut().flat_map(|e| &mut e.benchmarks) {
             for path in [&mut source.path, &mut source.images].into_iter().flatten() {

@@ -7,16 +7,17 @@
 use outloud_proto::v1 as pb;
 
 use crate::results::{
-    BenchmarkScore, Counts, ProbeScore, ScoreMode, SourceReport, SynthesisCounts, TaskResults,
+    BenchmarkScore, Counts, GlueScore, ProbeScore, ScoreMode, SourceReport, SynthesisCounts,
+    TaskResults,
 };
 use crate::spec::{
-    DataKind, Decoding, DecodingStrategy, Filters, GangPlan, ModelShape, ReadAs, VisionEncoder,
-    VisionSpec,
+    DataKind, Decoding, DecodingStrategy, Filters, GangPlan, GlueOverrides, ModelShape, ReadAs,
+    VisionEncoder, VisionSpec,
 };
 use crate::task::{Assignment, LeaseRef, Metrics, PROTOCOL_VERSION, TaskId};
 use crate::task_spec::{
-    BenchmarkFiles, BenchmarkInput, DataInput, EvaluateSpec, PrepareSpec, SynthesizeSpec, TaskSpec,
-    TrainKind, TrainSpec, Work,
+    BenchmarkFiles, BenchmarkInput, DataInput, EvaluateSpec, FinetuneSpec, GlueTaskSpec,
+    PrepareSpec, SynthesizeSpec, TaskSpec, TrainKind, TrainSpec, Work,
 };
 
 pub fn lease_from(lease: Option<pb::LeaseRef>) -> Result<LeaseRef, String> {
@@ -134,11 +135,40 @@ pub fn task_spec_to(spec: &TaskSpec) -> pb::TaskSpec {
             features: e.features.iter().map(data_to).collect(),
         }),
         Work::Synthesize(y) => W::Synthesize(synthesize_to(y)),
+        Work::Finetune(f) => W::Finetune(pb::FinetuneSpec {
+            glue: f.glue.clone(),
+            tasks: f.tasks.iter().map(glue_task_to).collect(),
+        }),
         Work::Noop => W::Noop(pb::NoopSpec {}),
     };
     pb::TaskSpec {
         storage: spec.storage.clone(),
         work: Some(work),
+    }
+}
+
+fn glue_task_to(t: &GlueTaskSpec) -> pb::GlueTaskSpec {
+    let o = &t.overrides;
+    pb::GlueTaskSpec {
+        name: t.name.clone(),
+        learning_rate: o.learning_rate,
+        batch_size: o.batch_size,
+        epochs: o.epochs,
+        seed: o.seed,
+        max_steps: o.max_steps,
+    }
+}
+
+fn glue_task_from(t: pb::GlueTaskSpec) -> GlueTaskSpec {
+    GlueTaskSpec {
+        name: t.name,
+        overrides: GlueOverrides {
+            learning_rate: t.learning_rate,
+            batch_size: t.batch_size,
+            epochs: t.epochs,
+            seed: t.seed,
+            max_steps: t.max_steps,
+        },
     }
 }
 
@@ -167,6 +197,10 @@ pub fn task_spec_from(spec: pb::TaskSpec) -> Result<TaskSpec, String> {
                 .collect::<Result<_, _>>()?,
         }),
         W::Synthesize(y) => Work::Synthesize(synthesize_from(y)?),
+        W::Finetune(f) => Work::Finetune(FinetuneSpec {
+            glue: f.glue,
+            tasks: f.tasks.into_iter().map(glue_task_from).collect(),
+        }),
         W::Noop(_) => Work::Noop,
     };
     Ok(TaskSpec {
@@ -506,6 +540,23 @@ pub fn results_to(r: &TaskResults) -> pb::TaskResults {
                 files: s.files,
             })
             .collect(),
+        glue: r
+            .glue
+            .iter()
+            .map(|g| pb::GlueScore {
+                task: g.task.clone(),
+                items: g.items,
+                correct: g.correct,
+                accuracy: g.accuracy,
+                f1: g.f1,
+                majority: g.majority,
+                best_epoch: g.best_epoch,
+                steps: g.steps,
+                malformed: g.malformed,
+                not_run: g.not_run.clone(),
+                predictions: g.predictions.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -550,6 +601,23 @@ pub fn results_from(r: Option<pb::TaskResults>) -> TaskResults {
                 name: s.name,
                 url: s.url,
                 files: s.files,
+            })
+            .collect(),
+        glue: r
+            .glue
+            .into_iter()
+            .map(|g| GlueScore {
+                task: g.task,
+                items: g.items,
+                correct: g.correct,
+                accuracy: g.accuracy,
+                f1: g.f1,
+                majority: g.majority,
+                best_epoch: g.best_epoch,
+                steps: g.steps,
+                malformed: g.malformed,
+                not_run: g.not_run,
+                predictions: g.predictions,
             })
             .collect(),
     }

@@ -35,12 +35,14 @@ fn assignments_and_task_specs_survive_the_wire() {
     let a = assignment();
     assert_eq!(assignment_from(assignment_to(&a)).unwrap(), a);
     let yaml = "name: t\nstorage: /s\ndata: [{name: b, kind: picture_book, pictures: 5}]\n\
-        evaluation: {benchmarks: [{data: b}, {path: /e, images: /i, limit: 3}]}\n\
+        evaluation: {benchmarks: [{data: b}, {path: /e, images: /i, limit: 3}],\
+          glue: {path: /g, tasks: [rte, wsc], settings: {wsc: {epochs: 2, learning_rate: 0.001}}}}\n\
         phases: [{name: l, kind: language, data: [b], steps: 5}, {name: n, kind: noop}]\n";
     let spec = crate::spec::parse(yaml, "t.yaml").unwrap();
     for spec in [
         TaskSpec::prepare(&spec),
         TaskSpec::evaluate(&spec).unwrap(),
+        TaskSpec::finetune(&spec).unwrap(),
         TaskSpec::train(&spec, 1).unwrap(),
     ] {
         assert_eq!(task_spec_from(task_spec_to(&spec)).unwrap(), spec);
@@ -104,6 +106,34 @@ fn results_survive_the_wire() {
             url: "file:///s/data/book".into(),
             files: 9,
         }],
+        glue: vec![
+            GlueScore {
+                task: "mrpc".into(),
+                items: 204,
+                correct: 140,
+                accuracy: Some(140.0 / 204.0),
+                f1: Some(0.8),
+                majority: Some(139.0 / 204.0),
+                best_epoch: 3,
+                steps: 120,
+                malformed: 1,
+                not_run: None,
+                predictions: Some("file:///s/p.json".into()),
+            },
+            GlueScore {
+                task: "boolq".into(),
+                items: 0,
+                correct: 0,
+                accuracy: None,
+                f1: None,
+                majority: None,
+                best_epoch: 0,
+                steps: 0,
+                malformed: 0,
+                not_run: Some("no training data".into()),
+                predictions: None,
+            },
+        ],
     };
     assert_eq!(results_from(Some(results_to(&results))), results);
 }

@@ -125,14 +125,14 @@ pub fn first_batch(
 }
 
 /// Fine-tunes `tunable` on `train` and predicts `valid`. `progress` hears (optimizer
-/// step, of steps, training loss) after every step.
+/// step, of steps, training loss) after every step; an error from it stops training.
 pub fn finetune(
     tunable: &Tunable,
     task: GlueTask,
     train: &Split,
     valid: &Split,
     settings: &Settings,
-    mut progress: impl FnMut(u64, u64, f64),
+    mut progress: impl FnMut(u64, u64, f64) -> Result<(), WorkerError>,
 ) -> Result<Outcome, WorkerError> {
     let Tunable {
         model,
@@ -200,7 +200,7 @@ pub fn finetune(
             let lr = learning_rate(step, total, warmup, settings.learning_rate);
             let loss = train_step(model, &mut optimizer, &rows, &targets, pad, lr);
             step += 1;
-            progress(step, total, loss);
+            progress(step, total, loss)?;
         }
         let predictions = predict()?;
         let scored = score(&predictions);

@@ -6,13 +6,16 @@
 //! - [`classifier`]: the GPT with the pipeline's classification head.
 //! - [`finetune`]: training, the best epoch's predictions.
 //! - [`score`]: accuracy, binary F1, the `predictions.json` layout.
+//! - [`job`]: a GLUE step's task (a task a shard), inside a job.
 
 pub mod classifier;
 pub mod data;
 pub mod finetune;
+pub mod job;
 pub mod score;
 pub mod tasks;
 
+use outloud_core::results::GlueScore;
 use outloud_core::storage::Location;
 use tch::{Device, nn};
 
@@ -20,52 +23,42 @@ use crate::checkpoint::Loaded;
 use crate::error::WorkerError;
 use crate::tokenizer::Tokenizer;
 use classifier::{Classifier, HEAD};
+use data::Split;
 use finetune::{Outcome, Tunable};
-use tasks::{GlueTask, Settings};
+use tasks::{GlueTask, Selection, Settings};
 
-/// What one task came to: scored, or why it did not run.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TaskRun {
-    Scored {
-        outcome: Outcome,
-        /// "line N: why" of the unusable lines, train then valid.
-        malformed: Vec<String>,
-    },
-    NotRun(String),
+/// The task's training and validation splits from `folder`; Err(why) when it cannot
+/// run (a file is missing).
+pub async fn read_splits(
+    folder: &Location,
+    task: GlueTask,
+) -> Result<Result<(Split, Split), String>, WorkerError> {
+    let mut splits = Vec::new();
+    for (file, missing) in [
+        (task.train_file(), "no training data"),
+        (task.valid_file(), "no validation data"),
+    ] {
+        let location = folder.join(&file);
+        if !location.exists().await? {
+            return Ok(Err(missing.into()));
+        }
+        let bytes = location.get().await?;
+        let text = String::from_utf8_lossy(&bytes);
+        splits.push(data::parse(task, &file, &text).map_err(WorkerError::Data)?);
+    }
+    let valid = splits.pop().expect("two splits");
+    let train = splits.pop().expect("two splits");
+    Ok(Ok((train, valid)))
 }
 
-/// Fine-tunes `loaded` on `task`'s files in `folder` and predicts its validation file.
-/// With `dump`, the first batch before training and the head's first weights are
-/// written there too (the PyTorch cross-check reads them).
-pub async fn run_task(
+/// `loaded`'s GPT with a fresh head for `task` (seeded by the task's settings), on
+/// `device`.
+pub fn tunable(
     loaded: &Loaded,
-    folder: &Location,
     task: GlueTask,
     settings: &Settings,
     device: Device,
-    dump: Option<&std::path::Path>,
-) -> Result<TaskRun, WorkerError> {
-    let train_file = folder.join(&task.train_file());
-    if !train_file.exists().await? {
-        return Ok(TaskRun::NotRun("no training data".into()));
-    }
-    let valid_file = folder.join(&task.valid_file());
-    if !valid_file.exists().await? {
-        return Ok(TaskRun::NotRun("no validation data".into()));
-    }
-    let read = |location: &Location, name: String| {
-        let location = location.clone();
-        async move {
-            let bytes = location.get().await?;
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            data::parse(task, &name, &text).map_err(WorkerError::Data)
-        }
-    };
-    let train = read(&train_file, task.train_file()).await?;
-    let valid = read(&valid_file, task.valid_file()).await?;
-    let mut malformed = train.malformed();
-    malformed.extend(valid.malformed());
-
+) -> Result<Tunable, WorkerError> {
     // The head's first weights, the dropout masks: the task's seed decides them.
     tch::manual_seed(settings.seed as i64);
     let vs = nn::VarStore::new(device);
@@ -76,20 +69,67 @@ pub async fn run_task(
         settings.classifier_dropout,
     );
     crate::inputs::load_weights(&vs, &loaded.weights, |name| !name.starts_with(HEAD))?;
-    let tunable = Tunable {
+    Ok(Tunable {
         model,
         vs,
         tokenizer: Tokenizer::from_json(&loaded.tokenizer)?,
-    };
-    if let Some(dump) = dump {
-        dump_first_batch(&tunable, &train, settings, dump)?;
+    })
+}
+
+/// The typed result of a task that ran: its scores on the validation file.
+pub fn score_of(task: GlueTask, valid: &Split, malformed: usize, outcome: &Outcome) -> GlueScore {
+    let labels: Vec<Option<u32>> = valid
+        .lines
+        .iter()
+        .map(|l| l.as_ref().ok().and_then(|e| e.label))
+        .collect();
+    let labelled: Vec<u32> = labels.iter().flatten().copied().collect();
+    let correct = outcome
+        .predictions
+        .iter()
+        .zip(&labels)
+        .filter(|(p, l)| l.is_some_and(|l| l == **p))
+        .count();
+    let most = (0..task.labels())
+        .map(|c| labelled.iter().filter(|l| **l == c).count())
+        .max()
+        .unwrap_or(0);
+    GlueScore {
+        task: task.name().into(),
+        items: labelled.len() as u64,
+        correct: correct as u64,
+        accuracy: outcome.accuracy,
+        f1: matches!(task.select_by(), Selection::F1)
+            .then_some(outcome.f1)
+            .flatten(),
+        majority: (!labelled.is_empty()).then(|| most as f64 / labelled.len() as f64),
+        best_epoch: outcome.best_epoch,
+        steps: outcome.steps,
+        malformed: malformed as u64,
+        not_run: None,
+        predictions: None,
     }
-    let outcome = finetune::finetune(&tunable, task, &train, &valid, settings, |_, _, _| {})?;
-    Ok(TaskRun::Scored { outcome, malformed })
+}
+
+/// The typed result of a task that could not run.
+pub fn not_run(task: GlueTask, why: String) -> GlueScore {
+    GlueScore {
+        task: task.name().into(),
+        items: 0,
+        correct: 0,
+        accuracy: None,
+        f1: None,
+        majority: None,
+        best_epoch: 0,
+        steps: 0,
+        malformed: 0,
+        not_run: Some(why),
+        predictions: None,
+    }
 }
 
 /// Writes `batch.json` ([`finetune::first_batch`] of 8 rows) and `head.safetensors`.
-fn dump_first_batch(
+pub fn dump_first_batch(
     tunable: &Tunable,
     train: &data::Split,
     settings: &Settings,

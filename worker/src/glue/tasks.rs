@@ -101,14 +101,34 @@ impl GlueTask {
             },
             seed: 42,
             sequence_length: 512,
-            select_by: match self {
-                GlueTask::Mrpc | GlueTask::Qqp => Selection::F1,
-                _ => Selection::Accuracy,
-            },
+            select_by: self.select_by(),
             weight_decay: 0.01,
             warmup_proportion: 0.06,
             classifier_dropout: 0.1,
             max_steps: None,
+        }
+    }
+
+    /// Which validation score picks the best epoch: F1 for MRPC and QQP.
+    pub fn select_by(self) -> Selection {
+        match self {
+            GlueTask::Mrpc | GlueTask::Qqp => Selection::F1,
+            _ => Selection::Accuracy,
+        }
+    }
+
+    /// The defaults with what a spec overrides.
+    pub fn settings(self, overrides: &outloud_core::spec::GlueOverrides) -> Settings {
+        let defaults = self.defaults();
+        Settings {
+            learning_rate: overrides.learning_rate.unwrap_or(defaults.learning_rate),
+            batch_size: overrides
+                .batch_size
+                .map_or(defaults.batch_size, |b| b as usize),
+            epochs: overrides.epochs.unwrap_or(defaults.epochs),
+            seed: overrides.seed.unwrap_or(defaults.seed),
+            max_steps: overrides.max_steps.or(defaults.max_steps),
+            ..defaults
         }
     }
 

@@ -168,7 +168,8 @@ fn fine_tuning_rte_and_wsc_moves_accuracy_and_predicts_every_line_in_order() {
         };
         let mut losses = Vec::new();
         let outcome = finetune(&tunable, task, &train, &valid, &settings, |_, _, loss| {
-            losses.push(loss)
+            losses.push(loss);
+            Ok(())
         })
         .unwrap();
         assert_eq!(outcome.steps, 20);
