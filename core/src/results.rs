@@ -138,6 +138,25 @@ impl SynthesisCounts {
     }
 }
 
+impl GlueScore {
+    /// A task that could not run, and why.
+    pub fn not_run(task: &str, why: String) -> Self {
+        Self {
+            task: task.into(),
+            items: 0,
+            correct: 0,
+            accuracy: None,
+            f1: None,
+            majority: None,
+            best_epoch: 0,
+            steps: 0,
+            malformed: 0,
+            not_run: Some(why),
+            predictions: None,
+        }
+    }
+}
+
 impl ProbeScore {
     /// This score and `other`'s as one, weighted by their items.
     fn merge(&mut self, other: &ProbeScore) {

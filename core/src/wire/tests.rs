@@ -120,19 +120,7 @@ fn results_survive_the_wire() {
                 not_run: None,
                 predictions: Some("file:///s/p.json".into()),
             },
-            GlueScore {
-                task: "boolq".into(),
-                items: 0,
-                correct: 0,
-                accuracy: None,
-                f1: None,
-                majority: None,
-                best_epoch: 0,
-                steps: 0,
-                malformed: 0,
-                not_run: Some("no training data".into()),
-                predictions: None,
-            },
+            GlueScore::not_run("boolq", "no training data".into()),
         ],
     };
     assert_eq!(results_from(Some(results_to(&results))), results);

@@ -113,19 +113,7 @@ pub fn score_of(task: GlueTask, valid: &Split, malformed: usize, outcome: &Outco
 
 /// The typed result of a task that could not run.
 pub fn not_run(task: GlueTask, why: String) -> GlueScore {
-    GlueScore {
-        task: task.name().into(),
-        items: 0,
-        correct: 0,
-        accuracy: None,
-        f1: None,
-        majority: None,
-        best_epoch: 0,
-        steps: 0,
-        malformed: 0,
-        not_run: Some(why),
-        predictions: None,
-    }
+    GlueScore::not_run(task.name(), why)
 }
 
 /// Writes `batch.json` ([`finetune::first_batch`] of 8 rows) and `head.safetensors`.
