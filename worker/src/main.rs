@@ -304,8 +304,7 @@ fn finetune(command: Finetune, device: tch::Device) -> anyhow::Result<()> {
         }
         let outcome =
             glue::finetune::finetune(&tunable, task, &train, &valid, &settings, |_, _, _| Ok(()))?;
-        let malformed = train.malformed().into_iter().chain(valid.malformed());
-        let score = glue::score_of(task, &valid, malformed.clone().count(), &outcome);
+        let score = glue::score_of(task, &train, &valid, &outcome);
         println!(
             "{:<10} {:>9} {:>9} {:>6} {:>7}",
             task.name(),
@@ -314,9 +313,6 @@ fn finetune(command: Finetune, device: tch::Device) -> anyhow::Result<()> {
             score.best_epoch,
             score.steps
         );
-        for line in malformed {
-            eprintln!("{}: {line}", task.name());
-        }
         if let Some(out) = &command.out {
             let folder = out.join(task.name());
             std::fs::create_dir_all(&folder)?;

@@ -30,6 +30,19 @@ impl Split {
             .filter_map(|(i, line)| line.as_ref().ok().map(|e| (i, e)))
     }
 
+    /// The usable examples that carry a label, with it.
+    pub fn labelled(&self) -> impl Iterator<Item = (&Example, u32)> {
+        self.examples().filter_map(|(_, e)| e.label.map(|l| (e, l)))
+    }
+
+    /// Each line's label, in line order (None: unreadable or unlabelled).
+    pub fn labels(&self) -> Vec<Option<u32>> {
+        self.lines
+            .iter()
+            .map(|l| l.as_ref().ok().and_then(|e| e.label))
+            .collect()
+    }
+
     /// "line N: why" for each unusable line.
     pub fn malformed(&self) -> Vec<String> {
         self.lines

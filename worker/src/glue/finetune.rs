@@ -51,6 +51,14 @@ pub fn encode_pair(
     Ok(first.into_iter().chain(second).map(i64::from).collect())
 }
 
+/// Tokens an input may have: the task's sequence length, cut to the model's context.
+fn input_limit(model: &Classifier, settings: &Settings) -> usize {
+    settings
+        .sequence_length
+        .min(model.gpt.config.context as usize)
+        .max(2)
+}
+
 /// Right-padded ids (B, T) and each row's last real token (B).
 fn batch(rows: &[&Vec<i64>], pad: i64, device: Device) -> (Tensor, Tensor) {
     let width = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
@@ -85,24 +93,16 @@ pub fn first_batch(
     settings: &Settings,
     rows: usize,
 ) -> Result<serde_json::Value, WorkerError> {
-    let limit = settings
-        .sequence_length
-        .min(tunable.model.gpt.config.context as usize)
-        .max(2);
-    let examples: Vec<&Example> = train
-        .examples()
-        .filter(|(_, e)| e.label.is_some())
-        .map(|(_, e)| e)
+    let limit = input_limit(&tunable.model, settings);
+    let (examples, labels): (Vec<&Example>, Vec<i64>) = train
+        .labelled()
         .take(rows)
-        .collect();
+        .map(|(e, l)| (e, i64::from(l)))
+        .unzip();
     let ids: Vec<Vec<i64>> = examples
         .iter()
         .map(|e| encode_pair(&tunable.tokenizer, e, limit))
         .collect::<Result<_, _>>()?;
-    let labels: Vec<i64> = examples
-        .iter()
-        .map(|e| i64::from(e.label.unwrap_or(0)))
-        .collect();
     let pad = i64::from(tunable.tokenizer.end_of_text());
     let device = tunable.vs.device();
     let (batch_ids, last) = batch(&ids.iter().collect::<Vec<_>>(), pad, device);
@@ -140,15 +140,11 @@ pub fn finetune(
         tokenizer,
     } = tunable;
     let device = vs.device();
-    let limit = settings
-        .sequence_length
-        .min(model.gpt.config.context as usize)
-        .max(2);
+    let limit = input_limit(model, settings);
     let pad = i64::from(tokenizer.end_of_text());
     let encode = |e: &Example| encode_pair(tokenizer, e, limit);
     let train_rows: Vec<(Vec<i64>, i64)> = train
-        .examples()
-        .filter_map(|(_, e)| e.label.map(|l| (e, l)))
+        .labelled()
         .map(|(e, l)| Ok((encode(e)?, i64::from(l))))
         .collect::<Result<_, WorkerError>>()?;
     if train_rows.is_empty() {
@@ -162,14 +158,10 @@ pub fn finetune(
         .iter()
         .map(|line| line.as_ref().ok().map(encode).transpose())
         .collect::<Result<_, WorkerError>>()?;
-    let labels: Vec<Option<u32>> = valid
-        .lines
-        .iter()
-        .map(|line| line.as_ref().ok().and_then(|e| e.label))
-        .collect();
+    let labels = valid.labels();
     let majority = majority_label(&train_rows, task.labels());
     let predict = || predict(model, &valid_rows, majority, pad, device);
-    let score = |predictions: &[u32]| match settings.select_by {
+    let score = |predictions: &[u32]| match task.select_by() {
         Selection::Accuracy => accuracy(predictions, &labels),
         Selection::F1 => binary_f1(predictions, &labels),
     };
@@ -190,7 +182,7 @@ pub fn finetune(
             break;
         }
         let mut order: Vec<usize> = (0..train_rows.len()).collect();
-        shuffle(&mut order, &mut rng);
+        rng.shuffle(&mut order);
         for chunk in order.chunks(settings.batch_size.max(1)) {
             if step >= total {
                 break;
@@ -280,12 +272,4 @@ fn majority_label(rows: &[(Vec<i64>, i64)], labels: u32) -> u32 {
     (0..labels)
         .max_by_key(|&l| (counts[l as usize], std::cmp::Reverse(l)))
         .unwrap_or(0)
-}
-
-/// Fisher-Yates with our seeded generator.
-fn shuffle(items: &mut [usize], rng: &mut Rng) {
-    for i in (1..items.len()).rev() {
-        let j = rng.below(i as u64 + 1) as usize;
-        items.swap(i, j);
-    }
 }

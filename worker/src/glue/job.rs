@@ -9,7 +9,7 @@ use outloud_core::task::Metrics;
 use outloud_core::task_spec::Work;
 
 use super::tasks::GlueTask;
-use super::{finetune, not_run, read_splits, score, score_of, tunable};
+use super::{finetune, read_splits, score, score_of, tunable};
 use crate::context::{TaskContext, TaskOutput};
 use crate::error::WorkerError;
 use crate::inputs;
@@ -34,14 +34,10 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
             return Ok(output(
                 String::new(),
                 Metrics::default(),
-                not_run(task, why),
+                GlueScore::not_run(task.name(), why),
             ));
         }
     };
-    let malformed = train.malformed().len() + valid.malformed().len();
-    for line in train.malformed().iter().chain(&valid.malformed()) {
-        tracing::warn!(task = task.name(), "unreadable line {line}");
-    }
     let loaded = inputs::input_checkpoint(ctx, "the fine-tuned phase's final checkpoint")?;
     let url = ctx.assignment.input_checkpoint.clone().unwrap_or_default();
     inputs::require_finite(&loaded, &url)?;
@@ -62,7 +58,7 @@ pub fn run(ctx: &TaskContext) -> Result<TaskOutput, WorkerError> {
     let place = ctx.output_root()?.join("predictions.json");
     let json = score::predictions_json(task, &outcome.predictions).to_string();
     ctx.runtime.block_on(place.put(json.into_bytes()))?;
-    let mut scored = score_of(task, &valid, malformed, &outcome);
+    let mut scored = score_of(task, &train, &valid, &outcome);
     scored.predictions = Some(place.url().to_string());
     tracing::info!(task = task.name(), accuracy = ?scored.accuracy, f1 = ?scored.f1, epoch = outcome.best_epoch, "GLUE task scored");
     metrics.items = scored.items;

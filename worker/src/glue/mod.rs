@@ -76,13 +76,18 @@ pub fn tunable(
     })
 }
 
-/// The typed result of a task that ran: its scores on the validation file.
-pub fn score_of(task: GlueTask, valid: &Split, malformed: usize, outcome: &Outcome) -> GlueScore {
-    let labels: Vec<Option<u32>> = valid
-        .lines
-        .iter()
-        .map(|l| l.as_ref().ok().and_then(|e| e.label))
+/// The typed result of a task that ran: its scores on the validation file, and how
+/// many lines of its files could not be read (each named in the log).
+pub fn score_of(task: GlueTask, train: &Split, valid: &Split, outcome: &Outcome) -> GlueScore {
+    let malformed: Vec<String> = train
+        .malformed()
+        .into_iter()
+        .chain(valid.malformed())
         .collect();
+    for line in &malformed {
+        tracing::warn!(task = task.name(), "unreadable line {line}");
+    }
+    let labels = valid.labels();
     let labelled: Vec<u32> = labels.iter().flatten().copied().collect();
     let correct = outcome
         .predictions
@@ -105,15 +110,10 @@ pub fn score_of(task: GlueTask, valid: &Split, malformed: usize, outcome: &Outco
         majority: (!labelled.is_empty()).then(|| most as f64 / labelled.len() as f64),
         best_epoch: outcome.best_epoch,
         steps: outcome.steps,
-        malformed: malformed as u64,
+        malformed: malformed.len() as u64,
         not_run: None,
         predictions: None,
     }
-}
-
-/// The typed result of a task that could not run.
-pub fn not_run(task: GlueTask, why: String) -> GlueScore {
-    GlueScore::not_run(task.name(), why)
 }
 
 /// Writes `batch.json` ([`finetune::first_batch`] of 8 rows) and `head.safetensors`.

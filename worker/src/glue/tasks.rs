@@ -22,7 +22,8 @@ pub enum Selection {
     F1,
 }
 
-/// How one task is fine-tuned; the 2025 pipeline's defaults unless overridden.
+/// How one task is fine-tuned; the 2025 pipeline's defaults unless overridden (the
+/// score that picks the best epoch is the task's own: [`GlueTask::select_by`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub learning_rate: f64,
@@ -31,7 +32,6 @@ pub struct Settings {
     pub seed: u64,
     /// Tokens per input, truncated further to the model's context.
     pub sequence_length: usize,
-    pub select_by: Selection,
     pub weight_decay: f64,
     /// Of all optimizer steps, the share that warms the learning rate up.
     pub warmup_proportion: f64,
@@ -101,7 +101,6 @@ impl GlueTask {
             },
             seed: 42,
             sequence_length: 512,
-            select_by: self.select_by(),
             weight_decay: 0.01,
             warmup_proportion: 0.06,
             classifier_dropout: 0.1,
