@@ -29,7 +29,8 @@ pub struct SpanRecord {
     pub error: Option<String>,
 }
 
-/// The spans that event `index` of `job`'s history ends.
+/// The spans that event `index` of `job`'s history ends, with `job` as it stands when
+/// the event is recorded (a step's run is its current one).
 pub fn ended_by(job: &Job, index: usize) -> Vec<SpanRecord> {
     let Some(event) = job.history.get(index) else {
         return Vec::new();
@@ -102,15 +103,6 @@ fn starts_lease(what: &EventKind) -> Option<(&TaskId, u64, Vec<String>)> {
     }
 }
 
-/// Runs of step `name` started up to event `index`: the run it is in.
-fn step_attempt(job: &Job, index: usize, name: &str) -> u32 {
-    let started = job.history[..=index]
-        .iter()
-        .filter(|e| matches!(&e.what, EventKind::PhaseStarted { phase } if phase == name))
-        .count();
-    started.max(1) as u32
-}
-
 fn step_index(job: &Job, name: &str) -> Option<usize> {
     job.steps.iter().position(|s| s.name == name)
 }
@@ -123,17 +115,13 @@ fn lease(
     error: Option<String>,
 ) -> Option<SpanRecord> {
     let trace = job.trace_id();
-    let (started, at, workers) =
-        job.history[..index]
-            .iter()
-            .enumerate()
-            .rev()
-            .find_map(|(i, e)| {
-                let (t, ep, workers) = starts_lease(&e.what)?;
-                (t == task && ep == epoch).then_some((i, e.at, workers))
-            })?;
+    let (at, workers) = job.history[..index].iter().rev().find_map(|e| {
+        let (t, ep, workers) = starts_lease(&e.what)?;
+        (t == task && ep == epoch).then_some((e.at, workers))
+    })?;
     let step = job.steps.get(task.step as usize)?;
-    let attempt = step_attempt(job, started, &step.name);
+    // A lease ends within its step's run: the step's current one.
+    let attempt = step.attempts;
     let task_text = task.to_string();
     Some(SpanRecord {
         name: "lease",
@@ -161,7 +149,7 @@ fn step(job: &Job, index: usize, name: &str, error: Option<String>) -> Option<Sp
         .iter()
         .rev()
         .find(|e| matches!(&e.what, EventKind::PhaseStarted { phase } if phase == name))?;
-    let attempt = step_attempt(job, index, name);
+    let attempt = job.steps[position].attempts;
     Some(SpanRecord {
         name: "step",
         span: traces::step_span(trace, position, attempt),
@@ -186,29 +174,32 @@ fn job_ended(job: &Job, index: usize) -> Vec<SpanRecord> {
         EventKind::JobCancelled => Some("cancelled".to_string()),
         _ => None,
     };
+    // One pass over the history: what started and has not ended, in start order.
+    let (mut steps, mut leases) = (Vec::new(), Vec::new());
+    for event in history {
+        match &event.what {
+            EventKind::PhaseStarted { phase } => {
+                steps.retain(|p| p != &phase);
+                steps.push(phase);
+            }
+            EventKind::PhaseSucceeded { phase } => steps.retain(|p| p != &phase),
+            what => {
+                if let Some((task, epoch, _)) = starts_lease(what) {
+                    leases.push((task, epoch));
+                } else if let Some(ended) = ends_lease(what) {
+                    leases.retain(|open| *open != ended);
+                }
+            }
+        }
+    }
     let mut spans = Vec::new();
-    for (i, event) in history.iter().enumerate() {
-        if let EventKind::PhaseStarted { phase } = &event.what {
-            let ended = history[i..]
-                .iter()
-                .any(|e| matches!(&e.what, EventKind::PhaseSucceeded { phase: p } if p == phase));
-            let restarted = history[i + 1..]
-                .iter()
-                .any(|e| matches!(&e.what, EventKind::PhaseStarted { phase: p } if p == phase));
-            if !ended && !restarted {
-                let why = error.clone().or_else(|| Some("did not finish".into()));
-                spans.extend(step(job, index, phase, why));
-            }
-        }
-        if let Some((task, epoch, _)) = starts_lease(&event.what) {
-            let ended = history[i..]
-                .iter()
-                .any(|e| ends_lease(&e.what).is_some_and(|(t, ep)| t == task && ep == epoch));
-            if !ended {
-                let why = error.clone().or_else(|| Some("ended with the job".into()));
-                spans.extend(lease(job, index, task, epoch, why));
-            }
-        }
+    for phase in steps {
+        let why = error.clone().or_else(|| Some("did not finish".into()));
+        spans.extend(step(job, index, phase, why));
+    }
+    for (task, epoch) in leases {
+        let why = error.clone().or_else(|| Some("ended with the job".into()));
+        spans.extend(lease(job, index, task, epoch, why));
     }
     let ended_before = history.iter().any(|e| {
         matches!(

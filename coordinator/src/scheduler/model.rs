@@ -394,6 +394,7 @@ impl Job {
     /// What the lease of task `id` under `epoch` is given, as `rank` of `world_size`.
     pub fn assignment(&self, id: &TaskId, epoch: u64, rank: u32, world_size: u32) -> Assignment {
         let step = &self.steps[id.step as usize];
+        let trace = self.trace_id();
         Assignment {
             lease: LeaseRef {
                 task: id.clone(),
@@ -412,8 +413,8 @@ impl Job {
             rank,
             world_size,
             traceparent: traces::traceparent(
-                self.trace_id(),
-                traces::lease_span(self.trace_id(), &id.to_string(), epoch),
+                trace,
+                traces::lease_span(trace, &id.to_string(), epoch),
             ),
         }
     }
