@@ -2,6 +2,10 @@
 //! protocol version is refused.
 
 use super::*;
+use crate::results::{
+    BenchmarkScore, Counts, GlueScore, ProbeScore, ScoreMode, SourceReport, SynthesisCounts,
+    TaskResults,
+};
 
 fn assignment() -> Assignment {
     let yaml = "name: t\nstorage: /s\n\
