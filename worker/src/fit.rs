@@ -35,6 +35,9 @@ use crate::ledger::{Ledger, Seen};
 use crate::model::GptConfig;
 use crate::optim::{AdamW, learning_rate};
 use crate::vlm::VisionPath;
+use progress::{LossWindow, ProgressLog, StepRange};
+
+mod progress;
 
 pub const WEIGHT_DECAY: f64 = 0.1;
 const MAX_GRAD_NORM: f64 = 1.0;
@@ -253,7 +256,7 @@ impl Fit<'_> {
         let mut writer = checkpoint::Writer::start(runtime, tokenizer, retention);
         let mut window = LossWindow::default();
         let mut resumed_from = resumed.then_some(start.step);
-        let mut last_logged: Option<std::time::Instant> = None;
+        let mut progress_log = ProgressLog::default();
         let mut ledger = std::mem::take(&mut self.ledger);
         metrics.unique_words = ledger.unique_words();
         let mut range = StepRange::open(start.step);
@@ -325,11 +328,7 @@ impl Fit<'_> {
             }
             if rank_zero && (committed.is_some() || step == start.step || window.due()) {
                 metrics.loss = window.take();
-                if last_logged.is_none_or(|at| at.elapsed() >= PROGRESS_LOG_EVERY) {
-                    last_logged = Some(std::time::Instant::now());
-                    let (done, loss) = (metrics.step, metrics.loss);
-                    tracing::info!(step = done, of = phase.steps, loss, lr, "training");
-                }
+                progress_log.say(&metrics, phase.steps, lr);
                 self.ctx.report(metrics, committed, resumed_from.take());
             }
         }
@@ -370,40 +369,6 @@ fn sorted_weights(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 
 /// A step's batch and what it consumed, or why it could not be drawn.
 pub type Drawn<B> = Result<(B, Consumed), WorkerError>;
-
-/// A span over the optimizer steps from one checkpoint to the next: a trace shows how
-/// training went without a span per step.
-struct StepRange {
-    span: tracing::span::EnteredSpan,
-}
-
-impl StepRange {
-    fn open(from: u64) -> Self {
-        let span = tracing::info_span!(
-            "steps",
-            from,
-            to = tracing::field::Empty,
-            tokens = tracing::field::Empty
-        );
-        Self {
-            span: span.entered(),
-        }
-    }
-
-    /// Ends this range at `metrics.step` and opens the next.
-    fn close(self, metrics: &Metrics) -> Self {
-        self.close_last(metrics);
-        Self::open(metrics.step)
-    }
-
-    fn close_last(self, metrics: &Metrics) {
-        self.span.record("to", metrics.step);
-        self.span.record("tokens", metrics.tokens);
-    }
-}
-
-/// How often training says where it is in the task's log (metrics go every report).
-const PROGRESS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Batches drawn ahead of training, at most this many.
 const PREFETCH: usize = 2;
@@ -473,34 +438,6 @@ fn words_spent(
         return Some("the lineage has read the job's synthetic_word_budget");
     }
     None
-}
-
-/// Mean loss since the last report, and when the next report is due.
-#[derive(Default)]
-struct LossWindow {
-    sum: f64,
-    count: u32,
-    since: Option<std::time::Instant>,
-}
-
-impl LossWindow {
-    const EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
-    fn add(&mut self, loss: f64) {
-        self.sum += loss;
-        self.count += 1;
-        self.since.get_or_insert_with(std::time::Instant::now);
-    }
-
-    fn due(&self) -> bool {
-        self.since.is_some_and(|s| s.elapsed() >= Self::EVERY)
-    }
-
-    fn take(&mut self) -> f64 {
-        let mean = self.sum / self.count.max(1) as f64;
-        *self = Self::default();
-        mean
-    }
 }
 
 #[cfg(test)]
