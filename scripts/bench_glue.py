@@ -19,6 +19,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_models import SHAPES, SHARED, machine  # noqa: E402
 from bench_torch import Gpt, median  # noqa: E402
+from glue_reference import hidden  # noqa: E402
 
 BATCH, PREDICT_BATCH, ROUNDS, WARMUP = 32, 64, 3, 2
 STEPS = {"tiny": 20, "small": 6}
@@ -40,11 +41,7 @@ class Classifier(nn.Module):
                                   nn.LayerNorm(d, elementwise_affine=False), nn.Dropout(0.1), nn.Linear(d, labels))
 
     def forward(self, ids, last):
-        x = self.gpt.wte(ids) + self.gpt.wpe(torch.arange(ids.shape[1]))
-        for block in self.gpt.blocks:
-            x = block(x, None)
-        states = self.gpt.ln_f(x)[torch.arange(ids.shape[0]), last]
-        return self.head(states)
+        return self.head(hidden(self.gpt, ids)[torch.arange(ids.shape[0]), last])
 
 
 def batch(rows):
