@@ -156,12 +156,18 @@ pub fn job_folder(job: &str) -> String {
 /// its lease (a zombie behind a partition) can never overwrite what a newer lease wrote;
 /// its files stay in a folder that no accepted commit names.
 pub fn attempt_folder(task: &TaskId, step: &str, shards: u32, epoch: u64) -> String {
-    let shard = if shards > 1 {
-        format!("shard-{}/", task.shard)
+    let shard = shard_folder(step, shards, task.shard);
+    format!("{}/{shard}/attempt-{epoch}", job_folder(&task.job))
+}
+
+/// `<step>`, or `<step>/shard-<k>` for a step of several shards: where shard `shard`'s
+/// attempts (and their logs) are, below the job's folder (or its logs' folder).
+pub fn shard_folder(step: &str, shards: u32, shard: u32) -> String {
+    if shards > 1 {
+        format!("{step}/shard-{shard}")
     } else {
-        String::new()
-    };
-    format!("{}/{step}/{shard}attempt-{epoch}", job_folder(&task.job))
+        step.to_string()
+    }
 }
 
 /// Where one rank of one attempt at a task ships its log, in chunks `<seq>.jsonl`:
@@ -169,13 +175,9 @@ pub fn attempt_folder(task: &TaskId, step: &str, shards: u32, epoch: u64) -> Str
 /// attempt's outputs, because logs are read while the task runs, and whether it
 /// succeeds or not.
 pub fn log_folder(task: &TaskId, step: &str, shards: u32, epoch: u64, rank: u32) -> String {
-    let shard = if shards > 1 {
-        format!("shard-{}/", task.shard)
-    } else {
-        String::new()
-    };
+    let shard = shard_folder(step, shards, task.shard);
     format!(
-        "{}/{LOGS}/{step}/{shard}attempt-{epoch}/rank-{rank}",
+        "{}/{LOGS}/{shard}/attempt-{epoch}/rank-{rank}",
         job_folder(&task.job)
     )
 }

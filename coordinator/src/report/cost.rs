@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::scheduler::Job;
+use crate::scheduler::{GPU_SECONDS, Job};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CostRow {
@@ -96,7 +96,7 @@ pub fn table(rows: &[CostRow], wall: Option<f64>) -> String {
     if rows.iter().all(|r| r.gpu_energy_joules.is_none())
         && rows
             .iter()
-            .any(|r| r.device_seconds.keys().any(|k| k.starts_with("GPU")))
+            .any(|r| r.device_seconds.keys().any(|k| k.starts_with(GPU_SECONDS)))
     {
         out += "(GPU energy: NVML did not report it on these GPUs)\n";
     }

@@ -29,11 +29,14 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// The device kind of GPU-seconds, before the GPU's model: `GPU-s NVIDIA H100`.
+pub const GPU_SECONDS: &str = "GPU-s";
+
 impl WorkerInfo {
     /// What a second of this worker's lease costs: the kind of device, and how many.
     pub fn cost_unit(&self) -> (String, f64) {
         if self.device.starts_with("cuda") {
-            (format!("GPU-s {}", self.device_name), 1.0)
+            (format!("{GPU_SECONDS} {}", self.device_name), 1.0)
         } else {
             ("CPU thread-s".to_string(), f64::from(self.threads.max(1)))
         }

@@ -38,7 +38,7 @@ use outloud_core::spec::JobSpec;
 use outloud_core::storage::is_within;
 
 pub use changes::{Changes, Counters};
-pub use cost::DeviceTime;
+pub use cost::{DeviceTime, GPU_SECONDS};
 pub use curve::{CurvePoint, LossCurve};
 pub use deletion::Deleted;
 pub use model::*;

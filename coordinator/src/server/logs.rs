@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use outloud_core::storage::{Location, join_url};
-use outloud_core::task::{LOGS, job_folder};
+use outloud_core::task::{LOGS, job_folder, shard_folder};
 use outloud_proto::v1 as pb;
 use tonic::Status;
 
@@ -34,8 +34,7 @@ pub fn folder(job: &Job, step: &str, shard: Option<u32>) -> Result<String, Statu
             "step {step} has {shards} task(s): 0 to {}",
             shards - 1
         ))),
-        Some(_) if shards == 1 => Ok(join_url(&logs, step)),
-        Some(k) => Ok(join_url(&logs, &format!("{step}/shard-{k}"))),
+        Some(k) => Ok(join_url(&logs, &shard_folder(step, shards, k))),
     }
 }
 
