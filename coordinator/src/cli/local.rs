@@ -160,12 +160,15 @@ pub async fn run(cluster: LocalCluster) -> anyhow::Result<ExitCode> {
                 step.results().counts.synthesis.kept,
                 step.results().counts.synthesis.pictures
             ),
-            StepKind::Finetune { .. } => println!(
-                "{}: {} GLUE tasks in {took:.1} s: {}",
-                step.name,
-                step.results().glue.len(),
-                view::results_line(&step.results())
-            ),
+            StepKind::Finetune { .. } => {
+                let results = step.results();
+                println!(
+                    "{}: {} GLUE tasks in {took:.1} s: {}",
+                    step.name,
+                    results.glue.len(),
+                    view::results_line(&results)
+                )
+            }
             StepKind::Evaluate { .. } => println!(
                 "{}: {} items scored in {took:.1} s ({:.0}/s)",
                 step.name,

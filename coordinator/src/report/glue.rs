@@ -30,12 +30,11 @@ pub fn columns(job: &Job) -> Vec<GlueColumn> {
         .map(|step| {
             let mut tasks = step.results().glue;
             tasks.sort_by(|a, b| a.task.cmp(&b.task));
-            let scored: Vec<f64> = tasks.iter().filter_map(|t| t.accuracy).collect();
+            let accuracies: Vec<Option<f64>> = tasks.iter().map(|t| t.accuracy).collect();
             GlueColumn {
                 step: step.name.clone(),
-                mean: (!scored.is_empty())
-                    .then(|| scored.iter().sum::<f64>() / scored.len() as f64),
-                tasks_run: scored.len(),
+                mean: super::mean_sd(&accuracies).0,
+                tasks_run: accuracies.iter().flatten().count(),
                 tasks,
             }
         })
